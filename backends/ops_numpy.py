@@ -1,0 +1,105 @@
+"""NumPy reference backend: slow, obviously correct, the yardstick for every other backend.
+
+Every op is the formula from core/ops.py written directly in NumPy, with no cleverness. Arrays are
+column-major ``numpy.ndarray``s.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.hookspecs import hookimpl
+from core.ops import Backend
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    description = "CPU reference (NumPy), float32 and float64"
+    host_resident = True
+    priority = 0
+
+    # ----------------------------------------------------------------- memory and transfers
+    def empty(self, shape, dtype=None):
+        return np.empty(tuple(shape), dtype=dtype or self.dtype, order="F")
+
+    def from_host(self, host):
+        host = np.asarray(host)
+        dtype = np.int32 if np.issubdtype(host.dtype, np.integer) else self.dtype
+        return np.asfortranarray(host, dtype=dtype).copy(order="F")
+
+    def to_host(self, arr):
+        return np.array(arr, order="F", copy=True)
+
+    def copy_to_host(self, arr, host):
+        host[...] = arr
+
+    def copy_from_host(self, host, arr):
+        arr[...] = host
+
+    def flat_views(self, flat, shapes):
+        views, offset = [], 0
+        for shape in shapes:
+            size = int(np.prod(shape))
+            views.append(flat[offset:offset + size].reshape(tuple(shape), order="F"))
+            offset += size
+        return views
+
+    def cols(self, arr, start, stop):
+        return arr[start:stop] if arr.ndim == 1 else arr[:, start:stop]
+
+    # ----------------------------------------------------------------- math
+    def fill(self, arr, value):
+        arr[...] = value
+
+    def gemm(self, a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
+        op_a = a.T if trans_a else a
+        op_b = b.T if trans_b else b
+        product = alpha * (op_a @ op_b)
+        if beta == 0.0:
+            c[...] = product  # the old C is never read: it may hold NaN
+        else:
+            c[...] = product + beta * c
+
+    def bias_sigmoid(self, z, bias, out):
+        out[...] = 1.0 / (1.0 + np.exp(-(z + bias[:, None])))
+
+    def add_bias(self, z, bias):
+        z += bias[:, None]
+
+    def sigmoid(self, x, out):
+        out[...] = 1.0 / (1.0 + np.exp(-x))
+
+    def softmax(self, x, out, axis=0):
+        if x.size == 0:
+            return
+        shifted = np.exp(x - x.max(axis=axis, keepdims=True))
+        out[...] = shifted / shifted.sum(axis=axis, keepdims=True)
+
+    def sigmoid_backward(self, grad, a, out):
+        out[...] = grad * a * (1.0 - a)
+
+    def reduce_cols(self, x, out, alpha=1.0):
+        out[...] = alpha * x.sum(axis=1)
+
+    def softmax_xent_backward(self, yhat, labels, scale, out):
+        onehot = np.zeros_like(yhat)
+        onehot[labels, np.arange(labels.size)] = 1.0
+        out[...] = scale * (yhat - onehot)
+
+    def axpy(self, alpha, x, y):
+        y += alpha * x
+
+    def nll_sum(self, yhat, labels, acc):
+        acc[0] += -np.log(yhat[labels, np.arange(labels.size)]).sum()
+
+    def count_correct(self, scores, labels, acc):
+        if labels.size:
+            acc[0] += np.count_nonzero(scores.argmax(axis=0) == labels)
+
+    def sum_squares(self, x):
+        return float(np.sum(x * x))
+
+
+@hookimpl
+def register_backends(register):
+    register(NumpyBackend)

@@ -1,0 +1,177 @@
+"""The ops contract: what every compute backend implements, and nothing more.
+
+The model (core/model.py) is written once in terms of these operations; no backend knows the model.
+
+Conventions shared by every backend
+-----------------------------------
+* Matrices are **column-major** (Fortran order), as in the course code and cuBLAS: a matrix of
+  shape (rows, cols) stores column j contiguously. A minibatch X is 784 x N with one sample per
+  column, so a rank's slice of a minibatch (a range of columns) is one contiguous block.
+* Vectors are 1-D. Labels are int32 vectors.
+* Every op writes into an ``out`` array the caller allocated; no op allocates inside the training
+  step. ``out`` may alias an input only where the docstring says so.
+* Every op accepts zero columns (a rank that received no samples of this minibatch) and then does the
+  mathematically right thing (a sum over nothing is 0; ``gemm`` with K = 0 gives beta C).
+* Floating point arrays have the backend's dtype (float32 or float64), fixed at construction.
+
+A backend is registered through the ``register_backends`` hook (core/hookspecs.py). Heavy imports
+(cupy, pycuda) happen inside the backend's methods, never at module import time, so that the core and
+``--list-backends`` work on machines without them.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+Array = Any  # the backend's own array type: numpy.ndarray, cupy.ndarray, a device-matrix view ...
+
+SUPPORTED_DTYPES = ("float32", "float64")
+
+
+class Backend(abc.ABC):
+    """Abstract compute backend. Subclasses implement every abstract method below."""
+
+    #: registry name, used by ``--backend``
+    name: ClassVar[str]
+    #: one line for ``--list-backends``
+    description: ClassVar[str] = ""
+    #: True when arrays live in host memory that MPI can read directly (no staging needed)
+    host_resident: ClassVar[bool] = False
+    #: ranking for the default ``--backend``: the available backend with the highest priority wins
+    priority: ClassVar[int] = 0
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        """Return (available, reason). Must not raise; the reason says why not, or what was found."""
+        return True, ""
+
+    @classmethod
+    def device_count(cls) -> int:
+        """Number of devices this backend can use here (0 for host backends)."""
+        return 0
+
+    def __init__(self, dtype: str = "float64", device_index: int | None = None):
+        if str(dtype) not in SUPPORTED_DTYPES:
+            raise ValueError(f"unsupported dtype {dtype!r}; choose one of {SUPPORTED_DTYPES}")
+        self.dtype = np.dtype(dtype)
+        self.device_index = device_index
+
+    def describe_device(self) -> str:
+        """Human-readable name of the device this instance computes on."""
+        return "cpu"
+
+    # ----------------------------------------------------------------- memory and transfers
+    @abc.abstractmethod
+    def empty(self, shape: Sequence[int], dtype: Any = None) -> Array:
+        """Uninitialised array of ``shape`` (column-major) and the backend dtype (or ``dtype``)."""
+
+    def zeros(self, shape: Sequence[int], dtype: Any = None) -> Array:
+        """Array of zeros."""
+        out = self.empty(shape, dtype)
+        self.fill(out, 0.0)
+        return out
+
+    @abc.abstractmethod
+    def from_host(self, host: np.ndarray) -> Array:
+        """New backend array holding a copy of ``host``. Floating arrays are cast to the backend
+        dtype; integer arrays become int32. Layout becomes column-major."""
+
+    @abc.abstractmethod
+    def to_host(self, arr: Array) -> np.ndarray:
+        """New NumPy array (column-major) holding a copy of ``arr``. Synchronises."""
+
+    @abc.abstractmethod
+    def copy_to_host(self, arr: Array, host: np.ndarray) -> None:
+        """Copy the 1-D contiguous ``arr`` into the same-sized ``host`` buffer. Synchronises."""
+
+    @abc.abstractmethod
+    def copy_from_host(self, host: np.ndarray, arr: Array) -> None:
+        """Copy the 1-D ``host`` buffer into the same-sized contiguous ``arr``."""
+
+    def host_buffer(self, size: int) -> np.ndarray:
+        """A reusable 1-D host staging buffer of ``size`` elements (pinned on GPU backends)."""
+        return np.empty(size, dtype=self.dtype)
+
+    @abc.abstractmethod
+    def flat_views(self, flat: Array, shapes: Sequence[Sequence[int]]) -> list[Array]:
+        """Column-major views, one per shape, packed back to back into the 1-D array ``flat``."""
+
+    @abc.abstractmethod
+    def cols(self, arr: Array, start: int, stop: int) -> Array:
+        """View of columns [start, stop) of a matrix, or elements [start, stop) of a vector."""
+
+    def synchronize(self) -> None:
+        """Block until all queued work of this backend has finished."""
+
+    def device_pointer(self, arr: Array) -> int:
+        """Device address of ``arr`` (for NCCL / CUDA-aware MPI). Host backends raise."""
+        raise NotImplementedError(f"backend {self.name!r} has no device memory")
+
+    def stream_handle(self) -> int:
+        """Raw CUDA stream handle the backend queues work on (0 = default stream)."""
+        return 0
+
+    # ----------------------------------------------------------------- math
+    @abc.abstractmethod
+    def fill(self, arr: Array, value: float) -> None:
+        """arr[...] = value."""
+
+    @abc.abstractmethod
+    def gemm(self, a: Array, b: Array, c: Array, alpha: float = 1.0, beta: float = 0.0,
+             trans_a: bool = False, trans_b: bool = False) -> None:
+        """C = alpha * op(A) @ op(B) + beta * C, op(X) = X or X^T.
+
+        op(A) is M x K, op(B) is K x N, C is M x N. With beta = 0 the old C is never read (it may
+        hold NaN). C must not alias A or B."""
+
+    @abc.abstractmethod
+    def bias_sigmoid(self, z: Array, bias: Array, out: Array) -> None:
+        """out = sigmoid(z + bias 1^T): bias (length rows) added to every column. out may alias z."""
+
+    @abc.abstractmethod
+    def add_bias(self, z: Array, bias: Array) -> None:
+        """z += bias 1^T, in place."""
+
+    @abc.abstractmethod
+    def sigmoid(self, x: Array, out: Array) -> None:
+        """out = 1 / (1 + exp(-x)), element-wise. out may alias x."""
+
+    @abc.abstractmethod
+    def softmax(self, x: Array, out: Array, axis: int = 0) -> None:
+        """Numerically stable softmax: out = exp(x - max) / sum exp(x - max).
+
+        axis=0 normalises each column (one sample per column, the model's case); axis=1 each row.
+        out may alias x."""
+
+    @abc.abstractmethod
+    def sigmoid_backward(self, grad: Array, a: Array, out: Array) -> None:
+        """out = grad * a * (1 - a), where a = sigmoid(z). out may alias grad."""
+
+    @abc.abstractmethod
+    def reduce_cols(self, x: Array, out: Array, alpha: float = 1.0) -> None:
+        """out_i = alpha * sum_j x_ij: the columns of x summed into one vector (bias gradient)."""
+
+    @abc.abstractmethod
+    def softmax_xent_backward(self, yhat: Array, labels: Array, scale: float, out: Array) -> None:
+        """out = scale * (yhat - Y), Y the one-hot matrix of labels (Y[labels[j], j] = 1).
+        out may alias yhat."""
+
+    @abc.abstractmethod
+    def axpy(self, alpha: float, x: Array, y: Array) -> None:
+        """y += alpha * x, element-wise over same-shaped arrays (the SGD step and the reg term)."""
+
+    @abc.abstractmethod
+    def nll_sum(self, yhat: Array, labels: Array, acc: Array) -> None:
+        """acc[0] += sum_j -log(yhat[labels[j], j]); ``acc`` is a 1-element array of the dtype."""
+
+    @abc.abstractmethod
+    def count_correct(self, scores: Array, labels: Array, acc: Array) -> None:
+        """acc[0] += number of columns j whose argmax_i scores[i, j] equals labels[j]
+        (first maximum on ties); ``acc`` is a 1-element array of the dtype."""
+
+    @abc.abstractmethod
+    def sum_squares(self, x: Array) -> float:
+        """Return sum of x_ij^2 as a Python float (synchronises; used once per epoch, for the loss)."""
