@@ -1,0 +1,328 @@
+"""MNIST: read IDX files, find them, download them.
+
+Where the data comes from, first match wins:
+  1. the --data-dir flag (an error if it lacks the files: the user asked for that directory);
+  2. the environment variable DPMLP_DATA_DIR (same rule);
+  3. the user cache, platformdirs.user_cache_dir("dpmlp")/mnist (DPMLP_CACHE_DIR overrides it),
+     which is where --download puts the files when no --data-dir is given;
+  4. the subset bundled in core/data/ (first 10,000 train / 2,000 test images), with one log line.
+
+Every problem with the files is a DataError (a UserError: one line, exit code 2) that names the
+file at fault, because the fix is always the user's: a wrong path, a broken download, a wrong file.
+
+No MPI or GPU import here: rank 0 and the tests load data on plain CPython + NumPy.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from core.errors import UserError
+
+
+class DataError(UserError):
+    """A missing, corrupt or wrong MNIST file; the message names the file (or directory)."""
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+IMAGES_MAGIC = 2051  # 0x00000803: unsigned byte, 3 dims (count, rows, cols)
+LABELS_MAGIC = 2049  # 0x00000801: unsigned byte, 1 dim (count)
+_EXPECTED_NDIM = {IMAGES_MAGIC: 3, LABELS_MAGIC: 1}
+ROWS = COLS = 28
+
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "t10k": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+ALL_FILES = FILES["train"] + FILES["t10k"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The uncompressed content of `path`.
+
+    gzip or not is decided by the magic bytes, not the suffix: people gunzip files and keep the
+    name, and a server sending `Content-Encoding: gzip` gets its .gz transparently inflated by
+    the HTTP client, leaving raw IDX bytes under a .gz name.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    if data[:2] != _GZIP_MAGIC:
+        return data
+    try:
+        return gzip.decompress(data)
+    except EOFError:
+        raise DataError(f"{path}: truncated gzip stream (incomplete download?)") from None
+    except (zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: corrupt gzip stream: {e}") from None
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one MNIST IDX file (.gz or raw).
+
+    Images come back as uint8 (N, 784): one sample per row in C order, which is the same memory
+    as the 784 x N column-major matrix the trainer works on. Labels come back as uint8 (N,).
+    """
+    path = Path(path)
+    raw = _read_bytes(path)
+    if len(raw) < 8:
+        raise DataError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
+    magic = struct.unpack(">I", raw[:4])[0]
+    if magic not in _EXPECTED_NDIM:
+        raise DataError(
+            f"{path}: bad magic number {magic} (0x{magic:08x}: data type 0x{raw[2]:02x}, "
+            f"{raw[3]} dims); expected {IMAGES_MAGIC} (images: 0x08 unsigned byte, 3 dims) "
+            f"or {LABELS_MAGIC} (labels: 0x08 unsigned byte, 1 dim)"
+        )
+    # Both accepted magics already fix the data-type byte (0x08 = unsigned byte) and the number
+    # of dimensions (the low byte), so the checks below are about the dimensions themselves.
+    ndim = _EXPECTED_NDIM[magic]
+    header_len = 4 + 4 * ndim
+    if len(raw) < header_len:
+        raise DataError(f"{path}: truncated header: needs {header_len} bytes, found {len(raw)}")
+    dims = struct.unpack(f">{ndim}I", raw[4:header_len])
+    if ndim == 3 and dims[1:] != (ROWS, COLS):
+        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected {ROWS}x{COLS}")
+    expected = math.prod(dims)  # Python ints: a garbage header cannot overflow
+    found = len(raw) - header_len
+    if found < expected:
+        raise DataError(f"{path}: truncated: header says {expected} bytes, found {found}")
+    if found > expected:
+        raise DataError(
+            f"{path}: {found - expected} trailing bytes: header says {expected} bytes, found {found}"
+        )
+    # copy(): frombuffer over `bytes` is read-only; callers get an ordinary writable array.
+    arr = np.frombuffer(raw, dtype=np.uint8, offset=header_len).copy()
+    if ndim == 1:
+        if arr.size and arr.max() > 9:
+            bad = int(np.argmax(arr > 9))
+            raise DataError(f"{path}: label {arr[bad]} at index {bad} is outside 0..9")
+        return arr
+    return arr.reshape(dims[0], ROWS * COLS)
+
+
+def _find_file(directory: Path, gz_name: str) -> Path | None:
+    """`name.gz`, or the gunzipped `name` (read_idx reads either)."""
+    for candidate in (directory / gz_name, directory / gz_name[: -len(".gz")]):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_split(directory: str | os.PathLike, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 784), labels (N,)) of the "train" or "t10k" split in `directory`."""
+    if prefix not in FILES:
+        raise ValueError(f"prefix must be 'train' or 't10k', not {prefix!r}")
+    directory = Path(directory)
+    img_name, lbl_name = FILES[prefix]
+    # A missing file is reported under its canonical .gz name.
+    img_path = _find_file(directory, img_name) or directory / img_name
+    lbl_path = _find_file(directory, lbl_name) or directory / lbl_name
+    images, labels = read_idx(img_path), read_idx(lbl_path)
+    # Swapped or misnamed files parse fine on their own; catch them here.
+    if images.ndim != 2:
+        raise DataError(f"{img_path}: holds labels (magic {LABELS_MAGIC}), expected images")
+    if labels.ndim != 1:
+        raise DataError(f"{lbl_path}: holds images (magic {IMAGES_MAGIC}), expected labels")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{img_path} has {len(images)} images but {lbl_path} has {len(labels)} labels"
+        )
+    return images, labels
+
+
+# --- locating -----------------------------------------------------------------------------------
+
+
+@dataclass
+class MnistData:
+    train_images: np.ndarray  # uint8 (N, 784)
+    train_labels: np.ndarray  # uint8 (N,)
+    test_images: np.ndarray  # uint8 (M, 784)
+    test_labels: np.ndarray  # uint8 (M,)
+    source: str  # the directory the files were read from
+    is_subset: bool  # True for the bundled 10,000/2,000 subset
+
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "data"
+
+
+def cache_dir() -> Path:
+    """Where --download puts MNIST when no --data-dir is given (DPMLP_CACHE_DIR overrides it)."""
+    override = os.environ.get("DPMLP_CACHE_DIR")
+    if override:
+        return Path(override)
+    import platformdirs  # only needed here; keeps `import core.data` light
+
+    return Path(platformdirs.user_cache_dir("dpmlp")) / "mnist"
+
+
+def _missing(directory: Path) -> list[str]:
+    return [name for name in ALL_FILES if _find_file(directory, name) is None]
+
+
+def _load_dir(directory: Path, is_subset: bool = False) -> MnistData:
+    tr_x, tr_y = load_split(directory, "train")
+    te_x, te_y = load_split(directory, "t10k")
+    return MnistData(tr_x, tr_y, te_x, te_y, source=str(directory), is_subset=is_subset)
+
+
+def locate_and_load(
+    data_dir: str | None, download: bool, log: Callable[[str], None] = print
+) -> MnistData:
+    """Find MNIST (see the module docstring for the order), downloading it first if asked."""
+    if download:
+        dest = Path(data_dir) if data_dir else cache_dir()
+        download_mnist(dest, log=log)
+        return _load_dir(dest)
+
+    # A directory the user named explicitly must hold the data; falling back silently to
+    # something else would train on data they did not ask for.
+    explicit = [(data_dir, "--data-dir"), (os.environ.get("DPMLP_DATA_DIR"), "DPMLP_DATA_DIR")]
+    for where, what in explicit:
+        if where:
+            directory = Path(where)
+            missing = _missing(directory)
+            if missing:
+                raise DataError(
+                    f"{directory} ({what}) lacks MNIST file(s) {', '.join(missing)}; "
+                    f"add --download to fetch them there"
+                )
+            return _load_dir(directory)
+
+    cache = cache_dir()
+    if not _missing(cache):
+        return _load_dir(cache)
+
+    data = _load_dir(BUNDLED_DIR, is_subset=True)
+    log(
+        f"MNIST not found; using the bundled subset ({len(data.train_images)} train / "
+        f"{len(data.test_images)} test images) from {BUNDLED_DIR}. For full MNIST pass "
+        f"--download (saves to {cache}) or --data-dir DIR."
+    )
+    return data
+
+
+# --- downloading --------------------------------------------------------------------------------
+
+DEFAULT_MIRRORS = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+]
+
+# MD5 of the UNCOMPRESSED content: a mirror may recompress the .gz (the train-images .gz in
+# /work/shared/data/mnist is one: its .gz MD5 is e3fc4e8c..., not the standard f68b3c2d...), or an
+# HTTP client may inflate it, and the pixels are still right. How these were obtained: train-images
+# is given in SPEC.md; for the other three, the .gz MD5 of /work/shared/data/mnist was first checked
+# against the standard one in SPEC.md (all three equal), then `zcat FILE | md5sum` was taken.
+STANDARD_MD5 = {
+    "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
+}
+
+
+def content_md5(path: str | os.PathLike) -> str:
+    """MD5 hex digest of the uncompressed content of `path` (gzip told apart by magic bytes)."""
+    return hashlib.md5(_read_bytes(Path(path))).hexdigest()
+
+
+def _mirror_list(mirrors: Iterable[str] | None) -> list[str]:
+    if mirrors is None:
+        env = os.environ.get("DPMLP_MNIST_MIRRORS", "")
+        mirrors = [m.strip() for m in env.split(",") if m.strip()] or DEFAULT_MIRRORS
+    return [m if m.endswith("/") else m + "/" for m in mirrors]
+
+
+def _verify(path: Path, name: str, checksums: dict[str, str]) -> str | None:
+    """None if `path` is a good copy of `name`, else why not.
+
+    Files without a checksum entry are checked for structure only (read_idx).
+    """
+    try:
+        if name in checksums:
+            got = content_md5(path)
+            if got != checksums[name]:
+                return f"MD5 of content {got} != expected {checksums[name]}"
+        else:
+            read_idx(path)
+    except DataError as e:
+        return str(e)
+    return None
+
+
+def download_mnist(
+    dest_dir: str | os.PathLike,
+    mirrors: Iterable[str] | None = None,
+    checksums: dict[str, str] | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Download the four MNIST files into `dest_dir`, skipping those already there and valid.
+
+    Mirrors are tried in order (`mirrors`, else $DPMLP_MNIST_MIRRORS, comma-separated, else
+    DEFAULT_MIRRORS); `checksums` replaces STANDARD_MD5. Each file is fetched to a hidden
+    temporary name in dest_dir, verified, then os.replace()d into place: an interrupted or bad
+    download never appears under the final name and is deleted.
+    """
+    import pooch  # the HTTP side (requests, redirects, streaming) is pooch's, not ours
+
+    dest = Path(dest_dir)
+    urls = _mirror_list(mirrors)
+    checksums = STANDARD_MD5 if checksums is None else checksums
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{dest}: cannot create download directory: {e.strerror or e}") from None
+    downloader = pooch.HTTPDownloader(progressbar=False, chunk_size=1 << 20, timeout=60)
+
+    for name in ALL_FILES:
+        final = dest / name
+        if final.is_file():
+            problem = _verify(final, name, checksums)
+            if problem is None:
+                continue
+            log(f"{final}: present but bad ({problem}); downloading it again")
+        failures = []
+        for base in urls:
+            url = base + name
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest)
+            os.close(fd)
+            try:
+                log(f"downloading {url}")
+                try:
+                    downloader(url, tmp, None)
+                except Exception as e:  # any failure of one mirror (HTTP, DNS, TLS, timeout)
+                    failures.append(f"{base} ({type(e).__name__}: {' '.join(str(e).split())})")
+                    continue
+                problem = _verify(Path(tmp), name, checksums)
+                if problem is not None:
+                    failures.append(f"{base} ({problem.replace(tmp, 'download')})")
+                    continue
+                os.replace(tmp, final)
+                break
+            finally:
+                # Runs on success too (tmp is gone then), on a bad mirror, and on Ctrl-C.
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            raise DataError(f"{final}: download failed from every mirror: {'; '.join(failures)}")
+    return dest
