@@ -7,7 +7,7 @@ Conventions shared by every backend
 * Matrices are **column-major** (Fortran order), as in the course code and cuBLAS: a matrix of
   shape (rows, cols) stores column j contiguously. A minibatch X is 784 x N with one sample per
   column, so a rank's slice of a minibatch (a range of columns) is one contiguous block.
-* Vectors are 1-D. Labels are int32 vectors.
+* Vectors are 1-D. Labels are int32 vectors. Every array exposes ``.shape`` (a tuple), like NumPy.
 * Every op writes into an ``out`` array the caller allocated; no op allocates inside the training
   step. ``out`` may alias an input only where the docstring says so.
 * Every op accepts zero columns (a rank that received no samples of this minibatch) and then does the

@@ -1,0 +1,122 @@
+"""The two-layer MLP of SPEC.md, written once in terms of the ops contract (core/ops.py).
+
+    z1 = W1 x + b1,  a1 = sigmoid(z1),  z2 = W2 a1 + b2,  yhat = softmax(z2)
+    diff = (yhat - y) / N_b        (N_b: the GLOBAL size of this minibatch)
+    dW2 = diff a1^T   db2 = sum_j diff      da1 = W2^T diff   dz1 = da1 * a1 * (1 - a1)
+    dW1 = dz1 x^T     db1 = sum_j dz1
+    after the sum over ranks:  dW += reg W  (once)    then  p <- p - lr dp
+
+Parameters and gradients each live in ONE flat buffer (W1, b1, W2, b2 back to back), so the gradient
+exchange is a single allreduce and the SGD step a single axpy. All work buffers are allocated here,
+once, for the largest per-rank slice; the training step allocates nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.ops import Backend
+
+INPUTS = 784
+CLASSES = 10
+PARAM_NAMES = ("W1", "b1", "W2", "b2")
+
+
+def param_shapes(hidden: int) -> list[tuple[int, ...]]:
+    return [(hidden, INPUTS), (hidden,), (CLASSES, hidden), (CLASSES,)]
+
+
+def init_params(hidden: int, seed: int) -> dict[str, np.ndarray]:
+    """Reference initialisation W = 0.01 N(0, 1), b = 0, in float64 from one seeded generator
+    (W1 drawn first, then W2), so every rank and every backend starts from the same numbers."""
+    rng = np.random.default_rng(seed)
+    w1 = 0.01 * rng.standard_normal((hidden, INPUTS))
+    w2 = 0.01 * rng.standard_normal((CLASSES, hidden))
+    return {"W1": np.asfortranarray(w1), "b1": np.zeros(hidden),
+            "W2": np.asfortranarray(w2), "b2": np.zeros(CLASSES)}
+
+
+def pack(params: dict[str, np.ndarray]) -> np.ndarray:
+    """Concatenate parameters column-major into one flat float64 vector (the flat-buffer layout)."""
+    return np.concatenate([np.ravel(params[name], order="F") for name in PARAM_NAMES])
+
+
+class MLP:
+    """Parameters, gradients and work buffers on one backend, plus the forward/backward/step ops."""
+
+    def __init__(self, backend: Backend, hidden: int, max_cols: int, params: dict[str, np.ndarray]):
+        self.backend = backend
+        self.hidden = hidden
+        self.max_cols = max(1, max_cols)
+        shapes = param_shapes(hidden)
+        self.size = sum(int(np.prod(s)) for s in shapes)
+
+        self.flat_params = backend.from_host(pack(params))
+        self.W1, self.b1, self.W2, self.b2 = backend.flat_views(self.flat_params, shapes)
+        self.flat_grads = backend.zeros((self.size,))
+        self.dW1, self.db1, self.dW2, self.db2 = backend.flat_views(self.flat_grads, shapes)
+
+        cols = self.max_cols
+        self._a1 = backend.empty((hidden, cols))    # z1, then a1 = sigmoid(z1) in place
+        self._yhat = backend.empty((CLASSES, cols))  # z2, then yhat, then diff in place
+        self._dz1 = backend.empty((hidden, cols))   # da1, then dz1 in place
+
+    # ------------------------------------------------------------------ passes
+    def forward(self, x) -> tuple:
+        """Forward pass over the columns of ``x`` (784 x n, n <= max_cols): returns (a1, yhat)."""
+        be, n = self.backend, _ncols(x)
+        a1, yhat = be.cols(self._a1, 0, n), be.cols(self._yhat, 0, n)
+        be.gemm(self.W1, x, a1)                  # z1 = W1 x
+        be.bias_sigmoid(a1, self.b1, a1)         # a1 = sigmoid(z1 + b1)
+        be.gemm(self.W2, a1, yhat)               # z2 = W2 a1
+        be.add_bias(yhat, self.b2)               # z2 += b2
+        be.softmax(yhat, yhat, axis=0)           # yhat = softmax over each sample's column
+        return a1, yhat
+
+    def backward(self, x, labels, a1, yhat, global_batch: int) -> None:
+        """Gradient contribution of this rank's samples into ``flat_grads`` (no reg term).
+
+        ``yhat`` is overwritten by diff. A rank with no samples contributes zeros."""
+        be, n = self.backend, _ncols(x)
+        if n == 0:
+            be.fill(self.flat_grads, 0.0)
+            return
+        diff = yhat
+        be.softmax_xent_backward(yhat, labels, 1.0 / global_batch, diff)  # (yhat - y) / N_b
+        be.gemm(diff, a1, self.dW2, trans_b=True)          # dW2 = diff a1^T
+        be.reduce_cols(diff, self.db2)                      # db2 = sum_j diff
+        dz1 = be.cols(self._dz1, 0, n)
+        be.gemm(self.W2, diff, dz1, trans_a=True)           # da1 = W2^T diff
+        be.sigmoid_backward(dz1, a1, dz1)                   # dz1 = da1 * a1 * (1 - a1)
+        be.gemm(dz1, x, self.dW1, trans_b=True)             # dW1 = dz1 x^T
+        be.reduce_cols(dz1, self.db1)                       # db1 = sum_j dz1
+
+    def add_regularisation(self, reg: float) -> None:
+        """dW += reg W, applied once to the summed gradient (identically on every rank)."""
+        if reg:
+            self.backend.axpy(reg, self.W1, self.dW1)
+            self.backend.axpy(reg, self.W2, self.dW2)
+
+    def sgd_step(self, lr: float) -> None:
+        """p <- p - lr dp over the whole flat parameter buffer in one op."""
+        self.backend.axpy(-lr, self.flat_grads, self.flat_params)
+
+    # ------------------------------------------------------------------ host views
+    def params_to_host(self) -> dict[str, np.ndarray]:
+        flat = self.backend.to_host(self.flat_params)
+        out, offset = {}, 0
+        for name, shape in zip(PARAM_NAMES, param_shapes(self.hidden)):
+            size = int(np.prod(shape))
+            out[name] = flat[offset:offset + size].reshape(shape, order="F").copy(order="F")
+            offset += size
+        return out
+
+    def reg_loss(self, reg: float) -> float:
+        """(reg / 2) (||W1||_F^2 + ||W2||_F^2)."""
+        if not reg:
+            return 0.0
+        return 0.5 * reg * (self.backend.sum_squares(self.W1) + self.backend.sum_squares(self.W2))
+
+
+def _ncols(x) -> int:
+    return int(x.shape[1])

@@ -1,0 +1,145 @@
+"""Plugin discovery: backends and communicators, built-in or third-party, found the same way.
+
+Every plugin module is listed in the ``dpmlp`` entry-point group (the built-ins in this project's
+own pyproject.toml). A plugin that fails to import, or whose registration hook raises, is recorded
+as unavailable with its reason and never breaks the others.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from core import hookspecs
+from core.errors import UserError
+
+
+@dataclass
+class Entry:
+    """One backend or communicator as ``--list-backends`` shows it."""
+
+    name: str
+    kind: str  # "backend" or "communicator"
+    cls: type | None
+    plugin: str  # the plugin (entry point or in-process registration) that provided it
+    package: str
+    version: str
+    available: bool
+    reason: str
+
+
+@dataclass
+class _PluginOrigin:
+    package: str
+    version: str
+
+
+@dataclass
+class Registry:
+    """The plugin manager plus what it found. ``Registry.load()`` builds the usual one."""
+
+    manager: pluggy.PluginManager = field(default_factory=lambda: _new_manager())
+    origins: dict[str, _PluginOrigin] = field(default_factory=dict)
+    broken: dict[str, Entry] = field(default_factory=dict)  # plugin name -> why
+
+    @classmethod
+    def load(cls) -> "Registry":
+        registry = cls()
+        registry.load_entry_points()
+        return registry
+
+    def load_entry_points(self) -> None:
+        for ep in metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
+            if self.manager.has_plugin(ep.name):
+                continue
+            package = ep.dist.name if ep.dist else ep.module
+            version = ep.dist.version if ep.dist else "?"
+            try:
+                plugin = ep.load()
+                self.manager.register(plugin, name=ep.name)
+            except Exception as exc:  # noqa: BLE001 - isolate any broken plugin
+                self.broken[ep.name] = Entry(ep.name, "plugin", None, ep.name, package, version,
+                                             False, f"failed to load: {type(exc).__name__}: {exc}")
+                continue
+            self.origins[ep.name] = _PluginOrigin(package, version)
+        self.manager.check_pending()
+
+    def register(self, plugin: Any, name: str, package: str = "", version: str = "") -> None:
+        """Register an in-process plugin (tests, notebooks)."""
+        self.manager.register(plugin, name=name)
+        self.manager.check_pending()
+        self.origins[name] = _PluginOrigin(package or name, version or "-")
+
+    def unregister(self, name: str) -> None:
+        self.manager.unregister(name=name)
+        self.origins.pop(name, None)
+
+    # ------------------------------------------------------------------ queries
+    def backends(self) -> list[Entry]:
+        return self._collect("register_backends", "backend")
+
+    def communicators(self) -> list[Entry]:
+        return self._collect("register_communicators", "communicator")
+
+    def _collect(self, hook_name: str, kind: str) -> list[Entry]:
+        entries: dict[str, Entry] = {}
+        hook = getattr(self.manager.hook, hook_name)
+        # Call each plugin's hook on its own, so one that raises is reported, not fatal.
+        for impl in hook.get_hookimpls():
+            origin = self.origins.get(impl.plugin_name, _PluginOrigin(impl.plugin_name, "-"))
+            found: list[type] = []
+            try:
+                impl.function(found.append)
+            except Exception as exc:  # noqa: BLE001
+                self.broken[impl.plugin_name] = Entry(
+                    impl.plugin_name, "plugin", None, impl.plugin_name, origin.package,
+                    origin.version, False, f"{hook_name} raised {type(exc).__name__}: {exc}")
+                continue
+            for cls in found:
+                available, reason = _availability(cls)
+                name = getattr(cls, "name", cls.__name__)
+                if name in entries:  # first registration wins; say so instead of hiding it
+                    available, reason = False, f"name already taken by plugin {entries[name].plugin!r}"
+                    name = f"{name} ({impl.plugin_name})"
+                entries[name] = Entry(name, kind, cls, impl.plugin_name, origin.package,
+                                      origin.version, available, reason)
+        return sorted(entries.values(), key=lambda e: e.name)
+
+    def backend(self, name: str | None) -> Entry:
+        """The backend called ``name`` (None: the best available one); UserError if unusable."""
+        return _pick(self.backends(), name, "--backend", "backend")
+
+    def communicator(self, name: str) -> Entry:
+        return _pick(self.communicators(), name, "--comm", "communicator")
+
+
+def _new_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def _availability(cls: type) -> tuple[bool, str]:
+    try:
+        available, reason = cls.availability()
+        return bool(available), str(reason)
+    except Exception as exc:  # noqa: BLE001 - availability must never take the listing down
+        return False, f"availability check raised {type(exc).__name__}: {exc}"
+
+
+def _pick(entries: list[Entry], name: str | None, flag: str, what: str) -> Entry:
+    if name is None:
+        usable = [e for e in entries if e.available]
+        if not usable:
+            raise UserError(f"{flag}: no {what} is available (see --list-backends)")
+        return max(usable, key=lambda e: getattr(e.cls, "priority", 0))
+    for entry in entries:
+        if entry.name == name:
+            if not entry.available:
+                raise UserError(f"{flag} {name}: {what} is not available here: {entry.reason}")
+            return entry
+    known = ", ".join(e.name for e in entries) or "none"
+    raise UserError(f"{flag} {name}: unknown {what} (known: {known})")

@@ -1,0 +1,330 @@
+"""Command line: ``python -m core.train`` (one process) or ``mpirun -n P python -m core.train``.
+
+Errors that are the user's (flags, files, environment) are one line on stderr and exit code 2.
+Setup runs on every rank and the ranks agree on the outcome before training, so a bad file on one
+rank ends all of them cleanly; a failure during training aborts the whole job naming the rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from comm.base import launched_rank, launched_size
+from core.errors import UserError
+from core.plugins import Registry
+from core.trainer import DataParallelTrainer, TrainConfig, scale_images
+
+#: --verify fails above these relative max-norm errors (course thresholds: double 1e-7..1e-14,
+#: float 1e-6..2e-6; float32 gets headroom for the different summation order of GPU reductions).
+VERIFY_TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) printed by rank 0 only."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m core.train",
+                description="Data-parallel training of a two-layer MLP on MNIST.")
+    model = p.add_argument_group("model and optimisation (course flags)")
+    model.add_argument("-n", "--hidden", type=_positive_int, default=256, help="hidden units (256)")
+    model.add_argument("-r", "--reg", type=_non_negative_float, default=1e-5,
+                       help="L2 regularisation strength (1e-5; the course used 1e-4)")
+    model.add_argument("-l", "--lr", type=_positive_float, default=1.0, help="learning rate (1.0)")
+    model.add_argument("-e", "--epochs", type=_positive_int, default=10, help="epochs (10)")
+    model.add_argument("-b", "--batch-size", type=_positive_int, default=100,
+                       help="global minibatch size, split over ranks (100)")
+    model.add_argument("--seed", type=int, default=0, help="seed of the initial weights (0)")
+    model.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    model.add_argument("--scale", choices=("unit", "raw"), default="unit",
+                       help="input pixels scaled to [0,1] (unit, default) or raw 0..255 as the course")
+    run = p.add_argument_group("execution")
+    run.add_argument("--backend", default=None,
+                     help="compute backend (default: the best available; see --list-backends)")
+    run.add_argument("--comm", default="auto",
+                     help="communicator: auto (mpi under mpirun with >1 rank, else single), or a name")
+    run.add_argument("--list-backends", action="store_true",
+                     help="list backends and communicators with availability, then exit")
+    data = p.add_argument_group("data")
+    data.add_argument("--data-dir", default=None, help="directory with the four MNIST IDX files")
+    data.add_argument("--download", action="store_true", help="download MNIST if missing")
+    data.add_argument("--train-size", type=_positive_int, default=None,
+                      help="train on the first N training images (default: all not held out)")
+    data.add_argument("--val-size", type=_non_negative_int, default=None,
+                      help="validation images held out from the END of the training file "
+                           "(default 10%%: 6000 of MNIST's 60000)")
+    out = p.add_argument_group("output and checks")
+    out.add_argument("--save", default=None, metavar="PATH.npz",
+                     help="write the final W1, b1, W2, b2 (rank 0, atomically)")
+    out.add_argument("--verify", action="store_true",
+                     help="repeat the training with the NumPy reference in one process and compare")
+    return p
+
+
+# ---------------------------------------------------------------------------- listing
+def list_backends(registry: Registry) -> str:
+    rows = [("kind", "name", "package", "version", "available", "why")]
+    for entry in registry.backends() + registry.communicators() + list(registry.broken.values()):
+        rows.append((entry.kind, entry.name, entry.package, entry.version,
+                     "yes" if entry.available else "no", entry.reason))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5]
+                     for r in rows)
+
+
+# ---------------------------------------------------------------------------- setup
+def make_communicator(registry: Registry, name: str):
+    if name == "auto":
+        size = launched_size()
+        try:
+            entry = registry.communicator("mpi" if size > 1 else "single")
+        except UserError as exc:
+            raise UserError(f"--comm auto: launched with {size} ranks, but {exc}") from None
+    else:
+        entry = registry.communicator(name)
+    return entry.cls()
+
+
+def check_save_path(path: str | None) -> None:
+    """Fail before training, not after it, when --save cannot be written."""
+    if path is None:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UserError(f"--save {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise UserError(f"--save {path}: directory {directory} is not writable")
+
+
+def save_params(path: str, params: dict[str, np.ndarray]) -> None:
+    """Write W1, b1, W2, b2 to ``path`` atomically (temporary file, then rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **params)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def split_data(data, args):
+    """Hold out the validation set from the end of the training file; train on the first N."""
+    total = len(data.train_labels)
+    val_size = args.val_size if args.val_size is not None else total // 10
+    if val_size >= total:
+        raise UserError(f"--val-size {val_size}: must be smaller than the {total} training images")
+    available = total - val_size
+    train_size = args.train_size if args.train_size is not None else available
+    if train_size > available:
+        raise UserError(f"--train-size {train_size}: only {available} training images remain "
+                        f"after holding out --val-size {val_size} (from {data.source})")
+    return (data.train_images[:train_size], data.train_labels[:train_size],
+            data.train_images[total - val_size:], data.train_labels[total - val_size:])
+
+
+def agree_on_setup(comm, setup):
+    """Run ``setup()`` on every rank, then agree: if any rank failed, every rank exits 2 (or 1 for a
+    bug) after rank 0 has printed each distinct failure once, naming the rank where they differ."""
+    result, error, code = None, None, 0
+    try:
+        result = setup()
+    except UserError as exc:
+        error, code = str(exc), exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - reported below with the rank
+        traceback.print_exc()
+        error, code = f"{type(exc).__name__}: {exc}", 1
+    outcomes = comm.allgather((error, code))
+    failed = [(rank, msg, c) for rank, (msg, c) in enumerate(outcomes) if msg]
+    if failed:
+        if comm.rank == 0:
+            messages = {msg for _, msg, _ in failed}
+            if len(failed) == comm.size and len(messages) == 1:
+                print(f"dpmlp: error: {failed[0][1]}", file=sys.stderr)
+            else:
+                for rank, msg, _ in failed:
+                    print(f"dpmlp: error on rank {rank}: {msg}", file=sys.stderr)
+        raise SystemExit(max(c for _, _, c in failed))
+    return result
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    registry = Registry.load()
+    if args.list_backends:
+        print(list_backends(registry))
+        return 0
+    check_save_path(args.save)
+    comm = make_communicator(registry, args.comm)
+    say = print if comm.rank == 0 else (lambda *a, **k: None)
+
+    def setup():
+        from core.data import locate_and_load  # imported late: only needed once flags are valid
+
+        entry = registry.backend(args.backend)
+        count = entry.cls.device_count()
+        device = comm.local_rank % count if count else None
+        backend = entry.cls(args.dtype, device)
+        comm.bind_backend(backend)
+        data = locate_and_load(args.data_dir, args.download, log=say)
+        train_img, train_lab, val_img, val_lab = split_data(data, args)
+        dtype = np.dtype(args.dtype).type
+        return entry, backend, data, (scale_images(train_img, args.scale, dtype), train_lab,
+                                      scale_images(val_img, args.scale, dtype), val_lab)
+
+    entry, backend, data, (train_x, train_y, val_x, val_y) = agree_on_setup(comm, setup)
+    config = TrainConfig(hidden=args.hidden, reg=args.reg, lr=args.lr, epochs=args.epochs,
+                         batch_size=args.batch_size, seed=args.seed, dtype=args.dtype)
+    say(f"dpmlp: backend {entry.name} ({args.dtype}, {backend.describe_device()}), comm {comm.name}, "
+        f"{comm.size} rank(s); H={config.hidden} B={config.batch_size} lr={config.lr} "
+        f"reg={config.reg} scale={args.scale}; {train_x.shape[1]} train / {val_x.shape[1]} val "
+        f"images from {data.source}")
+    if config.batch_size < comm.size:
+        say(f"dpmlp: note: batch size {config.batch_size} < {comm.size} ranks: "
+            f"ranks {config.batch_size}..{comm.size - 1} get no samples but still take part")
+
+    trainer = agree_on_setup(comm, lambda: DataParallelTrainer(
+        backend, comm, config, train_x, train_y, val_x, val_y))
+    try:
+        status = train_and_report(args, comm, trainer, data, train_x, train_y, say)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - one rank failing must end every rank
+        abort_job(comm, exc)
+    comm.finalize()
+    return status
+
+
+def train_and_report(args, comm, trainer, data, train_x, train_y, say) -> int:
+    config = trainer.config
+    trainer.train(on_epoch=lambda s: say(
+        f"epoch {s.epoch:3d}/{config.epochs}  loss {s.loss:.4f}  "
+        + (f"val acc {100 * s.val_accuracy:6.2f}%  " if s.val_accuracy is not None else "")
+        + f"time {s.seconds:.3f} s", flush=True))
+    test_x = scale_images(data.test_images, args.scale, np.dtype(args.dtype).type)
+    test_acc = trainer.evaluate_host(test_x, data.test_labels)
+    say(f"test accuracy {100 * test_acc:.2f}% ({len(data.test_labels)} images)")
+    params = trainer.params()
+    if args.save and comm.rank == 0:
+        save_params(args.save, params)
+        say(f"saved W1, b1, W2, b2 to {args.save}")
+    status = 0
+    if args.verify:
+        status = comm.bcast(verify(params, config, train_x, train_y, say) if comm.rank == 0 else None)
+    return status
+
+
+def abort_job(comm, exc: BaseException):
+    """Report a failure during training with this rank's number, then end every rank."""
+    if isinstance(exc, UserError):
+        code = exc.exit_code
+    elif isinstance(exc, KeyboardInterrupt):
+        code = 130
+    else:
+        traceback.print_exc()
+        code = 1
+    print(f"dpmlp: error on rank {comm.rank}: "
+          + (str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"),
+          file=sys.stderr, flush=True)
+    if comm.size > 1:
+        comm.abort(code)
+    raise SystemExit(code)
+
+
+def verify(params, config, train_x, train_y, say) -> int:
+    """Train again with the NumPy reference in this one process; compare relative max-norms."""
+    from backends.ops_numpy import NumpyBackend
+    from comm.single import SingleCommunicator
+
+    began = time.perf_counter()
+    reference = DataParallelTrainer(NumpyBackend(config.dtype), SingleCommunicator(), config,
+                                    train_x, train_y)
+    reference.train()
+    expected = reference.params()
+    tolerance = VERIFY_TOLERANCE[config.dtype]
+    worst = 0.0
+    for name, ref in expected.items():
+        err = relative_max_error(ref, params[name])
+        worst = max(worst, err)
+        say(f"verify {name:2s}: relative max-norm error {err:.3e}")
+    verdict = "passed" if worst <= tolerance else "FAILED"
+    say(f"verify {verdict}: worst {worst:.3e}, tolerance {tolerance:.0e} ({config.dtype}); "
+        f"reference took {time.perf_counter() - began:.1f} s")
+    return 0 if worst <= tolerance else 1
+
+
+def relative_max_error(expected: np.ndarray, actual: np.ndarray) -> float:
+    """||S - P||_inf / ||S||_inf over all elements (the course's check); 0 when both are zero."""
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    diff = float(np.max(np.abs(expected.astype(np.float64) - actual))) if expected.size else 0.0
+    return diff / scale if scale else diff
+
+
+def run(argv=None) -> int:
+    """main() with the error policy: one line for user errors, the rank named for the rest, and a
+    failure on one rank during training ends every rank."""
+    try:
+        return main(argv)
+    except UserError as exc:
+        if launched_rank() == 0 or launched_size() == 1:
+            print(f"dpmlp: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc()
+        rank = launched_rank()
+        print(f"dpmlp: error on rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _abort_all(1)
+        return 1
+
+
+def _abort_all(code: int) -> None:
+    """End every rank of an MPI job from a failing one (no-op without MPI)."""
+    if launched_size() > 1 and "mpi4py.MPI" in sys.modules:
+        sys.stderr.flush()
+        sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(code)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

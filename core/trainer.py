@@ -1,0 +1,175 @@
+"""Data-parallel minibatch SGD, exactly as SPEC.md's "Data parallelism" section.
+
+Every rank holds the whole (scaled) training set on its device, takes its contiguous slice of each
+minibatch by the course rule, computes its gradient contribution normalised by the GLOBAL minibatch
+size, and the contributions are summed with one allreduce of one flat buffer per step. The reg term
+is then added once, and every rank applies the same SGD step, so parameters stay identical.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from comm.base import Communicator
+from core.model import MLP, init_params
+from core.ops import Backend
+
+
+def split_counts(batch: int, ranks: int) -> list[int]:
+    """Course rule: rank r gets floor(B/P) samples, plus one if r < B mod P (800 on 3: 267/267/266)."""
+    return [batch // ranks + (1 if r < batch % ranks else 0) for r in range(ranks)]
+
+
+def rank_slice(start: int, batch: int, ranks: int, rank: int) -> tuple[int, int]:
+    """Sample range [lo, hi) of ``rank`` inside the minibatch [start, start + batch)."""
+    counts = split_counts(batch, ranks)
+    lo = start + sum(counts[:rank])
+    return lo, lo + counts[rank]
+
+
+def scale_images(images: np.ndarray, scale: str, dtype) -> np.ndarray:
+    """uint8 images (N x 784, one per row) -> 784 x N column-major matrix of ``dtype``.
+
+    scale "unit" maps pixels to [0, 1]; "raw" keeps 0..255 as the course code does."""
+    x = images.T.astype(dtype, order="F")  # rows of a C array are the columns of its transpose
+    if scale == "unit":
+        x /= 255
+    return x
+
+
+@dataclass
+class TrainConfig:
+    hidden: int = 256
+    reg: float = 1e-5
+    lr: float = 1.0
+    epochs: int = 10
+    batch_size: int = 100
+    seed: int = 0
+    dtype: str = "float32"
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    val_accuracy: float | None
+    seconds: float
+
+
+class GradientExchange:
+    """Sums the flat gradient buffer over ranks, choosing the one safe path for this pairing.
+
+    * one rank: nothing to do;
+    * host-resident backend (NumPy): MPI reads the buffer directly;
+    * communicator that takes device buffers (NCCL, opted-in CUDA-aware MPI): reduce on the device;
+    * otherwise: wait for the backend's stream, copy to a reused pinned host buffer, reduce there,
+      copy back. A device pointer never reaches an MPI that cannot read it.
+    """
+
+    def __init__(self, backend: Backend, comm: Communicator, flat):
+        self.backend, self.comm, self.flat = backend, comm, flat
+        if comm.size == 1:
+            self.mode = "none"
+        elif backend.host_resident:
+            self.mode = "host"
+        elif comm.accepts_device_buffers:
+            self.mode = "device"
+        else:
+            self.mode = "staged"
+            self.staging = backend.host_buffer(int(flat.shape[0]))
+
+    def allreduce(self) -> None:
+        if self.mode == "none":
+            return
+        if self.mode in ("host", "device"):
+            self.comm.allreduce_sum(self.flat)
+            return
+        self.backend.copy_to_host(self.flat, self.staging)  # synchronises the stream first
+        self.comm.allreduce_sum(self.staging)
+        self.backend.copy_from_host(self.staging, self.flat)
+
+
+class DataParallelTrainer:
+    def __init__(self, backend: Backend, comm: Communicator, config: TrainConfig,
+                 train_x: np.ndarray, train_y: np.ndarray,
+                 val_x: np.ndarray | None = None, val_y: np.ndarray | None = None,
+                 params: dict[str, np.ndarray] | None = None):
+        self.backend, self.comm, self.config = backend, comm, config
+        self.n_train = int(train_x.shape[1])
+        # The data set goes to the device once; each step only takes column views of it.
+        self.X = backend.from_host(train_x)
+        self.Y = backend.from_host(np.asarray(train_y, dtype=np.int32))
+        self.val = None
+        if val_x is not None and val_y is not None and val_x.shape[1] > 0:
+            self.val = (backend.from_host(val_x), backend.from_host(np.asarray(val_y, np.int32)))
+        params = params if params is not None else init_params(config.hidden, config.seed)
+        max_cols = math.ceil(min(config.batch_size, max(self.n_train, 1)) / comm.size)
+        self.model = MLP(backend, config.hidden, max_cols, params)
+        self.exchange = GradientExchange(backend, comm, self.model.flat_grads)
+        self._nll = backend.zeros((1,))
+        self._correct = backend.zeros((1,))
+
+    # ------------------------------------------------------------------ training
+    def step(self, start: int, batch: int) -> None:
+        """One SGD step on the minibatch [start, start + batch) of the training set."""
+        be, model = self.backend, self.model
+        lo, hi = rank_slice(start, batch, self.comm.size, self.comm.rank)
+        x, y = be.cols(self.X, lo, hi), be.cols(self.Y, lo, hi)
+        a1 = yhat = None
+        if hi > lo:
+            a1, yhat = model.forward(x)
+            be.nll_sum(yhat, y, self._nll)
+        model.backward(x, y, a1, yhat, global_batch=batch)
+        self.exchange.allreduce()
+        model.add_regularisation(self.config.reg)
+        model.sgd_step(self.config.lr)
+
+    def train_epoch(self) -> float:
+        """One pass over the training set in file order; returns the epoch's training loss
+        (mean cross-entropy over the epoch's samples, as seen during training, plus the reg term)."""
+        cfg = self.config
+        self.backend.fill(self._nll, 0.0)
+        for start in range(0, self.n_train, cfg.batch_size):
+            self.step(start, min(cfg.batch_size, self.n_train - start))
+        nll = self.comm.allreduce_host(self.backend.to_host(self._nll).astype(np.float64))[0]
+        return nll / max(self.n_train, 1) + self.model.reg_loss(cfg.reg)
+
+    def train(self, on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+        history = []
+        for epoch in range(1, self.config.epochs + 1):
+            began = time.perf_counter()
+            loss = self.train_epoch()
+            seconds = time.perf_counter() - began  # train_epoch ends synchronised (to_host)
+            val_acc = self.evaluate(*self.val) if self.val else None
+            stats = EpochStats(epoch, loss, val_acc, seconds)
+            history.append(stats)
+            if on_epoch:
+                on_epoch(stats)
+        return history
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, X, Y) -> float:
+        """Argmax accuracy over the columns of device arrays X, Y, the work split over ranks by
+        the course rule and the counts summed over ranks (true sample counts, not a mean of means)."""
+        be, model = self.backend, self.model
+        n = int(X.shape[1])
+        lo, hi = rank_slice(0, n, self.comm.size, self.comm.rank)
+        be.fill(self._correct, 0.0)
+        for start in range(lo, hi, model.max_cols):
+            stop = min(start + model.max_cols, hi)
+            _, yhat = model.forward(be.cols(X, start, stop))
+            be.count_correct(yhat, be.cols(Y, start, stop), self._correct)
+        correct = self.comm.allreduce_host(be.to_host(self._correct).astype(np.float64))[0]
+        return correct / max(n, 1)
+
+    def evaluate_host(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Accuracy on a host data set (e.g. the test set), uploaded once for this call."""
+        return self.evaluate(self.backend.from_host(x), self.backend.from_host(np.asarray(y, np.int32)))
+
+    def params(self) -> dict[str, np.ndarray]:
+        return self.model.params_to_host()
