@@ -1,12 +1,31 @@
-"""MPI communicator (mpi4py). Host buffers only unless CUDA-aware MPI is explicitly enabled."""
+"""MPI communicator (mpi4py).
+
+By default it only ever sees host buffers: the trainer stages device gradients through pinned host
+memory. With ``--cuda-aware-mpi`` (or DPMLP_CUDA_AWARE_MPI=1) device buffers go to MPI directly,
+which is faster on a CUDA-aware MPI and crashes (segfault) on one that is not.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
+import numpy as np
+
 from comm.base import Communicator
+from comm.watchdog import Watchdog, timeout_from_env
 from core.hookspecs import hookimpl
+
+CUDA_AWARE_ENV = "DPMLP_CUDA_AWARE_MPI"
+
+
+class _DeviceBuffer:
+    """A 1-D device buffer described by __cuda_array_interface__, which mpi4py understands."""
+
+    def __init__(self, pointer: int, count: int, dtype: np.dtype):
+        self.__cuda_array_interface__ = {"shape": (count,), "typestr": np.dtype(dtype).str,
+                                         "data": (pointer, False), "version": 3, "strides": None}
 
 
 class MpiCommunicator(Communicator):
@@ -21,37 +40,77 @@ class MpiCommunicator(Communicator):
             return False, f"mpi4py cannot be imported: {exc}"
         return True, f"mpi4py {mpi4py.__version__}"
 
-    def __init__(self):
+    def __init__(self, world=None):
         from mpi4py import MPI  # initialises MPI (thread level MULTIPLE by default)
 
         self._mpi = MPI
-        self.world = MPI.COMM_WORLD
+        self.world = world if world is not None else MPI.COMM_WORLD
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
         node = self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank = node.Get_rank()
         node.Free()
+        self.accepts_device_buffers = os.environ.get(CUDA_AWARE_ENV, "") not in ("", "0")
+        self.backend = None
+        self.watchdog = Watchdog(self.world, timeout_from_env()) if self.size > 1 else None
+
+    def bind_backend(self, backend):
+        self.backend = backend
+        if self.accepts_device_buffers and backend.host_resident:
+            self.accepts_device_buffers = False  # nothing on a device to hand over
+
+    def _watch(self, name):
+        return self.watchdog.collective(name) if self.watchdog else contextlib.nullcontext()
+
+    def unwatched(self):
+        """Context for a wait that is long on purpose (rank 0 running --verify's reference)."""
+        if not self.watchdog:
+            return contextlib.nullcontext()
+        return _paused(self.watchdog)
 
     def allreduce_sum(self, buf):
-        self.world.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
+        if self.accepts_device_buffers and self.backend is not None and not isinstance(buf, np.ndarray):
+            # MPI knows nothing of our stream: the gradients must be complete before it reads them.
+            self.backend.synchronize()
+            buf = _DeviceBuffer(self.backend.device_pointer(buf), int(buf.shape[0]),
+                                self.backend.dtype)
+        with self._watch("allreduce"):
+            self.world.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
 
     def allreduce_host_inplace(self, values):
-        self.world.Allreduce(self._mpi.IN_PLACE, values, op=self._mpi.SUM)
+        with self._watch("allreduce (metrics)"):
+            self.world.Allreduce(self._mpi.IN_PLACE, values, op=self._mpi.SUM)
 
     def bcast(self, obj, root=0):
-        return self.world.bcast(obj, root=root)
+        with self._watch("bcast"):
+            return self.world.bcast(obj, root=root)
 
     def allgather(self, obj):
-        return self.world.allgather(obj)
+        with self._watch("allgather"):
+            return self.world.allgather(obj)
 
     def barrier(self):
-        self.world.Barrier()
+        with self._watch("barrier"):
+            self.world.Barrier()
 
     def abort(self, code):
         sys.stderr.flush()
         sys.stdout.flush()
         self.world.Abort(code)
         os._exit(code)  # Abort does not return; this is for MPIs that do
+
+    def finalize(self):
+        if self.watchdog:
+            self.watchdog.stop()
+
+
+@contextlib.contextmanager
+def _paused(watchdog):
+    saved, watchdog.timeout = watchdog.timeout, float("inf")
+    try:
+        yield
+    finally:
+        watchdog.timeout = saved
 
 
 @hookimpl

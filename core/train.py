@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compute backend (default: the best available; see --list-backends)")
     run.add_argument("--comm", default="auto",
                      help="communicator: auto (mpi under mpirun with >1 rank, else single), or a name")
+    run.add_argument("--cuda-aware-mpi", action="store_true",
+                     help="hand device buffers to MPI directly (also DPMLP_CUDA_AWARE_MPI=1); only "
+                          "for a CUDA-aware MPI: any other crashes. Default: stage through host")
+    run.add_argument("--collective-timeout", type=_non_negative_float, default=None,
+                     metavar="SECONDS", help="abort the job, naming the ranks that did not arrive, "
+                     "when a collective takes longer (default 300; 0 = off; "
+                     "also DPMLP_COLLECTIVE_TIMEOUT)")
     run.add_argument("--list-backends", action="store_true",
                      help="list backends and communicators with availability, then exit")
     data = p.add_argument_group("data")
@@ -193,7 +200,15 @@ def main(argv=None) -> int:
         print(list_backends(registry))
         return 0
     check_save_path(args.save)
+    if args.cuda_aware_mpi:
+        os.environ["DPMLP_CUDA_AWARE_MPI"] = "1"
+    if args.collective_timeout is not None:
+        os.environ["DPMLP_COLLECTIVE_TIMEOUT"] = str(args.collective_timeout)
     comm = make_communicator(registry, args.comm)
+    if getattr(comm, "accepts_device_buffers", False) and comm.name == "mpi" and comm.rank == 0:
+        print("dpmlp: warning: CUDA-aware MPI requested: device buffers go to MPI directly; if this "
+              "MPI is not CUDA-aware the job will crash (segfault). Leave it off to stage through "
+              "pinned host memory.", file=sys.stderr)
     say = print if comm.rank == 0 else (lambda *a, **k: None)
 
     def setup():
@@ -248,7 +263,8 @@ def train_and_report(args, comm, trainer, data, train_x, train_y, say) -> int:
         say(f"saved W1, b1, W2, b2 to {args.save}")
     status = 0
     if args.verify:
-        status = comm.bcast(verify(params, config, train_x, train_y, say) if comm.rank == 0 else None)
+        with comm.unwatched():  # the other ranks wait while rank 0 runs the reference
+            status = comm.bcast(verify(params, config, train_x, train_y, say) if comm.rank == 0 else None)
     return status
 
 
