@@ -1,0 +1,607 @@
+"""The NumPy reference backend, the model's gradients and the minibatch split rule.
+
+(a) every op of backends/ops_numpy.py against a NumPy formula written independently here, in
+    float32 and float64, including zero-column inputs and the aliasing the contract allows;
+(b) a central finite-difference check, in float64, of the full loss J of SPEC.md w.r.t. sampled
+    entries of W1, b1, W2, b2, through MLP.forward / backward + add_regularisation;
+(c) split_counts / rank_slice (the course's rule for cutting a minibatch over ranks).
+
+Expected values are computed in float64 from the very inputs the backend saw (cast to the dtype
+first), so the tolerance only has to absorb the backend's own rounding in its dtype.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from backends.ops_numpy import NumpyBackend
+from core.model import CLASSES, INPUTS, MLP, PARAM_NAMES, init_params, pack, param_shapes
+from core.trainer import rank_slice, split_counts
+
+# One tolerance table per dtype: (rtol, atol) for assert_allclose against the float64 formula.
+TOL = {
+    "float32": {"rtol": 2e-5, "atol": 1e-6},
+    "float64": {"rtol": 1e-12, "atol": 1e-14},
+}
+DTYPES = sorted(TOL)
+
+
+@pytest.fixture(params=DTYPES)
+def be(request):
+    return NumpyBackend(request.param)
+
+
+def close(actual, expected, dtype, **override):
+    tol = dict(TOL[str(dtype)], **override)
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, **tol)
+
+
+def rand(be, shape, seed, lo=-1.0, hi=1.0):
+    """A backend array of the backend dtype with uniform entries, plus its float64 twin."""
+    host = np.random.default_rng(seed).uniform(lo, hi, size=shape).astype(be.dtype)
+    return be.from_host(host), host.astype(np.float64)
+
+
+def ref_sigmoid(x):
+    """sigmoid via tanh: an algebraically different formula from 1 / (1 + exp(-x))."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def ref_softmax(x, axis):
+    """Softmax in float64 via a log-sum-exp per column / row, written with explicit loops."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    lines = range(x.shape[1]) if axis == 0 else range(x.shape[0])
+    for k in lines:
+        v = x[:, k] if axis == 0 else x[k, :]
+        m = max(v)
+        lse = m + math.log(sum(math.exp(t - m) for t in v))
+        res = [math.exp(t - lse) for t in v]
+        if axis == 0:
+            out[:, k] = res
+        else:
+            out[k, :] = res
+    return out
+
+
+# ================================================================== (a) ops vs formulas
+# ------------------------------------------------------------------ memory
+def test_empty_zeros_from_host_to_host(be):
+    e = be.empty((3, 5))
+    assert e.shape == (3, 5) and e.dtype == be.dtype and e.flags.f_contiguous
+    z = be.zeros((4, 2))
+    assert z.dtype == be.dtype and z.flags.f_contiguous and not z.any()
+    host = np.arange(12, dtype=np.float64).reshape(3, 4)  # C order on purpose
+    arr = be.from_host(host)
+    assert arr.dtype == be.dtype and arr.flags.f_contiguous
+    np.testing.assert_array_equal(arr, host)
+    host[0, 0] = 99  # a copy, not a view
+    assert arr[0, 0] == 0
+    labels = be.from_host(np.array([1, 2, 3], dtype=np.uint8))
+    assert labels.dtype == np.int32
+    back = be.to_host(arr)
+    assert isinstance(back, np.ndarray) and back.flags.f_contiguous
+    back[0, 1] = -5
+    assert arr[0, 1] == 1
+
+
+def test_copy_to_from_host(be):
+    arr, _ = rand(be, (7,), 1)
+    host = be.host_buffer(7)
+    assert host.dtype == be.dtype and host.shape == (7,)
+    be.copy_to_host(arr, host)
+    np.testing.assert_array_equal(host, arr)
+    host *= 2
+    be.copy_from_host(host, arr)
+    np.testing.assert_array_equal(arr, host)
+
+
+def test_flat_views_are_column_major_views(be):
+    flat = be.from_host(np.arange(2 * 3 + 4 + 0 + 5, dtype=np.float64))
+    a, v, empty, w = be.flat_views(flat, [(2, 3), (4,), (0, 3), (5, 1)])
+    assert a.shape == (2, 3) and v.shape == (4,) and empty.shape == (0, 3) and w.shape == (5, 1)
+    for view in (a, v, w):
+        assert np.shares_memory(view, flat)
+    # column-major: element (i, j) of the first view is flat[i + 2 j]
+    for i in range(2):
+        for j in range(3):
+            assert a[i, j] == flat[i + 2 * j]
+    np.testing.assert_array_equal(v, [6, 7, 8, 9])
+    np.testing.assert_array_equal(w[:, 0], [10, 11, 12, 13, 14])
+    # writes go through both ways
+    a[1, 2] = -1
+    assert flat[5] == -1
+    flat[7] = 42
+    assert v[1] == 42
+    be.fill(w, 3.0)
+    assert (flat[10:] == 3).all()
+
+
+def test_cols_are_views(be):
+    m, _ = rand(be, (4, 6), 2)
+    c = be.cols(m, 2, 5)
+    assert c.shape == (4, 3) and np.shares_memory(c, m)
+    c[0, 0] = 123
+    assert m[0, 2] == 123
+    assert be.cols(m, 3, 3).shape == (4, 0)
+    vec, _ = rand(be, (6,), 3)
+    cv = be.cols(vec, 1, 4)
+    assert cv.shape == (3,) and np.shares_memory(cv, vec)
+    cv[0] = 7
+    assert vec[1] == 7
+    assert be.cols(vec, 6, 6).shape == (0,)
+
+
+def test_fill(be):
+    m, _ = rand(be, (3, 4), 4)
+    be.fill(m, 2.5)
+    assert (m == 2.5).all() and m.dtype == be.dtype
+
+
+# ------------------------------------------------------------------ gemm
+GEMM_SHAPES = [(5, 7, 3), (1, 1, 1), (10, 16, 13), (4, 0, 3), (4, 5, 0), (0, 5, 3)]  # M, K, N
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("mkn", GEMM_SHAPES)
+def test_gemm_alpha_beta(be, trans_a, trans_b, mkn):
+    M, K, N = mkn
+    a, a64 = rand(be, (K, M) if trans_a else (M, K), 10)
+    b, b64 = rand(be, (N, K) if trans_b else (K, N), 11)
+    c, c64 = rand(be, (M, N), 12)
+    opa = a64.T if trans_a else a64
+    opb = b64.T if trans_b else b64
+    expected = np.zeros((M, N))
+    for i in range(M):
+        for j in range(N):
+            expected[i, j] = 2.0 * sum(opa[i, k] * opb[k, j] for k in range(K)) + 5.0 * c64[i, j]
+    be.gemm(a, b, c, alpha=2.0, beta=5.0, trans_a=trans_a, trans_b=trans_b)
+    assert c.shape == (M, N) and c.dtype == be.dtype
+    close(c, expected, be.dtype)
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("mkn", GEMM_SHAPES)
+def test_gemm_beta_zero_ignores_nan_c(be, trans_a, trans_b, mkn):
+    M, K, N = mkn
+    a, a64 = rand(be, (K, M) if trans_a else (M, K), 20)
+    b, b64 = rand(be, (N, K) if trans_b else (K, N), 21)
+    c = be.empty((M, N))
+    be.fill(c, np.nan)
+    opa = a64.T if trans_a else a64
+    opb = b64.T if trans_b else b64
+    expected = np.zeros((M, N))
+    for i in range(M):
+        for j in range(N):
+            expected[i, j] = -0.5 * sum(opa[i, k] * opb[k, j] for k in range(K))
+    be.gemm(a, b, c, alpha=-0.5, beta=0.0, trans_a=trans_a, trans_b=trans_b)
+    assert np.isfinite(c).all()
+    close(c, expected, be.dtype)
+
+
+def test_gemm_default_alpha_beta(be):
+    a, a64 = rand(be, (3, 4), 30)
+    b, b64 = rand(be, (4, 2), 31)
+    c = be.empty((3, 2))
+    be.fill(c, np.nan)
+    be.gemm(a, b, c)
+    close(c, np.einsum("ik,kj->ij", a64, b64), be.dtype)
+
+
+def test_gemm_k_zero_gives_beta_c(be):
+    a, b = be.empty((4, 0)), be.empty((0, 3))
+    c, c64 = rand(be, (4, 3), 32)
+    be.gemm(a, b, c, alpha=3.0, beta=0.25)
+    close(c, 0.25 * c64, be.dtype)
+    be.fill(c, np.nan)
+    be.gemm(a, b, c, alpha=3.0, beta=0.0)
+    assert (c == 0).all()
+
+
+def test_gemm_on_column_views(be):
+    """The model multiplies column views of larger buffers (a rank's slice of the batch)."""
+    big, big64 = rand(be, (6, 20), 33)
+    w, w64 = rand(be, (4, 6), 34)
+    out_buf = be.empty((4, 20))
+    be.fill(out_buf, np.nan)
+    out = be.cols(out_buf, 0, 7)
+    be.gemm(w, be.cols(big, 5, 12), out)
+    close(out, w64 @ big64[:, 5:12], be.dtype)
+    assert np.isnan(out_buf[:, 7:]).all()  # nothing written past the view
+
+
+def test_gemm_integer_inputs_exact(be):
+    """The course's GEMM check in small: integer-valued inputs ((i*j mod 17) - 8), alpha=2,
+    beta=5, must match exactly (all partial sums are small integers, exact in float32 too)."""
+    M, K, N = 40, 50, 30
+    ia = np.array([[(i * j) % 17 - 8 for j in range(K)] for i in range(M)], dtype=np.int64)
+    ib = np.array([[(i * j) % 17 - 8 for j in range(N)] for i in range(K)], dtype=np.int64)
+    ic = np.array([[(i * j) % 17 - 8 for j in range(N)] for i in range(M)], dtype=np.int64)
+    a = be.from_host(ia.astype(np.float64))
+    b = be.from_host(ib.astype(np.float64))
+    c = be.from_host(ic.astype(np.float64))
+    be.gemm(a, b, c, alpha=2.0, beta=5.0)
+    np.testing.assert_array_equal(c, 2 * (ia @ ib) + 5 * ic)
+
+
+# ------------------------------------------------------------------ element-wise
+def test_sigmoid(be):
+    x, x64 = rand(be, (6, 9), 40, -8, 8)
+    out = be.empty((6, 9))
+    be.sigmoid(x, out)
+    close(out, ref_sigmoid(x64), be.dtype)
+    be.sigmoid(x, x)  # out may alias x
+    close(x, ref_sigmoid(x64), be.dtype)
+
+
+def test_sigmoid_huge_inputs_stay_finite(be):
+    x = be.from_host(np.array([[-1e4, -800.0, 0.0, 800.0, 1e4]]))
+    out = be.empty(x.shape)
+    with np.errstate(over="ignore"):
+        be.sigmoid(x, out)
+    assert np.isfinite(out).all()
+    close(out, [[0.0, 0.0, 0.5, 1.0, 1.0]], be.dtype)
+
+
+def test_bias_sigmoid(be):
+    z, z64 = rand(be, (5, 8), 41, -4, 4)
+    bias, b64 = rand(be, (5,), 42)
+    expected = np.empty((5, 8))
+    for j in range(8):
+        expected[:, j] = ref_sigmoid(z64[:, j] + b64)
+    out = be.empty((5, 8))
+    be.bias_sigmoid(z, bias, out)
+    close(out, expected, be.dtype)
+    be.bias_sigmoid(z, bias, z)  # out may alias z
+    close(z, expected, be.dtype)
+
+
+def test_add_bias(be):
+    z, z64 = rand(be, (4, 6), 43)
+    bias, b64 = rand(be, (4,), 44)
+    be.add_bias(z, bias)
+    close(z, z64 + np.outer(b64, np.ones(6)), be.dtype)
+
+
+def test_sigmoid_backward(be):
+    g, g64 = rand(be, (5, 7), 45)
+    a, a64 = rand(be, (5, 7), 46, 0, 1)
+    out = be.empty((5, 7))
+    be.sigmoid_backward(g, a, out)
+    close(out, g64 * a64 * (1 - a64), be.dtype)
+    be.sigmoid_backward(g, a, g)  # out may alias grad
+    close(g, g64 * a64 * (1 - a64), be.dtype)
+
+
+def test_axpy(be):
+    x, x64 = rand(be, (3, 5), 47)
+    y, y64 = rand(be, (3, 5), 48)
+    be.axpy(-0.75, x, y)
+    close(y, y64 - 0.75 * x64, be.dtype)
+    v, v64 = rand(be, (9,), 49)
+    w, w64 = rand(be, (9,), 50)
+    be.axpy(2.0, v, w)
+    close(w, w64 + 2 * v64, be.dtype)
+
+
+# ------------------------------------------------------------------ softmax
+@pytest.mark.parametrize("axis", [0, 1])
+def test_softmax(be, axis):
+    x, x64 = rand(be, (10, 7), 51, -5, 5)
+    out = be.empty((10, 7))
+    be.softmax(x, out, axis=axis)
+    expected = ref_softmax(x64, axis)
+    close(out, expected, be.dtype)
+    np.testing.assert_allclose(out.sum(axis=axis), 1.0, rtol=TOL[str(be.dtype)]["rtol"] * 10)
+    be.softmax(x, x, axis=axis)  # out may alias x
+    close(x, expected, be.dtype)
+
+
+def test_softmax_default_axis_is_columns(be):
+    x, x64 = rand(be, (4, 3), 52)
+    out = be.empty((4, 3))
+    be.softmax(x, out)
+    close(out, ref_softmax(x64, 0), be.dtype)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_softmax_huge_inputs_stay_finite(be, axis):
+    """Raw pixels and large weights give logits far beyond exp's range: subtract the max."""
+    big = np.array([[1e30, 1e30, -1e30],
+                    [1000.0, 999.0, -1000.0],
+                    [-1e30, 1e4, 1e4 - 1]])
+    x = be.from_host(big if axis == 1 else big.T.copy())
+    out = be.empty(x.shape)
+    be.softmax(x, out, axis=axis)
+    assert np.isfinite(out).all()
+    e = 1.0 / (1.0 + math.exp(-1.0))
+    expected = np.array([[0.5, 0.5, 0.0], [e, 1 - e, 0.0], [0.0, e, 1 - e]])
+    close(out, expected if axis == 1 else expected.T, be.dtype)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_softmax_shift_invariant(be, axis):
+    x, x64 = rand(be, (5, 4), 53, -3, 3)
+    shifted = be.from_host(x64 + 700.0)  # exp(700+) overflows float32 and nearly float64
+    out = be.empty((5, 4))
+    be.softmax(shifted, out, axis=axis)
+    close(out, ref_softmax(x64, axis), be.dtype, rtol=TOL[str(be.dtype)]["rtol"] * 50,
+          atol=TOL[str(be.dtype)]["atol"] * 50)
+
+
+# ------------------------------------------------------------------ reductions and losses
+def test_reduce_cols(be):
+    x, x64 = rand(be, (6, 11), 54)
+    out = be.empty((6,))
+    be.fill(out, np.nan)
+    be.reduce_cols(x, out)
+    close(out, [sum(x64[i, j] for j in range(11)) for i in range(6)], be.dtype)
+    be.reduce_cols(x, out, alpha=-3.0)
+    close(out, [-3 * sum(x64[i, j] for j in range(11)) for i in range(6)], be.dtype)
+
+
+def test_softmax_xent_backward(be):
+    yhat, y64 = rand(be, (CLASSES, 9), 55, 0, 1)
+    labels = be.from_host(np.array([0, 9, 3, 3, 5, 1, 9, 0, 7]))
+    expected = y64.copy()
+    for j, lab in enumerate([0, 9, 3, 3, 5, 1, 9, 0, 7]):
+        expected[lab, j] -= 1.0
+    expected *= 1.0 / 9
+    out = be.empty(yhat.shape)
+    be.fill(out, np.nan)
+    be.softmax_xent_backward(yhat, labels, 1.0 / 9, out)
+    close(out, expected, be.dtype)
+    be.softmax_xent_backward(yhat, labels, 1.0 / 9, yhat)  # out may alias yhat
+    close(yhat, expected, be.dtype)
+
+
+def test_nll_sum_accumulates(be):
+    yhat, y64 = rand(be, (CLASSES, 6), 56, 0.01, 1)
+    labs = [2, 2, 0, 9, 4, 7]
+    labels = be.from_host(np.array(labs))
+    acc = be.from_host(np.array([1.5]))
+    be.nll_sum(yhat, labels, acc)
+    expected = 1.5 + sum(-math.log(y64[lab, j]) for j, lab in enumerate(labs))
+    assert acc.shape == (1,) and acc.dtype == be.dtype
+    close(acc, [expected], be.dtype)
+    be.nll_sum(yhat, labels, acc)  # += again
+    close(acc, [2 * expected - 1.5], be.dtype)
+
+
+def test_count_correct_first_maximum_on_ties(be):
+    scores = be.from_host(np.array([
+        [0.1, 0.5, 0.3, 0.2, 0.0],
+        [0.7, 0.5, 0.3, 0.2, 0.0],
+        [0.2, 0.0, 0.3, 0.6, 0.0],
+    ]))
+    # columns: argmax 1 | tie 0,1 -> 0 | tie 0,1,2 -> 0 | argmax 2 | all equal -> 0
+    labels = be.from_host(np.array([1, 1, 0, 2, 0]))  # correct: yes, no (tie), yes, yes, yes
+    acc = be.from_host(np.array([10.0]))
+    be.count_correct(scores, labels, acc)
+    assert acc.dtype == be.dtype
+    assert acc[0] == 14.0
+    labels2 = be.from_host(np.array([0, 0, 1, 1, 2]))  # no, yes, no (tie), no, no
+    be.count_correct(scores, labels2, acc)
+    assert acc[0] == 15.0
+
+
+def test_sum_squares(be):
+    x, x64 = rand(be, (7, 5), 57)
+    s = be.sum_squares(x)
+    assert type(s) is float
+    close([s], [sum(v * v for v in x64.ravel())], be.dtype)
+    assert be.sum_squares(be.empty((3, 0))) == 0.0
+
+
+# ------------------------------------------------------------------ zero columns
+def test_zero_column_inputs(be):
+    """A rank that received no samples: every op does the mathematically right thing."""
+    H = 4
+    z = be.empty((H, 0))
+    bias, _ = rand(be, (H,), 60)
+    out = be.empty((H, 0))
+    be.bias_sigmoid(z, bias, out)
+    be.add_bias(z, bias)
+    be.sigmoid(z, out)
+    be.softmax(be.empty((CLASSES, 0)), be.empty((CLASSES, 0)), axis=0)
+    be.softmax(be.empty((CLASSES, 0)), be.empty((CLASSES, 0)), axis=1)
+    be.sigmoid_backward(z, z, out)
+    assert out.shape == (H, 0)
+
+    red = be.empty((H,))
+    be.fill(red, np.nan)
+    be.reduce_cols(z, red)
+    assert (red == 0).all()  # a sum over nothing is 0
+
+    labels = be.from_host(np.zeros(0, dtype=np.int32))
+    yhat = be.empty((CLASSES, 0))
+    be.softmax_xent_backward(yhat, labels, 0.5, yhat)
+    acc = be.from_host(np.array([3.0]))
+    be.nll_sum(yhat, labels, acc)
+    be.count_correct(yhat, labels, acc)
+    assert acc[0] == 3.0
+
+    # gemm with N = 0 (z1 = W1 x for no samples) and K = 0 (dW = diff a1^T over no samples)
+    w, _ = rand(be, (H, 6), 61)
+    c = be.empty((H, 0))
+    be.gemm(w, be.empty((6, 0)), c)
+    dw = be.empty((H, 6))
+    be.fill(dw, np.nan)
+    be.gemm(z, be.empty((6, 0)), dw, trans_b=True)
+    assert (dw == 0).all()
+    assert be.sum_squares(z) == 0.0
+
+
+# ================================================================== (b) gradient check
+H, NS, REG = 7, 13, 0.1
+
+
+def _problem(seed=5):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, size=(INPUTS, NS))
+    labels = rng.integers(0, CLASSES, size=NS)
+    # Weights larger than the reference 0.01 init so that every gradient entry is well above
+    # the rounding noise of the finite difference (and the sigmoid is off its linear part).
+    params = {
+        "W1": 0.05 * rng.standard_normal((H, INPUTS)),
+        "b1": 0.3 * rng.standard_normal(H),
+        "W2": 0.5 * rng.standard_normal((CLASSES, H)),
+        "b2": 0.3 * rng.standard_normal(CLASSES),
+    }
+    return x, labels, params
+
+
+def _loss(params, x, labels, reg):
+    """J of SPEC.md written out directly in float64: mean CE + reg/2 (||W1||^2 + ||W2||^2)."""
+    z1 = params["W1"] @ x + params["b1"][:, None]
+    a1 = 1.0 / (1.0 + np.exp(-z1))
+    z2 = params["W2"] @ a1 + params["b2"][:, None]
+    z2 = z2 - z2.max(axis=0, keepdims=True)
+    logp = z2 - np.log(np.exp(z2).sum(axis=0, keepdims=True))
+    ce = -logp[labels, np.arange(x.shape[1])].mean()
+    return ce + 0.5 * reg * (np.sum(params["W1"] ** 2) + np.sum(params["W2"] ** 2))
+
+
+def _model_gradient(params, x, labels, reg, split=None):
+    """Gradient from MLP.forward/backward + add_regularisation. With ``split``, the batch is cut
+    into contiguous pieces whose contributions are summed, the way ranks do it."""
+    be = NumpyBackend("float64")
+    model = MLP(be, H, NS, params)
+    total = np.zeros(model.size)
+    X, Y = be.from_host(x), be.from_host(labels)
+    pieces = split or [NS]
+    lo = 0
+    for count in pieces:
+        xs, ys = be.cols(X, lo, lo + count), be.cols(Y, lo, lo + count)
+        a1 = yhat = None
+        if count:
+            a1, yhat = model.forward(xs)
+        model.backward(xs, ys, a1, yhat, global_batch=NS)
+        total += model.flat_grads
+        lo += count
+    model.flat_grads[...] = total
+    model.add_regularisation(reg)
+    grads = {"W1": model.dW1.copy(), "b1": model.db1.copy(), "W2": model.dW2.copy(),
+             "b2": model.db2.copy()}
+    return grads, model
+
+
+def test_model_loss_matches_formula():
+    x, labels, params = _problem()
+    be = NumpyBackend("float64")
+    model = MLP(be, H, NS, params)
+    _, yhat = model.forward(be.from_host(x))
+    acc = be.zeros((1,))
+    be.nll_sum(yhat, be.from_host(labels), acc)
+    J = acc[0] / NS + model.reg_loss(REG)
+    assert J == pytest.approx(_loss(params, x, labels, REG), rel=1e-13)
+
+
+@pytest.mark.parametrize("reg", [REG, 0.0])
+def test_gradient_finite_differences(reg):
+    x, labels, params = _problem()
+    grads, _ = _model_gradient(params, x, labels, reg)
+    rng = np.random.default_rng(7)
+    h = 1e-5
+    worst = 0.0
+    for name in PARAM_NAMES:
+        p = params[name]
+        flat_idx = rng.choice(p.size, size=min(p.size, 25), replace=False)
+        for fi in flat_idx:
+            idx = np.unravel_index(fi, p.shape)
+            old = p[idx]
+            p[idx] = old + h
+            plus = _loss(params, x, labels, reg)
+            p[idx] = old - h
+            minus = _loss(params, x, labels, reg)
+            p[idx] = old
+            numeric = (plus - minus) / (2 * h)
+            analytic = grads[name][idx]
+            rel = abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-300)
+            worst = max(worst, rel)
+            assert rel < 1e-6, f"{name}{idx}: numeric {numeric!r} analytic {analytic!r} rel {rel:.2e}"
+    assert worst < 1e-6
+
+
+def test_split_contributions_sum_to_whole_batch_gradient():
+    """Normalising by the GLOBAL size and adding reg once makes the sum of the pieces' gradients
+    (including an empty piece) equal the whole batch's, to rounding."""
+    x, labels, params = _problem()
+    whole, _ = _model_gradient(params, x, labels, REG)
+    parts, _ = _model_gradient(params, x, labels, REG, split=[5, 0, 4, 4])
+    for name in PARAM_NAMES:
+        np.testing.assert_allclose(parts[name], whole[name], rtol=1e-12, atol=1e-15)
+
+
+def test_backward_with_no_samples_gives_zero_gradient():
+    _, _, params = _problem()
+    be = NumpyBackend("float64")
+    model = MLP(be, H, 4, params)
+    be.fill(model.flat_grads, np.nan)
+    model.backward(be.empty((INPUTS, 0)), be.from_host(np.zeros(0, np.int32)), None, None, 13)
+    assert (model.flat_grads == 0).all()
+    model.add_regularisation(REG)
+    np.testing.assert_array_equal(model.dW1, REG * params["W1"])
+    assert (model.db1 == 0).all() and (model.db2 == 0).all()
+
+
+def test_sgd_step_and_flat_layout():
+    x, labels, params = _problem()
+    grads, model = _model_gradient(params, x, labels, REG)
+    model.sgd_step(0.5)
+    after = model.params_to_host()
+    for name in PARAM_NAMES:
+        np.testing.assert_allclose(after[name], params[name] - 0.5 * grads[name], rtol=1e-15,
+                                   atol=1e-17)
+    assert model.size == sum(int(np.prod(s)) for s in param_shapes(H))
+    np.testing.assert_array_equal(model.flat_params, pack(after))
+
+
+def test_init_params_deterministic_and_reference_scale():
+    a, b = init_params(32, 3), init_params(32, 3)
+    for name in PARAM_NAMES:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert a["W1"].shape == (32, INPUTS) and a["W2"].shape == (CLASSES, 32)
+    assert not a["b1"].any() and not a["b2"].any()
+    assert 0.008 < a["W1"].std() < 0.012
+    assert not np.array_equal(init_params(32, 4)["W1"], a["W1"])
+
+
+# ================================================================== (c) split rule
+def test_split_counts_course_example():
+    assert split_counts(800, 3) == [267, 267, 266]
+
+
+@pytest.mark.parametrize("batch,ranks", [(800, 3), (67, 3), (67, 4), (100, 1), (2, 3), (2, 4),
+                                         (1, 4), (0, 3), (5, 5), (13, 6)])
+def test_split_counts_rule(batch, ranks):
+    counts = split_counts(batch, ranks)
+    assert len(counts) == ranks and sum(counts) == batch
+    for r, c in enumerate(counts):
+        assert c == batch // ranks + (1 if r < batch % ranks else 0)
+    assert max(counts) - min(counts) <= 1
+    assert counts == sorted(counts, reverse=True)
+
+
+def test_split_counts_batch_smaller_than_ranks():
+    assert split_counts(2, 4) == [1, 1, 0, 0]
+    assert split_counts(2, 3) == [1, 1, 0]
+
+
+@pytest.mark.parametrize("start,batch,ranks", [(0, 800, 3), (268, 67, 3), (1000, 2, 4),
+                                               (5, 32, 4), (0, 1, 2), (10, 7, 7)])
+def test_rank_slice_contiguous_cover(start, batch, ranks):
+    slices = [rank_slice(start, batch, ranks, r) for r in range(ranks)]
+    assert slices[0][0] == start and slices[-1][1] == start + batch
+    for (lo, hi), (lo2, _) in zip(slices, slices[1:]):
+        assert hi == lo2  # contiguous, no gap and no overlap
+    for (lo, hi), count in zip(slices, split_counts(batch, ranks)):
+        assert hi - lo == count and lo <= hi
+
+
+def test_rank_slice_course_example():
+    assert [rank_slice(0, 800, 3, r) for r in range(3)] == [(0, 267), (267, 534), (534, 800)]
+    assert [rank_slice(10, 2, 4, r) for r in range(4)] == [(10, 11), (11, 12), (12, 12), (12, 12)]
