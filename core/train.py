@@ -218,7 +218,6 @@ def main(argv=None) -> int:
         count = entry.cls.device_count()
         device = comm.local_rank % count if count else None
         backend = entry.cls(args.dtype, device)
-        comm.bind_backend(backend)
         data = locate_and_load(args.data_dir, args.download, log=say)
         train_img, train_lab, val_img, val_lab = split_data(data, args)
         dtype = np.dtype(args.dtype).type
@@ -226,6 +225,7 @@ def main(argv=None) -> int:
                                       scale_images(val_img, args.scale, dtype), val_lab)
 
     entry, backend, data, (train_x, train_y, val_x, val_y) = agree_on_setup(comm, setup)
+    agree_on_setup(comm, lambda: comm.bind_backend(backend))  # NCCL: collective, so after agreement
     config = TrainConfig(hidden=args.hidden, reg=args.reg, lr=args.lr, epochs=args.epochs,
                          batch_size=args.batch_size, seed=args.seed, dtype=args.dtype)
     say(f"dpmlp: backend {entry.name} ({args.dtype}, {backend.describe_device()}), comm {comm.name}, "

@@ -1,0 +1,101 @@
+"""NCCL communicator (through CuPy): gradients summed on the GPUs, on the backend's own stream.
+
+MPI bootstraps it (rank 0's NCCL unique id is broadcast) and still carries the small host-side
+collectives (metrics, setup agreement). One GPU per rank: NCCL refuses two ranks on one device, so
+that case is reported before NCCL is touched. Works with any backend that exposes
+``device_pointer`` and ``stream_handle`` (cupy and pycuda memory alike, handed over by pointer).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from comm.mpi import MpiCommunicator
+from core.errors import UserError
+from core.hookspecs import hookimpl
+
+
+class NcclCommunicator(MpiCommunicator):
+    name = "nccl"
+    description = "NCCL via cupy.cuda.nccl, bootstrapped over MPI; device buffers, one GPU per rank"
+
+    @classmethod
+    def availability(cls):
+        ok, reason = MpiCommunicator.availability()
+        if not ok:
+            return ok, reason
+        try:
+            from cupy.cuda import nccl
+        except Exception as exc:  # noqa: BLE001
+            return False, f"cupy.cuda.nccl cannot be imported: {exc}"
+        try:
+            version = nccl.get_version()
+        except Exception as exc:  # noqa: BLE001
+            return False, f"NCCL library not usable: {exc}"
+        return True, f"NCCL {version // 10000}.{version // 100 % 100}.{version % 100}"
+
+    def __init__(self, world=None):
+        super().__init__(world)
+        self.accepts_device_buffers = True
+        self.nccl_comm = None
+
+    def bind_backend(self, backend):
+        """Create the NCCL communicator on the backend's device (collective over all ranks)."""
+        import cupy
+        from cupy.cuda import nccl
+
+        if backend.host_resident:
+            raise UserError(f"--comm nccl: backend {backend.name!r} keeps its data in host memory; "
+                            "NCCL needs a GPU backend (e.g. --backend cupy or pycuda)")
+        self.backend = backend
+        places = self.allgather((socket.gethostname(), backend.device_index))
+        mine = places[self.rank]
+        sharing = [r for r, place in enumerate(places) if place == mine]
+        if len(sharing) > 1:
+            per_node = len({p for p in places if p[0] == mine[0]})
+            raise UserError(
+                f"--comm nccl: ranks {', '.join(map(str, sharing))} would share GPU "
+                f"{mine[1]} on {mine[0]}; NCCL needs one GPU per rank: start at most "
+                f"{per_node} rank(s) per node, or use --comm mpi, which lets ranks share a GPU")
+        self._dtype = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}[backend.dtype.name]
+        self._sum = nccl.NCCL_SUM
+        uid = self.bcast(nccl.get_unique_id() if self.rank == 0 else None)
+        with cupy.cuda.Device(backend.device_index or 0), self._watch("nccl init"):
+            self.nccl_comm = nccl.NcclCommunicator(self.size, uid, self.rank)
+
+    def allreduce_sum(self, buf):
+        if self.nccl_comm is None or not hasattr(buf, "shape") or self._is_host(buf):
+            super().allreduce_sum(buf)  # host buffers (never in training) go through MPI
+            return
+        pointer = self.backend.device_pointer(buf)
+        self.nccl_comm.allReduce(pointer, pointer, int(buf.shape[0]), self._dtype, self._sum,
+                                 self.backend.stream_handle())
+        if self.watchdog:  # a hung peer shows up as a stream that never drains
+            with self._watch("nccl allreduce"):
+                self.backend.synchronize()
+
+    @staticmethod
+    def _is_host(buf) -> bool:
+        import numpy as np
+
+        return isinstance(buf, np.ndarray)
+
+    def abort(self, code):
+        if self.nccl_comm is not None:
+            try:
+                self.nccl_comm.abort()
+            except Exception:  # noqa: BLE001 - aborting anyway
+                pass
+        super().abort(code)
+
+    def finalize(self):
+        if self.nccl_comm is not None:
+            self.backend.synchronize()
+            self.nccl_comm.destroy()
+            self.nccl_comm = None
+        super().finalize()
+
+
+@hookimpl
+def register_communicators(register):
+    register(NcclCommunicator)

@@ -1,0 +1,312 @@
+"""Benchmark: ``python -m core.bench`` (one process) or ``mpirun -n P python -m core.bench``.
+
+For each backend: time per epoch and samples/s of the real training loop on a 60k-sample epoch,
+and GEMM GFLOP/s at the model's shapes. In the same run, the same MLP written with cupy.matmul
+(cuBLAS) and, if installed, PyTorch eager, so the ratios are measured side by side on one machine.
+Under mpirun it adds the multi-rank rows: epoch time at P ranks and the share of each step spent
+in the gradient exchange (the epoch timed again with the exchange switched off).
+
+Figures are medians over the timed epochs (after one warm-up epoch). Results go to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from comm.base import launched_size
+from core.model import CLASSES, INPUTS, init_params
+from core.plugins import Registry
+from core.trainer import DataParallelTrainer, TrainConfig, scale_images
+
+
+def _args(argv):
+    p = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--backends", default=None,
+                   help="comma-separated backends (default: every available GPU backend, or numpy)")
+    p.add_argument("--hidden", default="256,1024,4096", help="H values (256,1024,4096)")
+    p.add_argument("--batch", default="800,3200", help="B values (800,3200)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per row, after 1 warm-up (3)")
+    p.add_argument("--samples", type=int, default=60000, help="samples per epoch (60000)")
+    p.add_argument("--data-dir", default=None, help="MNIST directory (default: synthetic data)")
+    p.add_argument("--comm", default="auto", help="communicator under mpirun (auto = mpi)")
+    p.add_argument("--no-reference", action="store_true", help="skip the cuBLAS/PyTorch rows")
+    p.add_argument("--json", default="bench.json", help="where to write the results (bench.json)")
+    return p.parse_args(argv)
+
+
+def _data(args, dtype):
+    if args.data_dir:
+        from core.data import locate_and_load
+
+        d = locate_and_load(args.data_dir, False, log=lambda *a: None)
+        images, labels = d.train_images[:args.samples], d.train_labels[:args.samples]
+        source = d.source
+    else:
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (args.samples, INPUTS), dtype=np.uint8)
+        labels = rng.integers(0, CLASSES, args.samples).astype(np.uint8)
+        source = "synthetic"
+    return scale_images(images, "unit", dtype), labels.astype(np.int32), source
+
+
+class _NoExchange:
+    """Stands in for GradientExchange to time an epoch's compute alone."""
+
+    mode = "off"
+
+    def allreduce(self):
+        pass
+
+
+def time_epochs(trainer, epochs: int) -> list[float]:
+    trainer.train_epoch()  # warm-up: kernel compilation, caches
+    times = []
+    for _ in range(epochs):
+        trainer.comm.barrier()
+        began = time.perf_counter()
+        trainer.train_epoch()  # ends synchronised (loss read back)
+        times.append(time.perf_counter() - began)
+    # every rank reports the slowest rank's time: that is the job's time
+    return [float(t) for t in _max_over_ranks(trainer.comm, times)]
+
+
+def _max_over_ranks(comm, values):
+    gathered = comm.allgather(list(values))
+    return np.max(np.array(gathered), axis=0)
+
+
+def bench_training(backend_cls, comm, args, x, y, hidden, batch) -> dict:
+    count = backend_cls.device_count()
+    backend = backend_cls(args.dtype, comm.local_rank % count if count else None)
+    comm.bind_backend(backend)
+    config = TrainConfig(hidden=hidden, batch_size=batch, lr=0.1, reg=1e-4, epochs=1,
+                         dtype=args.dtype)
+    trainer = DataParallelTrainer(backend, comm, config, x, y, params=init_params(hidden, 0))
+    total = statistics.median(time_epochs(trainer, args.epochs))
+    row = {"backend": backend_cls.name, "comm": comm.name, "ranks": comm.size, "H": hidden,
+           "B": batch, "epoch_ms": 1e3 * total, "samples_per_s": x.shape[1] / total,
+           "exchange": trainer.exchange.mode}
+    if comm.size > 1:
+        trainer.exchange = _NoExchange()
+        compute = statistics.median(time_epochs(trainer, args.epochs))
+        row["compute_ms"] = 1e3 * compute
+        row["comm_share"] = max(0.0, (total - compute) / total)
+        row["step_comm_us"] = 1e6 * max(0.0, total - compute) / -(-x.shape[1] // batch)
+    return row
+
+
+# ---------------------------------------------------------------------------- GEMM GFLOP/s
+def model_gemm_shapes(hidden: int, n: int):
+    """(name, M, N, K, trans_a, trans_b) of the GEMMs of one training step on n samples."""
+    return [("z1=W1 x", hidden, n, INPUTS, False, False),
+            ("z2=W2 a1", CLASSES, n, hidden, False, False),
+            ("dW2=diff a1^T", CLASSES, hidden, n, False, True),
+            ("da1=W2^T diff", hidden, n, CLASSES, True, False),
+            ("dW1=dz1 x^T", hidden, INPUTS, n, False, True)]
+
+
+def _operands(backend, m, n, k, ta, tb, rng):
+    a = rng.standard_normal((k, m) if ta else (m, k))
+    b = rng.standard_normal((n, k) if tb else (k, n))
+    return backend.from_host(a), backend.from_host(b), backend.zeros((m, n))
+
+
+def bench_gemm(backend, shapes, repeats=20) -> list[dict]:
+    rng = np.random.default_rng(1)
+    rows = []
+    for name, m, n, k, ta, tb in shapes:
+        a, b, c = _operands(backend, m, n, k, ta, tb, rng)
+        backend.gemm(a, b, c, trans_a=ta, trans_b=tb)
+        backend.synchronize()
+        times = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            backend.gemm(a, b, c, trans_a=ta, trans_b=tb)
+            backend.synchronize()
+            times.append(time.perf_counter() - began)
+        t = statistics.median(times)
+        rows.append({"backend": backend.name, "gemm": name, "M": m, "N": n, "K": k,
+                     "us": 1e6 * t, "gflops": 2 * m * n * k / t / 1e9})
+    return rows
+
+
+# ---------------------------------------------------------------------------- references
+def reference_rows(args, x, y, hidden, batch) -> list[dict]:
+    """The same MLP step written with cupy.matmul (cuBLAS) and with PyTorch eager."""
+    rows = []
+    for name, make in (("cupy.matmul (cuBLAS)", _cupy_step), ("pytorch eager", _torch_step)):
+        try:
+            run_epoch = make(args.dtype, x, y, hidden, batch)
+        except ImportError:
+            continue
+        run_epoch()
+        times = []
+        for _ in range(args.epochs):
+            began = time.perf_counter()
+            run_epoch()
+            times.append(time.perf_counter() - began)
+        t = statistics.median(times)
+        rows.append({"backend": name, "comm": "-", "ranks": 1, "H": hidden, "B": batch,
+                     "epoch_ms": 1e3 * t, "samples_per_s": x.shape[1] / t, "exchange": "-"})
+    return rows
+
+
+def _mlp_epoch(ops, X, Y1h, params, batch, lr=0.1, reg=1e-4):
+    """An epoch of the same MLP step, written with a framework's own matmul and element-wise ops.
+    ``ops``: mm, exp, sum(t, axis) and max(t, axis) keeping dims, and sync."""
+    W1, b1, W2, b2 = params
+    mm, exp, tsum, tmax = ops["mm"], ops["exp"], ops["sum"], ops["max"]
+
+    def epoch():
+        for s in range(0, X.shape[1], batch):
+            x, y = X[:, s:s + batch], Y1h[:, s:s + batch]
+            a1 = 1 / (1 + exp(-(mm(W1, x) + b1)))
+            z2 = mm(W2, a1) + b2
+            e = exp(z2 - tmax(z2, 0))
+            diff = (e / tsum(e, 0) - y) / x.shape[1]
+            dz1 = mm(W2.T, diff) * a1 * (1 - a1)
+            W2[...] -= lr * (mm(diff, a1.T) + reg * W2)  # [...]: update the closed-over arrays
+            b2[...] -= lr * tsum(diff, 1)
+            W1[...] -= lr * (mm(dz1, x.T) + reg * W1)
+            b1[...] -= lr * tsum(dz1, 1)
+        ops["sync"]()
+    return epoch
+
+
+def _cupy_step(dtype, x, y, hidden, batch):
+    import cupy as cp
+
+    p = init_params(hidden, 0)
+    X = cp.asarray(x, dtype=dtype)
+    Y = cp.asarray(np.eye(CLASSES, dtype=dtype)[:, y])
+    params = [cp.asarray(p["W1"], dtype), cp.zeros((hidden, 1), dtype),
+              cp.asarray(p["W2"], dtype), cp.zeros((CLASSES, 1), dtype)]
+    ops = {"mm": cp.matmul, "exp": cp.exp, "sum": lambda t, a: t.sum(a, keepdims=True),
+           "max": lambda t, a: t.max(a, keepdims=True), "sync": cp.cuda.Device().synchronize}
+    return _mlp_epoch(ops, X, Y, params, batch)
+
+
+def _torch_step(dtype, x, y, hidden, batch):
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ImportError("PyTorch has no CUDA here")
+    kw = {"dtype": getattr(torch, dtype), "device": "cuda"}
+    p = init_params(hidden, 0)
+    X = torch.tensor(x, **kw)
+    Y = torch.tensor(np.eye(CLASSES)[:, y], **kw)
+    params = [torch.tensor(p["W1"], **kw), torch.zeros((hidden, 1), **kw),
+              torch.tensor(p["W2"], **kw), torch.zeros((CLASSES, 1), **kw)]
+    ops = {"mm": torch.matmul, "exp": torch.exp, "sum": lambda t, a: t.sum(a, keepdim=True),
+           "max": lambda t, a: t.amax(a, keepdim=True), "sync": torch.cuda.synchronize}
+    return _mlp_epoch(ops, X, Y, params, batch)
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    args = _args(argv)
+    registry = Registry.load()
+    comm_name = args.comm if args.comm != "auto" else ("mpi" if launched_size() > 1 else "single")
+    comm = registry.communicator(comm_name).cls()
+    say = print if comm.rank == 0 else (lambda *a, **k: None)
+    entries = [e for e in registry.backends() if e.available]
+    if args.backends:
+        wanted = args.backends.split(",")
+        entries = [registry.backend(name) for name in wanted]
+    elif any(e.name != "numpy" for e in entries):
+        entries = [e for e in entries if e.name != "numpy"]
+    dtype = np.dtype(args.dtype).type
+    x, y, source = _data(args, dtype)
+    hiddens = [int(h) for h in args.hidden.split(",")]
+    batches = [int(b) for b in args.batch.split(",")]
+    say(f"dpmlp bench: {', '.join(e.name for e in entries)}; comm {comm.name} x{comm.size}; "
+        f"{args.dtype}; {x.shape[1]} samples/epoch ({source}); median of {args.epochs} epochs")
+    training, gemms = [], []
+    for hidden in hiddens:
+        for batch in batches:
+            for entry in entries:
+                row = bench_training(entry.cls, comm, args, x, y, hidden, batch)
+                training.append(row)
+                say(_fmt_training(row), flush=True)
+            if comm.size == 1 and not args.no_reference:
+                for row in reference_rows(args, x, y, hidden, batch):
+                    training.append(row)
+                    say(_fmt_training(row), flush=True)
+    if comm.size == 1:
+        for entry in entries:
+            backend = entry.cls(args.dtype, 0 if entry.cls.device_count() else None)
+            for hidden in hiddens:
+                gemms += bench_gemm(backend, model_gemm_shapes(hidden, batches[0]))
+        if not args.no_reference:
+            gemms += _cupy_gemm_rows(args.dtype, hiddens, batches[0])
+        say("\nGEMM at the model's shapes (n = B on one rank)")
+        say(f"{'backend':22s} {'gemm':15s} {'M':>5s} {'N':>5s} {'K':>5s} {'us':>9s} {'GFLOP/s':>9s}")
+        for r in gemms:
+            say(f"{r['backend']:22s} {r['gemm']:15s} {r['M']:5d} {r['N']:5d} {r['K']:5d} "
+                f"{r['us']:9.1f} {r['gflops']:9.1f}")
+    if comm.rank == 0:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": _machine(), "dtype": args.dtype, "samples": int(x.shape[1]),
+                       "data": source, "training": training, "gemm": gemms}, fh, indent=1)
+        say(f"\nwrote {args.json}")
+    comm.finalize()
+    return 0
+
+
+def _cupy_gemm_rows(dtype, hiddens, n):
+    try:
+        import cupy as cp
+    except ImportError:
+        return []
+    rows, rng = [], np.random.default_rng(1)
+    for hidden in hiddens:
+        for name, m, nn, k, ta, tb in model_gemm_shapes(hidden, n):
+            a = cp.asarray(rng.standard_normal((k, m) if ta else (m, k)), dtype=dtype, order="F")
+            b = cp.asarray(rng.standard_normal((nn, k) if tb else (k, nn)), dtype=dtype, order="F")
+            op_a, op_b = (a.T if ta else a), (b.T if tb else b)
+            cp.matmul(op_a, op_b)
+            cp.cuda.Device().synchronize()
+            times = []
+            for _ in range(20):
+                began = time.perf_counter()
+                cp.matmul(op_a, op_b)
+                cp.cuda.Device().synchronize()
+                times.append(time.perf_counter() - began)
+            t = statistics.median(times)
+            rows.append({"backend": "cupy.matmul (cuBLAS)", "gemm": name, "M": m, "N": nn, "K": k,
+                         "us": 1e6 * t, "gflops": 2 * m * nn * k / t / 1e9})
+    return rows
+
+
+def _fmt_training(r) -> str:
+    extra = ""
+    if "comm_share" in r:
+        extra = (f"  compute {r['compute_ms']:8.1f} ms  comm {100 * r['comm_share']:5.1f}%"
+                 f"  ({r['step_comm_us']:.0f} us/step)")
+    return (f"{r['backend']:22s} {r['comm']:6s} P={r['ranks']}  H={r['H']:5d} B={r['B']:5d}  "
+            f"epoch {r['epoch_ms']:8.1f} ms  {r['samples_per_s']:10.0f} samples/s{extra}")
+
+
+def _machine() -> dict:
+    info = {"host": platform.node(), "python": sys.version.split()[0], "cpus": os.cpu_count()}
+    try:
+        import cupy as cp
+
+        info["gpu"] = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        info["gpus"] = cp.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001 - no GPU: a CPU-only run
+        pass
+    return info
+
+
+if __name__ == "__main__":
+    sys.exit(main())
