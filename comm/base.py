@@ -37,6 +37,17 @@ def launched_rank() -> int:
     return 0
 
 
+class Pending:
+    """A started reduction; ``wait()`` returns once the result may be used (on the device: once
+    work queued after it on the compute stream will see the result)."""
+
+    def wait(self) -> None:
+        pass
+
+
+DONE = Pending()
+
+
 class Communicator(abc.ABC):
     """Abstract communicator; one instance per process."""
 
@@ -60,6 +71,12 @@ class Communicator(abc.ABC):
     @abc.abstractmethod
     def allreduce_sum(self, buf: Any) -> None:
         """Sum ``buf`` (1-D) element-wise over all ranks, in place, on every rank."""
+
+    def allreduce_sum_start(self, buf: Any) -> Pending:
+        """Start summing ``buf`` over ranks; the caller must ``wait()`` before using it. The base
+        version is blocking; MPI and NCCL overlap it with the computation queued meanwhile."""
+        self.allreduce_sum(buf)
+        return DONE
 
     def allreduce_host(self, values: np.ndarray) -> np.ndarray:
         """Sum a small host array over ranks (metrics); returns the summed copy."""

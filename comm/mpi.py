@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from comm.base import Communicator
+from comm.base import Communicator, Pending
 from comm.watchdog import Watchdog, timeout_from_env
 from core.hookspecs import hookimpl
 
@@ -68,14 +68,22 @@ class MpiCommunicator(Communicator):
             return contextlib.nullcontext()
         return _paused(self.watchdog)
 
-    def allreduce_sum(self, buf):
+    def _mpi_buffer(self, buf):
         if self.accepts_device_buffers and self.backend is not None and not isinstance(buf, np.ndarray):
             # MPI knows nothing of our stream: the gradients must be complete before it reads them.
             self.backend.synchronize()
-            buf = _DeviceBuffer(self.backend.device_pointer(buf), int(buf.shape[0]),
-                                self.backend.dtype)
+            return _DeviceBuffer(self.backend.device_pointer(buf), int(buf.shape[0]),
+                                 self.backend.dtype)
+        return buf
+
+    def allreduce_sum(self, buf):
+        buf = self._mpi_buffer(buf)
         with self._watch("allreduce"):
             self.world.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
+
+    def allreduce_sum_start(self, buf):
+        request = self.world.Iallreduce(self._mpi.IN_PLACE, self._mpi_buffer(buf), op=self._mpi.SUM)
+        return _MpiPending(self, request)
 
     def allreduce_host_inplace(self, values):
         with self._watch("allreduce (metrics)"):
@@ -102,6 +110,15 @@ class MpiCommunicator(Communicator):
     def finalize(self):
         if self.watchdog:
             self.watchdog.stop()
+
+
+class _MpiPending(Pending):
+    def __init__(self, comm, request):
+        self.comm, self.request = comm, request
+
+    def wait(self):
+        with self.comm._watch("allreduce"):
+            self.request.Wait()
 
 
 @contextlib.contextmanager

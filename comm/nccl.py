@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 
+from comm.base import Pending
 from comm.mpi import MpiCommunicator
 from core.errors import UserError
 from core.hookspecs import hookimpl
@@ -62,6 +63,13 @@ class NcclCommunicator(MpiCommunicator):
         uid = self.bcast(nccl.get_unique_id() if self.rank == 0 else None)
         with cupy.cuda.Device(backend.device_index or 0), self._watch("nccl init"):
             self.nccl_comm = nccl.NcclCommunicator(self.size, uid, self.rank)
+            # A stream of our own lets a reduction run beside the backend's computation; events
+            # (raw handles, so pycuda's stream works too) order the two streams.
+            rt = cupy.cuda.runtime
+            self._rt = rt
+            self._comm_stream = rt.streamCreateWithFlags(rt.streamNonBlocking)
+            self._ready = rt.eventCreateWithFlags(rt.eventDisableTiming)
+            self._done = rt.eventCreateWithFlags(rt.eventDisableTiming)
 
     def allreduce_sum(self, buf):
         if self.nccl_comm is None or not hasattr(buf, "shape") or self._is_host(buf):
@@ -73,6 +81,19 @@ class NcclCommunicator(MpiCommunicator):
         if self.watchdog:  # a hung peer shows up as a stream that never drains
             with self._watch("nccl allreduce"):
                 self.backend.synchronize()
+
+    def allreduce_sum_start(self, buf):
+        """Queue the reduction on the communication stream once the compute stream has produced
+        ``buf``; the compute stream goes on with what is queued next."""
+        if self.nccl_comm is None or self._is_host(buf):
+            return super().allreduce_sum_start(buf)
+        rt, compute = self._rt, self.backend.stream_handle()
+        rt.eventRecord(self._ready, compute)
+        rt.streamWaitEvent(self._comm_stream, self._ready, 0)
+        pointer = self.backend.device_pointer(buf)
+        self.nccl_comm.allReduce(pointer, pointer, int(buf.shape[0]), self._dtype, self._sum,
+                                 self._comm_stream)
+        return _NcclPending(self)
 
     @staticmethod
     def _is_host(buf) -> bool:
@@ -91,9 +112,24 @@ class NcclCommunicator(MpiCommunicator):
     def finalize(self):
         if self.nccl_comm is not None:
             self.backend.synchronize()
+            self._rt.streamSynchronize(self._comm_stream)
             self.nccl_comm.destroy()
             self.nccl_comm = None
         super().finalize()
+
+
+class _NcclPending(Pending):
+    def __init__(self, comm):
+        self.comm = comm
+
+    def wait(self):
+        """Make the compute stream wait for the reductions queued so far (no host sync)."""
+        c = self.comm
+        c._rt.eventRecord(c._done, c._comm_stream)
+        c._rt.streamWaitEvent(c.backend.stream_handle(), c._done, 0)
+        if c.watchdog:  # a hung peer shows up as a stream that never drains
+            with c._watch("nccl allreduce"):
+                c._rt.eventSynchronize(c._done)
 
 
 @hookimpl

@@ -63,7 +63,10 @@ class _NoExchange:
 
     mode = "off"
 
-    def allreduce(self):
+    def start(self):
+        pass
+
+    def finish(self):
         pass
 
 

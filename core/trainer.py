@@ -67,12 +67,18 @@ class GradientExchange:
     * one rank: nothing to do;
     * host-resident backend (NumPy): MPI reads the buffer directly;
     * communicator that takes device buffers (NCCL, opted-in CUDA-aware MPI): reduce on the device;
-    * otherwise: wait for the backend's stream, copy to a reused pinned host buffer, reduce there,
-      copy back. A device pointer never reaches an MPI that cannot read it.
+    * otherwise: copy to a reused pinned host buffer once the backend's stream has produced the
+      gradients, reduce there, copy back. A device pointer never reaches an MPI that cannot read it.
+
+    The exchange is split in two so that communication overlaps computation: ``start()`` sends the
+    output layer's gradients (the buffer's tail) as soon as they exist, while the hidden layer's are
+    computed; ``finish()`` sends the head and waits for both. Two calls on one flat buffer.
     """
 
-    def __init__(self, backend: Backend, comm: Communicator, flat):
+    def __init__(self, backend: Backend, comm: Communicator, flat, split: int):
         self.backend, self.comm, self.flat = backend, comm, flat
+        self.size, self.split = int(flat.shape[0]), split
+        self._tail = None
         if comm.size == 1:
             self.mode = "none"
         elif backend.host_resident:
@@ -81,17 +87,34 @@ class GradientExchange:
             self.mode = "device"
         else:
             self.mode = "staged"
-            self.staging = backend.host_buffer(int(flat.shape[0]))
+            self.staging = backend.host_buffer(self.size)
 
-    def allreduce(self) -> None:
+    def _part(self, head: bool):
+        lo, hi = (0, self.split) if head else (self.split, self.size)
+        if self.mode == "staged":
+            self.backend.copy_to_host(self.backend.cols(self.flat, lo, hi), self.staging[lo:hi])
+            return self.staging[lo:hi]
+        return self.backend.cols(self.flat, lo, hi)
+
+    def start(self) -> None:
+        """Begin summing the output layer's gradients (call after Model.backward_output)."""
+        if self.mode != "none":
+            self._tail = self.comm.allreduce_sum_start(self._part(head=False))
+
+    def finish(self) -> None:
+        """Sum the hidden layer's gradients and wait for both parts (after backward_hidden)."""
         if self.mode == "none":
             return
-        if self.mode in ("host", "device"):
-            self.comm.allreduce_sum(self.flat)
-            return
-        self.backend.copy_to_host(self.flat, self.staging)  # synchronises the stream first
-        self.comm.allreduce_sum(self.staging)
-        self.backend.copy_from_host(self.staging, self.flat)
+        head = self.comm.allreduce_sum_start(self._part(head=True))
+        self._tail.wait()
+        head.wait()
+        if self.mode == "staged":
+            self.backend.copy_from_host(self.staging, self.flat)
+
+    def allreduce(self) -> None:
+        """The whole buffer at once (no overlap)."""
+        self.start()
+        self.finish()
 
 
 class DataParallelTrainer:
@@ -110,7 +133,8 @@ class DataParallelTrainer:
         params = params if params is not None else init_params(config.hidden, config.seed)
         max_cols = math.ceil(min(config.batch_size, max(self.n_train, 1)) / comm.size)
         self.model = MLP(backend, config.hidden, max_cols, params)
-        self.exchange = GradientExchange(backend, comm, self.model.flat_grads)
+        self.exchange = GradientExchange(backend, comm, self.model.flat_grads,
+                                         self.model.output_layer_offset)
         self._nll = backend.zeros((1,))
         self._correct = backend.zeros((1,))
 
@@ -124,8 +148,10 @@ class DataParallelTrainer:
         if hi > lo:
             a1, yhat = model.forward(x)
             be.nll_sum(yhat, y, self._nll)
-        model.backward(x, y, a1, yhat, global_batch=batch)
-        self.exchange.allreduce()
+        model.backward_output(x, y, a1, yhat, global_batch=batch)
+        self.exchange.start()   # output layer's sum travels while the hidden layer's is computed
+        model.backward_hidden(x, a1)
+        self.exchange.finish()
         model.add_regularisation(self.config.reg)
         model.sgd_step(self.config.lr)
 
