@@ -104,6 +104,9 @@ class Communicator(abc.ABC):
     def abort(self, code: int) -> NoReturn:
         """End every rank of the job now with exit ``code``."""
 
+    def drain(self) -> None:
+        """Wait for queued device-side reductions (NCCL) before host code reads results."""
+
     def unwatched(self):
         """Context manager for a wait that is long on purpose (no hang timeout inside it)."""
         import contextlib

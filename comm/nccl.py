@@ -78,9 +78,13 @@ class NcclCommunicator(MpiCommunicator):
         pointer = self.backend.device_pointer(buf)
         self.nccl_comm.allReduce(pointer, pointer, int(buf.shape[0]), self._dtype, self._sum,
                                  self.backend.stream_handle())
-        if self.watchdog:  # a hung peer shows up as a stream that never drains
-            with self._watch("nccl allreduce"):
-                self.backend.synchronize()
+
+    def drain(self):
+        """Wait, under the hang watchdog, for the queued device work and reductions. NCCL calls
+        return at once; a peer that never arrives shows up here as a stream that never drains."""
+        with self._watch("nccl allreduce"):
+            self.backend.synchronize()
+            self._rt.streamSynchronize(self._comm_stream)
 
     def allreduce_sum_start(self, buf):
         """Queue the reduction on the communication stream once the compute stream has produced
@@ -127,9 +131,6 @@ class _NcclPending(Pending):
         c = self.comm
         c._rt.eventRecord(c._done, c._comm_stream)
         c._rt.streamWaitEvent(c.backend.stream_handle(), c._done, 0)
-        if c.watchdog:  # a hung peer shows up as a stream that never drains
-            with c._watch("nccl allreduce"):
-                c._rt.eventSynchronize(c._done)
 
 
 @hookimpl

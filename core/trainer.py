@@ -162,6 +162,7 @@ class DataParallelTrainer:
         self.backend.fill(self._nll, 0.0)
         for start in range(0, self.n_train, cfg.batch_size):
             self.step(start, min(cfg.batch_size, self.n_train - start))
+        self.comm.drain()
         nll = self.comm.allreduce_host(self.backend.to_host(self._nll).astype(np.float64))[0]
         return nll / max(self.n_train, 1) + self.model.reg_loss(cfg.reg)
 
