@@ -50,14 +50,16 @@ class NcclCommunicator(MpiCommunicator):
                             "NCCL needs a GPU backend (e.g. --backend cupy or pycuda)")
         self.backend = backend
         places = self.allgather((socket.gethostname(), backend.device_index))
-        mine = places[self.rank]
-        sharing = [r for r, place in enumerate(places) if place == mine]
-        if len(sharing) > 1:
-            per_node = len({p for p in places if p[0] == mine[0]})
-            raise UserError(
-                f"--comm nccl: ranks {', '.join(map(str, sharing))} would share GPU "
-                f"{mine[1]} on {mine[0]}; NCCL needs one GPU per rank: start at most "
-                f"{per_node} rank(s) per node, or use --comm mpi, which lets ranks share a GPU")
+        # Decided from the gathered table alone, so every rank raises the same error (or none)
+        # and no rank goes on into NCCL's collective initialisation without the others.
+        for place in places:
+            sharing = [r for r, other in enumerate(places) if other == place]
+            if len(sharing) > 1:
+                gpus = len({p for p in places if p[0] == place[0]})
+                raise UserError(
+                    f"--comm nccl: ranks {', '.join(map(str, sharing))} would share GPU {place[1]} "
+                    f"on {place[0]}; NCCL needs one GPU per rank: start at most {gpus} rank(s) "
+                    f"per node, or use --comm mpi, which lets ranks share a GPU")
         self._dtype = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}[backend.dtype.name]
         self._sum = nccl.NCCL_SUM
         uid = self.bcast(nccl.get_unique_id() if self.rank == 0 else None)

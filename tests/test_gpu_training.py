@@ -1,0 +1,133 @@
+"""End to end on the GPU: the CLI under mpirun with each GPU backend against the NumPy reference.
+
+For P = 1, 2, 3 ranks on however many GPUs there are (ranks share a GPU when there are fewer), the
+final parameters of ``--backend cupy`` and ``--backend pycuda`` must match a single-process NumPy
+run within 1e-10 (float64) and 1e-5 (float32) relative max-norm error, and cupy must match pycuda.
+NCCL runs where there is one GPU per rank; with fewer GPUs NCCL must refuse in one clear line.
+Every test here skips with the backend's own reason on a machine without a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.model import PARAM_NAMES
+from core.plugins import Registry
+from core.train import relative_max_error
+from test_parallel import HAVE_MPI4PY, MPIRUN, mpi_env, run_mpi
+
+TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
+# Small but real: 1000 bundled-subset images, an odd B that splits unevenly, a smaller last batch
+# (1000 = 14 * 67 + 62), H = 33 (no tile multiple) and a large reg that a reg-per-rank bug can't hide.
+TRAIN = ["--train-size", "1000", "--val-size", "100", "-e", "2", "-b", "67", "-n", "33",
+         "-r", "0.1", "-l", "0.5", "--seed", "5"]
+
+_REGISTRY = Registry.load()
+
+
+def _backend_or_skip(name):
+    entry = {e.name: e for e in _REGISTRY.backends()}.get(name)
+    if entry is None:
+        pytest.skip(f"backend {name} is not registered")
+    if not entry.available:
+        pytest.skip(f"backend {name} unavailable: {entry.reason}")
+    return entry
+
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(MPIRUN is None or not HAVE_MPI4PY, reason="needs mpirun and mpi4py"),
+]
+
+
+def _train(tmp_path, tag, ranks, extra, timeout=240):
+    out = tmp_path / f"{tag}.npz"
+    code, stdout, stderr, _ = run_mpi(ranks, ["-m", "core.train", *TRAIN, *extra, "--save", str(out)],
+                                      timeout=timeout, env=mpi_env())
+    assert code == 0, f"{tag} failed ({code}):\n{stdout}\n{stderr}"
+    with np.load(out) as data:
+        return {k: data[k] for k in PARAM_NAMES}, stdout
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Single-process NumPy run per dtype (cached for the module)."""
+    cache = {}
+
+    def get(dtype):
+        if dtype not in cache:
+            tmp = tmp_path_factory.mktemp(f"ref_{dtype}")
+            cache[dtype] = _train(tmp, "numpy", 1, ["--backend", "numpy", "--comm", "single",
+                                                    "--dtype", dtype])[0]
+        return cache[dtype]
+    return get
+
+
+def _worst(expected, actual):
+    return max(relative_max_error(expected[k], actual[k]) for k in PARAM_NAMES)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+@pytest.mark.parametrize("backend", ["cupy", "pycuda"])
+def test_gpu_backend_matches_numpy_reference(tmp_path, reference, backend, ranks, dtype):
+    _backend_or_skip(backend)
+    params, stdout = _train(tmp_path, backend, ranks, ["--backend", backend, "--dtype", dtype,
+                                                       "--comm", "mpi" if ranks > 1 else "single"])
+    worst = _worst(reference(dtype), params)
+    print(f"{backend} P={ranks} {dtype}: worst relative max-norm error {worst:.3e}")
+    assert worst <= TOLERANCE[dtype], stdout
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cupy_matches_pycuda(tmp_path, dtype):
+    _backend_or_skip("cupy")
+    _backend_or_skip("pycuda")
+    a, _ = _train(tmp_path, "cupy", 2, ["--backend", "cupy", "--dtype", dtype])
+    b, _ = _train(tmp_path, "pycuda", 2, ["--backend", "pycuda", "--dtype", dtype])
+    worst = _worst(a, b)
+    print(f"cupy vs pycuda {dtype}: {worst:.3e}")
+    assert worst <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("backend", ["cupy", "pycuda"])
+def test_verify_flag_passes(tmp_path, backend):
+    _backend_or_skip(backend)
+    code, stdout, stderr, _ = run_mpi(2, ["-m", "core.train", *TRAIN, "--backend", backend,
+                                          "--dtype", "float64", "--verify"], timeout=240,
+                                      env=mpi_env())
+    assert code == 0, stdout + stderr
+    assert "verify passed" in stdout
+
+
+def _gpu_count():
+    entry = _backend_or_skip("cupy")
+    return entry.cls.device_count()
+
+
+@pytest.mark.parametrize("backend", ["cupy", "pycuda"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_nccl_matches_numpy_reference(tmp_path, reference, backend, dtype):
+    _backend_or_skip(backend)
+    if not {e.name: e for e in _REGISTRY.communicators()}["nccl"].available:
+        pytest.skip("nccl communicator unavailable")
+    if _gpu_count() < 2:
+        pytest.skip("NCCL parity needs 2 GPUs (one per rank)")
+    params, _ = _train(tmp_path, f"nccl_{backend}", 2, ["--backend", backend, "--dtype", dtype,
+                                                        "--comm", "nccl"])
+    worst = _worst(reference(dtype), params)
+    print(f"nccl {backend} P=2 {dtype}: {worst:.3e}")
+    assert worst <= TOLERANCE[dtype]
+
+
+def test_nccl_refuses_shared_gpu():
+    entry = _backend_or_skip("cupy")
+    if not {e.name: e for e in _REGISTRY.communicators()}["nccl"].available:
+        pytest.skip("nccl communicator unavailable")
+    ranks = entry.cls.device_count() + 1  # one more rank than GPUs: two must share
+    code, stdout, stderr, _ = run_mpi(ranks, ["-m", "core.train", *TRAIN, "--backend", "cupy",
+                                              "--comm", "nccl"], timeout=120, env=mpi_env())
+    ours = [line for line in stderr.splitlines() if line.startswith("dpmlp:")]
+    assert code == 2, stderr
+    assert len(ours) == 1 and "--comm nccl" in ours[0] and "share GPU" in ours[0], stderr
