@@ -1,0 +1,107 @@
+"""Run under mpirun by tests/test_parallel.py (not a test module itself).
+
+    mpirun -n P python tests/mpi_worker.py train CASES.json OUTDIR
+        For every case in CASES.json ({"name": {"hidden":..,"n":..,"batch":..,"epochs":..,
+        "reg":..,"lr":..,"seed":..}}), train a DataParallelTrainer (NumPy backend, float64,
+        MpiCommunicator) on the first n images of the bundled MNIST subset, and have EVERY rank
+        save its final parameters to OUTDIR/<name>.rank<r>.npz.
+
+    mpirun -n P python tests/mpi_worker.py fail OUTDIR
+        Train with a backend whose gemm raises on rank $DPMLP_TEST_FAIL_RANK at training step
+        $DPMLP_TEST_FAIL_STEP, handled the way the CLI does it (core.train.abort_job): the whole
+        job must end promptly, naming the rank.
+
+The same data and training function serve the test's single-process reference (``train_params``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from backends.ops_numpy import NumpyBackend
+from core import data
+from core.trainer import DataParallelTrainer, TrainConfig, scale_images
+
+_SUBSET = None
+
+
+def dataset(n: int):
+    """First n images of the bundled subset, scaled to [0,1], as the 784 x n float64 matrix."""
+    global _SUBSET
+    if _SUBSET is None:
+        _SUBSET = data.load_split(data.BUNDLED_DIR, "train")
+    images, labels = _SUBSET
+    return scale_images(images[:n], "unit", np.float64), labels[:n].astype(np.int32)
+
+
+def config_of(case: dict) -> TrainConfig:
+    return TrainConfig(hidden=case["hidden"], reg=case["reg"], lr=case["lr"],
+                       epochs=case["epochs"], batch_size=case["batch"], seed=case["seed"],
+                       dtype="float64")
+
+
+def train_params(case: dict, comm, backend=None) -> dict[str, np.ndarray]:
+    x, y = dataset(case["n"])
+    backend = backend or NumpyBackend("float64")
+    comm.bind_backend(backend)
+    trainer = DataParallelTrainer(backend, comm, config_of(case), x, y)
+    trainer.train()
+    return trainer.params()
+
+
+class FailingBackend(NumpyBackend):
+    """NumPy backend whose gemm raises on one rank once training has reached a given step."""
+
+    fail_rank = -1
+    fail_step = 3
+    rank = 0
+    calls = 0
+
+    def gemm(self, *args, **kwargs):
+        FailingBackend.calls += 1
+        # forward + backward = 5 gemm calls per step on a rank with samples
+        if self.rank == self.fail_rank and FailingBackend.calls > 5 * self.fail_step:
+            raise RuntimeError(f"injected failure at step {self.fail_step}")
+        super().gemm(*args, **kwargs)
+
+
+def main(argv: list[str]) -> int:
+    from comm.mpi import MpiCommunicator
+
+    comm = MpiCommunicator()
+    mode = argv[0]
+    if mode == "train":
+        cases = json.loads(Path(argv[1]).read_text())
+        out = Path(argv[2])
+        for name, case in cases.items():
+            params = train_params(case, comm)
+            np.savez(out / f"{name}.rank{comm.rank}.npz", **params)
+        comm.barrier()
+        comm.finalize()
+        return 0
+    if mode == "fail":
+        from core.train import abort_job
+
+        backend = FailingBackend("float64")
+        backend.rank = comm.rank
+        backend.fail_rank = int(os.environ.get("DPMLP_TEST_FAIL_RANK", "1"))
+        backend.fail_step = int(os.environ.get("DPMLP_TEST_FAIL_STEP", "3"))
+        case = {"hidden": 16, "n": 400, "batch": 20, "epochs": 50, "reg": 1e-4, "lr": 0.1,
+                "seed": 0}
+        try:
+            train_params(case, comm, backend)
+        except BaseException as exc:  # noqa: BLE001 - exactly what core.train.main does
+            abort_job(comm, exc)
+        # Reaching this line means the failure did not end the job.
+        Path(argv[1], f"finished.rank{comm.rank}").write_text("finished\n")
+        return 0
+    raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
