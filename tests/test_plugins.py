@@ -1,0 +1,288 @@
+"""Plugin discovery (core/plugins.py): entry points, in-process registration, isolation of broken
+plugins, availability, picking a backend by name or by priority, and ``--list-backends``.
+
+Third-party plugins found through an entry point are simulated by a throwaway distribution in
+tmp_path: a module plus a ``*.dist-info`` directory (METADATA, entry_points.txt), put on sys.path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from backends.ops_numpy import NumpyBackend
+from core.errors import UserError
+from core.hookspecs import ENTRY_POINT_GROUP, hookimpl
+from core.plugins import Registry
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def by_name(entries):
+    return {e.name: e for e in entries}
+
+
+# ------------------------------------------------------------------ built-ins via entry points
+def test_builtins_found_through_entry_points():
+    registry = Registry.load()
+    backends = by_name(registry.backends())
+    comms = by_name(registry.communicators())
+    numpy_entry = backends["numpy"]
+    assert numpy_entry.cls is NumpyBackend and numpy_entry.available
+    assert numpy_entry.kind == "backend" and numpy_entry.plugin == "numpy"
+    assert numpy_entry.package == "dpmlp" and numpy_entry.version not in ("", "-", "?")
+    for name in ("single", "mpi"):
+        assert name in comms, f"communicator {name} not found: {sorted(comms)}"
+        assert comms[name].package == "dpmlp" and comms[name].kind == "communicator"
+    assert comms["single"].available
+    assert registry.backend("numpy") is not None
+    assert registry.communicator("single").cls.__name__ == "SingleCommunicator"
+    # every registered plugin of dpmlp's own came from the dpmlp distribution
+    assert "numpy" not in registry.broken
+
+
+def test_each_load_is_independent():
+    a, b = Registry.load(), Registry.load()
+    assert a.manager is not b.manager
+    a.register(_Plugin(_backend_class("only_in_a")), name="only-a")
+    assert "only_in_a" in by_name(a.backends())
+    assert "only_in_a" not in by_name(b.backends())
+
+
+# ------------------------------------------------------------------ in-process plugins
+def _backend_class(name, priority=0, availability=None):
+    attrs = {"name": name, "priority": priority, "description": f"test backend {name}"}
+    if availability is not None:
+        attrs["availability"] = classmethod(availability)
+    return type(f"Backend_{name}", (NumpyBackend,), attrs)
+
+
+class _Plugin:
+    """An in-process plugin registering the given backend classes."""
+
+    def __init__(self, *classes):
+        self.classes = classes
+
+    @hookimpl
+    def register_backends(self, register):
+        for cls in self.classes:
+            register(cls)
+
+
+@pytest.fixture
+def registry():
+    return Registry.load()
+
+
+@pytest.fixture
+def test_plugin(registry):
+    """Register a plugin in-process, unregister it after the test (the pytest/datasette style)."""
+    fast = _backend_class("testfast", priority=50)
+    registry.register(_Plugin(fast), name="test-plugin", package="dpmlp-test-plugin",
+                      version="9.8.7")
+    yield fast
+    registry.unregister("test-plugin")
+    assert "testfast" not in by_name(registry.backends())
+
+
+def test_in_process_plugin_listed_and_picked_by_name(registry, test_plugin):
+    entries = by_name(registry.backends())
+    entry = entries["testfast"]
+    assert entry.cls is test_plugin and entry.available
+    assert entry.plugin == "test-plugin"
+    assert entry.package == "dpmlp-test-plugin" and entry.version == "9.8.7"
+    assert "numpy" in entries  # the built-ins are still there
+    assert registry.backend("testfast").cls is test_plugin
+    backend = registry.backend("testfast").cls("float64")
+    assert backend.name == "testfast"
+
+
+def test_default_pick_is_highest_priority_available(registry, test_plugin):
+    assert registry.backend(None).name == "testfast"
+    registry.register(_Plugin(_backend_class("even-faster-but-absent", priority=100,
+                                             availability=lambda cls: (False, "no such device"))),
+                      name="absent")
+    registry.register(_Plugin(_backend_class("slow", priority=-5)), name="slow")
+    assert registry.backend(None).name == "testfast"
+    registry.unregister("test-plugin")
+    assert registry.backend(None).name == "numpy"
+
+
+def test_default_pick_without_any_available_backend():
+    registry = Registry()  # no entry points loaded
+    registry.register(_Plugin(_backend_class("x", availability=lambda cls: (False, "gone"))),
+                      name="x")
+    with pytest.raises(UserError, match="--backend"):
+        registry.backend(None)
+
+
+def test_register_backends_that_raises_is_isolated(registry, test_plugin):
+    class Exploding:
+        @hookimpl
+        def register_backends(self, register):
+            register(_backend_class("half-registered"))
+            raise RuntimeError("kaboom")
+
+    registry.register(Exploding(), name="exploding", package="dpmlp-exploding", version="0.0.1")
+    entries = by_name(registry.backends())
+    assert "numpy" in entries and "testfast" in entries
+    assert "half-registered" not in entries
+    assert "exploding" in registry.broken
+    broken = registry.broken["exploding"]
+    assert not broken.available and "RuntimeError" in broken.reason and "kaboom" in broken.reason
+    assert broken.package == "dpmlp-exploding" and broken.version == "0.0.1"
+    assert registry.backend("numpy").cls is NumpyBackend
+    assert registry.backend(None).name == "testfast"
+
+
+def _raises(cls):
+    raise OSError("driver exploded")
+
+
+@pytest.mark.parametrize("availability,why", [
+    (lambda cls: (False, "needs a CUDA GPU"), "needs a CUDA GPU"),
+    (_raises, "driver exploded"),
+])
+def test_unavailable_backend_listed_with_reason(registry, availability, why):
+    registry.register(_Plugin(_backend_class("gpuonly", priority=99, availability=availability)),
+                      name="gpu-plugin")
+    entry = by_name(registry.backends())["gpuonly"]
+    assert not entry.available and why in entry.reason
+    with pytest.raises(UserError) as info:
+        registry.backend("gpuonly")
+    msg = str(info.value)
+    assert "--backend" in msg and "gpuonly" in msg and why in msg
+    assert "\n" not in msg
+    assert registry.backend(None).name == "numpy"  # never the unavailable one
+
+
+def test_unknown_backend_names_the_known_ones(registry, test_plugin):
+    with pytest.raises(UserError) as info:
+        registry.backend("nope")
+    msg = str(info.value)
+    assert "--backend" in msg and "nope" in msg
+    assert "numpy" in msg and "testfast" in msg
+    assert "\n" not in msg
+
+
+def test_unknown_communicator_names_the_flag(registry):
+    with pytest.raises(UserError, match="--comm"):
+        registry.communicator("carrier-pigeon")
+
+
+def test_duplicate_name_does_not_replace_the_first(registry):
+    impostor = _backend_class("numpy", priority=1000)
+    registry.register(_Plugin(impostor), name="impostor")
+    entries = by_name(registry.backends())
+    assert entries["numpy"].cls is NumpyBackend
+    dup = [e for e in entries.values() if e.cls is impostor]
+    assert len(dup) == 1 and not dup[0].available and "already taken" in dup[0].reason
+    assert registry.backend(None).cls is NumpyBackend
+
+
+# ------------------------------------------------------------------ entry-point plugins
+_counter = itertools.count()
+
+
+def make_distribution(root: Path, dist_name: str, version: str, module_source: str,
+                      ep_name: str) -> str:
+    """Write a minimal installed distribution into ``root``: a module and its dist-info with an
+    entry point in the dpmlp group. Returns the (unique) module name."""
+    module = f"dpmlp_tp_{os.getpid()}_{next(_counter)}"
+    (root / f"{module}.py").write_text(textwrap.dedent(module_source))
+    info = root / f"{dist_name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{ep_name} = {module}\n")
+    (info / "RECORD").write_text("")
+    return module
+
+
+GOOD_PLUGIN = """
+    from backends.ops_numpy import NumpyBackend
+    from core.hookspecs import hookimpl
+
+    class ThirdPartyBackend(NumpyBackend):
+        name = "thirdparty"
+        description = "a backend from another package"
+
+    @hookimpl
+    def register_backends(register):
+        register(ThirdPartyBackend)
+"""
+
+BROKEN_PLUGIN = """
+    raise ImportError("libfoo.so.3: cannot open shared object file")
+"""
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = set(sys.modules)
+    yield tmp_path
+    for name in set(sys.modules) - before:
+        if name.startswith("dpmlp_tp_"):
+            del sys.modules[name]
+
+
+def test_entry_point_plugin_is_found_with_package_and_version(plugin_dir):
+    make_distribution(plugin_dir, "dpmlp-thirdparty", "3.1.4", GOOD_PLUGIN, "thirdparty")
+    registry = Registry.load()
+    entries = by_name(registry.backends())
+    assert "thirdparty" in entries, sorted(entries)
+    entry = entries["thirdparty"]
+    assert entry.available and entry.plugin == "thirdparty"
+    assert entry.package == "dpmlp-thirdparty" and entry.version == "3.1.4"
+    assert registry.backend("thirdparty").cls.__name__ == "ThirdPartyBackend"
+    assert entries["numpy"].package == "dpmlp"
+
+
+def test_entry_point_that_fails_to_import_is_isolated(plugin_dir):
+    make_distribution(plugin_dir, "dpmlp-broken", "0.9", BROKEN_PLUGIN, "brokenplugin")
+    registry = Registry.load()
+    assert "brokenplugin" in registry.broken
+    entry = registry.broken["brokenplugin"]
+    assert not entry.available
+    assert "ImportError" in entry.reason and "libfoo.so.3" in entry.reason
+    assert entry.package == "dpmlp-broken" and entry.version == "0.9"
+    numpy_entry = registry.backend("numpy")
+    assert numpy_entry.cls is NumpyBackend
+    assert registry.backend(None).available
+
+
+def test_list_backends_cli_shows_third_party_and_broken(plugin_dir):
+    make_distribution(plugin_dir, "dpmlp-thirdparty", "3.1.4", GOOD_PLUGIN, "thirdparty")
+    make_distribution(plugin_dir, "dpmlp-broken", "0.9", BROKEN_PLUGIN, "brokenplugin")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(plugin_dir)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    proc = subprocess.run([sys.executable, "-m", "core.train", "--list-backends"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = {tuple(line.split()[:2]): line.split() for line in proc.stdout.splitlines() if line}
+    assert rows[("backend", "thirdparty")][2:5] == ["dpmlp-thirdparty", "3.1.4", "yes"]
+    broken = rows[("plugin", "brokenplugin")]
+    assert broken[2:5] == ["dpmlp-broken", "0.9", "no"] and "ImportError" in " ".join(broken)
+
+
+# ------------------------------------------------------------------ --list-backends
+def test_list_backends_cli_table():
+    proc = subprocess.run([sys.executable, "-m", "core.train", "--list-backends"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line.split() for line in proc.stdout.splitlines() if line.strip()]
+    header = lines[0]
+    assert header[:5] == ["kind", "name", "package", "version", "available"]
+    rows = {(r[0], r[1]): r for r in lines[1:]}
+    assert rows[("backend", "numpy")][2] == "dpmlp"
+    assert rows[("backend", "numpy")][4] == "yes"
+    assert rows[("communicator", "single")][4] == "yes"
+    assert ("communicator", "mpi") in rows
