@@ -30,8 +30,9 @@ MAX_GRID = 4096
 SUM_PARTIAL_BLOCKS = 256
 #: column groups of the reduce_cols kernel (RC_GROUPS in kernels.cu): block = 32 rows x groups
 REDUCE_COLS_GROUPS = 16
-#: largest element count a kernel may index with its 32-bit ints
-MAX_ELEMENTS = 2**31 - 1
+#: largest element count a kernel may index with its 32-bit ints (with headroom for a grid-stride
+#: loop's last step, idx + blocks*threads, to stay below 2^31 too)
+MAX_ELEMENTS = 2**31 - 1 - MAX_GRID * BLOCK
 
 
 @functools.lru_cache(maxsize=1)
@@ -162,7 +163,7 @@ def leading_dim(shape, col_stride_elems: int | None) -> int:
 def check_index_range(*sizes: int) -> None:
     for size in sizes:
         if size > MAX_ELEMENTS:
-            raise ValueError(f"{size} elements: kernels.cu indexes with 32-bit ints (max 2^31-1)")
+            raise ValueError(f"{size} elements: kernels.cu indexes with 32-bit ints (max {MAX_ELEMENTS})")
 
 
 # ---------------------------------------------------------------------------- other launches

@@ -33,6 +33,8 @@ __device__ __forceinline__ float r_exp(float x) { return expf(x); }
 __device__ __forceinline__ double r_exp(double x) { return exp(x); }
 __device__ __forceinline__ float r_log(float x) { return logf(x); }
 __device__ __forceinline__ double r_log(double x) { return log(x); }
+__device__ __forceinline__ float r_max(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double r_max(double a, double b) { return fmax(a, b); }
 
 // Load N consecutive reals from 16-byte aligned shared memory with 128-bit loads (LDS.128): one
 // instruction instead of four keeps the GEMM inner loop issue-bound on FMAs, not on loads.
@@ -70,7 +72,7 @@ __device__ __forceinline__ real warp_sum(real v)
 __device__ __forceinline__ real warp_max(real v)
 {
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, off));
+    for (int off = 16; off > 0; off >>= 1) v = r_max(v, __shfl_xor_sync(0xffffffffu, v, off));
     return v;
 }
 
@@ -472,7 +474,7 @@ extern "C" __global__ void softmax_lines(const real* x, real* out, int nlines, i
     real* ol = out + line * line_stride;
 
     real m = xl[0];  // len >= 1 (the host skips empty lines); avoids needing an infinity constant
-    for (int e = lane; e < len; e += 32) m = fmax(m, xl[e * elem_stride]);
+    for (int e = lane; e < len; e += 32) m = r_max(m, xl[e * elem_stride]);
     m = warp_max(m);
 
     real s = real(0);

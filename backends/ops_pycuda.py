@@ -24,28 +24,30 @@ _INT32 = np.dtype(np.int32)
 
 # device index -> pycuda.driver.Context (the retained primary context)
 _CONTEXTS: dict[int, object] = {}
-# how many times this module pushed a context onto PyCUDA's stack (popped again at exit)
-_PUSHED = [0]
+# [device index of the context this module last pushed, pushes not yet popped]
+_STACK = [None, 0]
 # (dtype name, device index) -> {kernel name: prepared pycuda Function}; compiled once per process
 _KERNELS: dict[tuple[str, int], dict[str, object]] = {}
 
 
 def _primary_context(index: int):
-    """Make device `index`'s primary context current and have it popped again at exit.
+    """Push device `index`'s primary context onto PyCUDA's context stack and pop it at exit.
 
-    PyCUDA aborts the interpreter if its context stack is not empty at shutdown, hence the atexit
-    pop. One device per process (per MPI rank): the device asked for last stays current.
+    PyCUDA needs a context on ITS stack even when the CUDA runtime (CuPy) already made the same
+    primary context current, so the push does not depend on what is current. PyCUDA aborts the
+    interpreter if its stack is not empty at shutdown, hence the atexit pop. One device per process
+    (per MPI rank): the device asked for last stays current.
     """
-    import pycuda.driver as cuda
-
     ctx = _CONTEXTS.get(index)
     if ctx is None:
+        import pycuda.driver as cuda
+
         ctx = _CONTEXTS[index] = cuda.Device(index).retain_primary_context()
-    current = cuda.Context.get_current()
-    if current is None or current.handle != ctx.handle:
+    if _STACK[0] != index:
         ctx.push()
-        _PUSHED[0] += 1
-        if _PUSHED[0] == 1:
+        _STACK[0] = index
+        _STACK[1] += 1
+        if _STACK[1] == 1:
             atexit.register(_pop_contexts)
     return ctx
 
@@ -55,12 +57,13 @@ def _pop_contexts():
 
     # Functions and modules first: unloading them needs their context.
     _KERNELS.clear()
-    while _PUSHED[0] > 0:
-        _PUSHED[0] -= 1
+    while _STACK[1] > 0:
+        _STACK[1] -= 1
         try:
             cuda.Context.pop()
         except Exception:
             break
+    _STACK[0] = None
     _CONTEXTS.clear()
 
 
