@@ -320,8 +320,7 @@ def run(argv=None) -> int:
     try:
         return main(argv)
     except UserError as exc:
-        if launched_rank() == 0 or launched_size() == 1:
-            print(f"dpmlp: error: {exc}", file=sys.stderr)
+        _report_before_setup(exc)
         return exc.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
@@ -333,6 +332,27 @@ def run(argv=None) -> int:
         print(f"dpmlp: error on rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr)
         _abort_all(1)
         return 1
+
+
+def _report_before_setup(exc: UserError, patience: float = 10.0) -> None:
+    """A mistake found before the communicator exists (a flag, --save, --comm) is the same on
+    every rank: rank 0 prints it once. The other ranks must not exit before it has printed, or the
+    launcher may kill rank 0 first and the line is lost; so they meet in a barrier (bounded, in
+    case the mistake was on some ranks only)."""
+    if launched_rank() == 0:
+        print(f"dpmlp: error: {exc}", file=sys.stderr, flush=True)
+    if launched_size() == 1:
+        return
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        if launched_rank() != 0:
+            time.sleep(1.0)  # no MPI to meet in: give rank 0 a moment to print
+        return
+    request = MPI.COMM_WORLD.Ibarrier()
+    deadline = time.monotonic() + patience
+    while not request.Test() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _abort_all(code: int) -> None:

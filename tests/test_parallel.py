@@ -228,19 +228,11 @@ def test_cli_bad_flag_under_mpirun_is_one_line(tmp_path):
                                 env=cli_env(tmp_path))
     assert code == 2, out + err
     lines = dpmlp_lines(err)
-    # Exactly one line is the contract; zero lines happen when rank 0 loses the race described
-    # in test_cli_bad_flag_reported_when_rank0_is_slow (a bug in core/train.py run()).
-    assert len(lines) <= 1, err
-    if lines:
-        assert "-b" in lines[0] and "batch-size" in lines[0]
+    assert len(lines) == 1, err
+    assert "-b" in lines[0] and "batch-size" in lines[0]
     assert "Traceback" not in err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG core/train.py run(): on a UserError raised before MPI starts (argparse, --save check, "
-    "--comm), ranks != 0 return exit code 2 at once without printing; the launcher then kills "
-    "the job before rank 0 has printed its one line, so the message is lost whenever rank 0 is "
-    "slower (about 1 run in 4 on 2 ranks here, every time with rank 0 delayed)"))
 def test_cli_bad_flag_reported_when_rank0_is_slow(tmp_path):
     """Deterministic form of the race: rank 0 starts 1 s later than rank 1 (MPMD launch)."""
     delayed = ("import runpy, sys, time; time.sleep(1); "
