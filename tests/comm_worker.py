@@ -1,0 +1,73 @@
+"""Run under mpirun by tests/test_comm.py (not a test module itself).
+
+    mpirun -n P python tests/comm_worker.py staged OUTDIR
+        Train with a NumPy backend that pretends to keep its arrays on a device, so the trainer
+        must stage gradients through its host buffer; rank 0 saves params and the metrics.
+    mpirun -n P python tests/comm_worker.py hang
+        The last rank stops arriving at collectives after a few steps; the watchdog must abort.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+from backends.ops_numpy import NumpyBackend
+from comm.mpi import MpiCommunicator
+from core.trainer import DataParallelTrainer
+from mpi_worker import config_of, dataset
+
+CASE = dict(hidden=16, n=300, batch=67, epochs=2, reg=0.1, lr=0.5, seed=1)
+
+
+class StagedNumpy(NumpyBackend):
+    """Host arrays, but declared device-resident: exercises the staging path of the exchange."""
+
+    name = "staged-numpy"
+    host_resident = False
+
+
+class StallingNumpy(NumpyBackend):
+    """The last rank sleeps inside the forward pass after 3 steps, as a hung GPU would."""
+
+    calls = 0
+
+    def bias_sigmoid(self, z, bias, out):
+        StallingNumpy.calls += 1
+        if self.stall and StallingNumpy.calls > 3:
+            time.sleep(3600)
+        super().bias_sigmoid(z, bias, out)
+
+
+def staged(outdir: str) -> None:
+    comm = MpiCommunicator()
+    backend = StagedNumpy("float64")
+    comm.bind_backend(backend)
+    x, y = dataset(CASE["n"])
+    vx, vy = dataset(400)
+    trainer = DataParallelTrainer(backend, comm, config_of(CASE), x, y, vx[:, 300:], vy[300:])
+    history = trainer.train()
+    if comm.rank == 0:
+        np.savez(f"{outdir}/staged.npz", **trainer.params())
+        with open(f"{outdir}/metrics.json", "w") as fh:
+            json.dump({"mode": trainer.exchange.mode,
+                       "loss": [h.loss for h in history],
+                       "val": [h.val_accuracy for h in history]}, fh)
+
+
+def hang() -> None:
+    comm = MpiCommunicator()
+    backend = StallingNumpy("float64")
+    backend.stall = comm.rank == comm.size - 1
+    x, y = dataset(CASE["n"])
+    DataParallelTrainer(backend, comm, config_of(CASE), x, y).train()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "staged":
+        staged(sys.argv[2])
+    else:
+        hang()
