@@ -80,9 +80,9 @@ class GemmTile:
 
 
 GEMM_TILES = {
-    "t128": GemmTile("t128", 128, 128, 256, 1.0),
-    "t64": GemmTile("t64", 64, 64, 256, 0.75),
-    "s16": GemmTile("s16", 16, 16, 256, 0.5),
+    "t128": GemmTile("t128", 128, 128, 256, 1.0),  # 8 x 8 per thread
+    "t64": GemmTile("t64", 64, 64, 128, 0.8),      # 8 x 4 per thread
+    "s16": GemmTile("s16", 16, 16, 256, 0.5),      # 4 x 4 per thread, K split over 16 groups
 }
 
 #: the skinny split-K tile is used for at most this many rows of C (the 10-class layer)
@@ -226,12 +226,13 @@ def pycuda_format(signature: str, dtype) -> str:
 # The ops' shape rules, shared by both backends (they see only .shape and .size).
 def same_size(*arrays) -> int:
     """Common element count of same-shaped operands (an element-wise op over all of them)."""
-    shape = tuple(arrays[0].shape)
+    shape = arrays[0].shape
     for arr in arrays[1:]:
-        if tuple(arr.shape) != shape:
-            raise ValueError(f"shape mismatch: {shape} vs {tuple(arr.shape)}")
-    size = int(np.prod(shape))
-    check_index_range(size)
+        if arr.shape != shape:
+            raise ValueError(f"shape mismatch: {tuple(shape)} vs {tuple(arr.shape)}")
+    size = math.prod(shape)  # math.prod: np.prod costs microseconds on a small tuple
+    if size > MAX_ELEMENTS:
+        check_index_range(size)
     return size
 
 

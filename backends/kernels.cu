@@ -95,93 +95,149 @@ __device__ __forceinline__ real block_sum(real v)
 // ------------------------------------------------------------------------------------------------
 // GEMM: C = alpha * op(A) * op(B) + beta * C, column-major, op(X) = X or X^T.
 //
-// op(A) is M x K, op(B) is K x N, C is M x N. A block computes a BM x BN tile of C; each of its
-// (BM/TM)*(BN/TN) threads keeps a TM x TN micro-tile of C in registers (register blocking), so one
-// pair of shared-memory fragments feeds TM*TN fused multiply-adds. The K loop walks BK-deep slabs
-// of op(A) and op(B) through two shared-memory buffers: while the block multiplies one slab, every
-// thread already holds the next one in registers (loaded from global memory before the multiply),
-// and stores it into the other buffer afterwards, so only one barrier is needed per slab.
+// op(A) is M x K, op(B) is K x N, C is M x N. A block computes a BM x BN tile of C; each thread
+// keeps a TM x TN micro-tile of C in registers (register blocking), so a few 128-bit shared-memory
+// loads feed TM*TN fused multiply-adds. The K loop walks BK-deep slabs of op(A) and op(B) through
+// two shared-memory buffers: while the block multiplies one slab, every thread already holds its
+// part of the next one in registers (loaded from global memory before the multiply) and stores it
+// into the other buffer afterwards, so one barrier per slab suffices.
 // ------------------------------------------------------------------------------------------------
 
 // Shared rows are padded by 4 reals: keeps each row 16-byte aligned for lds_vec and spreads the
 // k-fastest stores (transposed A, non-transposed B) over the banks.
 #define SMEM_PAD 4
 
+// Moves BK-deep slabs of op(A) (BM x BK) and op(B) (BK x BN) from global memory to shared memory,
+// NT threads sharing the work. Element e = tid + l*NT of a slab goes to the thread that makes the
+// warp's global reads consecutive: along rows for A, along k for A^T, along k for B, along columns
+// for B^T. NT being a multiple of BM, BN and BK, one coordinate of a thread's elements is the same
+// in all its loads, so its global offsets are computed once and advanced by a constant per slab.
+template <int BM, int BN, int BK, int NT, bool TA, bool TB>
+struct SlabLoader {
+    static constexpr int A_LOADS = BM * BK / NT;
+    static constexpr int B_LOADS = BN * BK / NT;
+    // how far the varying coordinate moves between a thread's successive loads
+    static constexpr int A_LSTEP = TA ? NT / BK : NT / BM;
+    static constexpr int B_LSTEP = TB ? NT / BN : NT / BK;
+    static_assert(NT % BM == 0 && NT % BN == 0 && NT % BK == 0, "threads must tile the slab");
+    static_assert(A_LOADS * NT == BM * BK && B_LOADS * NT == BN * BK, "slab must divide evenly");
+
+    const real* __restrict__ A;
+    const real* __restrict__ B;
+    int M, N, K, k0;
+    int a_row, a_k, b_col, b_k;          // tile coordinates of load 0 (rows/cols relative to m0/n0)
+    int a_off, a_lstride, a_sstride;     // global offset of load 0, per load, per slab
+    int b_off, b_lstride, b_sstride;
+    int m0, n0;
+    real a[A_LOADS];
+    real b[B_LOADS];
+
+    __device__ __forceinline__ SlabLoader(const real* A_, const real* B_, int M_, int N_, int K_,
+                                          int lda, int ldb, int m0_, int n0_, int tid)
+        : A(A_), B(B_), M(M_), N(N_), K(K_), k0(0), m0(m0_), n0(n0_)
+    {
+        a_row = TA ? tid / BK : tid % BM;
+        a_k = TA ? tid % BK : tid / BM;
+        b_col = TB ? tid % BN : tid / BK;
+        b_k = TB ? tid / BN : tid % BK;
+        a_off = TA ? (m0 + a_row) * lda + a_k : a_k * lda + m0 + a_row;
+        a_lstride = A_LSTEP * lda;  // rows of A^T and k of A are both lda apart
+        a_sstride = TA ? BK : BK * lda;
+        b_off = TB ? b_k * ldb + n0 + b_col : (n0 + b_col) * ldb + b_k;
+        b_lstride = B_LSTEP * ldb;
+        b_sstride = TB ? BK * ldb : BK;
+    }
+
+    // registers <- the next slab (zeros outside the matrices)
+    __device__ __forceinline__ void load()
+    {
+#pragma unroll
+        for (int l = 0; l < A_LOADS; ++l) {
+            const int row = m0 + a_row + (TA ? l * A_LSTEP : 0);
+            const int k = k0 + a_k + (TA ? 0 : l * A_LSTEP);
+            a[l] = (row < M && k < K) ? A[a_off + l * a_lstride] : real(0);
+        }
+#pragma unroll
+        for (int l = 0; l < B_LOADS; ++l) {
+            const int col = n0 + b_col + (TB ? 0 : l * B_LSTEP);
+            const int k = k0 + b_k + (TB ? l * B_LSTEP : 0);
+            b[l] = (col < N && k < K) ? B[b_off + l * b_lstride] : real(0);
+        }
+        k0 += BK;
+        a_off += a_sstride;
+        b_off += b_sstride;
+    }
+
+    // shared <- registers; As is BK rows of BM + SMEM_PAD, Bs BK rows of BN + SMEM_PAD
+    __device__ __forceinline__ void store(real* As, real* Bs) const
+    {
+#pragma unroll
+        for (int l = 0; l < A_LOADS; ++l)
+            As[(a_k + (TA ? 0 : l * A_LSTEP)) * (BM + SMEM_PAD) + a_row + (TA ? l * A_LSTEP : 0)] = a[l];
+#pragma unroll
+        for (int l = 0; l < B_LOADS; ++l)
+            Bs[(b_k + (TB ? l * B_LSTEP : 0)) * (BN + SMEM_PAD) + b_col + (TB ? 0 : l * B_LSTEP)] = b[l];
+    }
+};
+
+// C tile epilogue: beta == 0 means C is never read (it may hold NaN); K == 0 leaves acc at 0,
+// which gives beta * C.
+__device__ __forceinline__ void store_c(real* C, int ldc, int row, int col, real alpha, real beta,
+                                        real acc)
+{
+    real* c = C + col * ldc + row;
+    const real v = alpha * acc;
+    *c = (beta == real(0)) ? v : v + beta * *c;
+}
+
+// Tiled GEMM. A thread owns TM rows and TN columns of the tile in groups of 4: rows
+// g*(BM*4/TM) + tx*4 + (0..3) for g < TM/4 (likewise columns), so the threads of a warp read
+// consecutive 16-byte words of a shared row (no bank conflicts; a thread-contiguous 8-row fragment
+// would put every other thread of a quarter warp on the same banks).
 template <int BM, int BN, int BK, int TM, int TN, bool TA, bool TB>
 __device__ __forceinline__ void gemm_tiled(const real* __restrict__ A, const real* __restrict__ B,
                                            real* __restrict__ C, int M, int N, int K, int lda,
                                            int ldb, int ldc, real alpha, real beta)
 {
     constexpr int NT = (BM / TM) * (BN / TN);
-    constexpr int A_LOADS = BM * BK / NT;
-    constexpr int B_LOADS = BN * BK / NT;
-    static_assert(A_LOADS * NT == BM * BK && B_LOADS * NT == BN * BK, "tile must divide evenly");
+    constexpr int RG = TM / 4, CG = TN / 4;       // 4-wide row / column groups per thread
+    constexpr int RSPAN = BM / RG, CSPAN = BN / CG;
+    constexpr int AS = BM + SMEM_PAD, BS = BN + SMEM_PAD;
+    static_assert(TM % 4 == 0 && TN % 4 == 0, "micro-tile is made of 4-wide groups");
 
-    __shared__ __align__(16) real As[2][BK][BM + SMEM_PAD];
-    __shared__ __align__(16) real Bs[2][BK][BN + SMEM_PAD];
+    __shared__ __align__(16) real As[2][BK * AS];
+    __shared__ __align__(16) real Bs[2][BK * BS];
 
     const int tid = threadIdx.x;
-    // tx runs fastest through the warp, over rows: neighbouring threads own neighbouring rows, so
-    // the A fragment loads are distinct and the B fragment loads are broadcasts.
-    const int tx = tid % (BM / TM);
+    const int tx = tid % (BM / TM);  // fastest through the warp: distinct A fragments, shared B ones
     const int ty = tid / (BM / TM);
     const int m0 = blockIdx.x * BM;
     const int n0 = blockIdx.y * BN;
 
-    real a_next[A_LOADS];
-    real b_next[B_LOADS];
+    SlabLoader<BM, BN, BK, NT, TA, TB> slab(A, B, M, N, K, lda, ldb, m0, n0, tid);
     real acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = real(0);
 
-    // Element e of a slab maps to (row, k) so that consecutive threads read consecutive addresses
-    // of global memory: rows for a non-transposed A, k for a transposed one (and likewise for B).
-    auto load_slab = [&](int k0) {
-#pragma unroll
-        for (int l = 0; l < A_LOADS; ++l) {
-            const int e = tid + l * NT;
-            const int i = TA ? e / BK : e % BM;
-            const int k = TA ? e % BK : e / BM;
-            const int gi = m0 + i, gk = k0 + k;
-            a_next[l] = (gi < M && gk < K) ? (TA ? A[gi * lda + gk] : A[gk * lda + gi]) : real(0);
-        }
-#pragma unroll
-        for (int l = 0; l < B_LOADS; ++l) {
-            const int e = tid + l * NT;
-            const int j = TB ? e % BN : e / BK;
-            const int k = TB ? e / BN : e % BK;
-            const int gj = n0 + j, gk = k0 + k;
-            b_next[l] = (gj < N && gk < K) ? (TB ? B[gk * ldb + gj] : B[gj * ldb + gk]) : real(0);
-        }
-    };
-    auto store_slab = [&](int buf) {
-#pragma unroll
-        for (int l = 0; l < A_LOADS; ++l) {
-            const int e = tid + l * NT;
-            As[buf][TA ? e % BK : e / BM][TA ? e / BK : e % BM] = a_next[l];
-        }
-#pragma unroll
-        for (int l = 0; l < B_LOADS; ++l) {
-            const int e = tid + l * NT;
-            Bs[buf][TB ? e / BN : e % BK][TB ? e % BN : e / BK] = b_next[l];
-        }
-    };
-
     const int nslabs = (K + BK - 1) / BK;
     if (nslabs > 0) {
-        load_slab(0);
-        store_slab(0);
+        slab.load();
+        slab.store(As[0], Bs[0]);
         __syncthreads();
         for (int s = 0; s < nslabs; ++s) {
             const int cur = s & 1;
-            if (s + 1 < nslabs) load_slab((s + 1) * BK);  // in flight during the multiply below
+            if (s + 1 < nslabs) slab.load();  // in flight during the multiply below
 #pragma unroll
             for (int kk = 0; kk < BK; ++kk) {
                 real a_frag[TM], b_frag[TN];
-                lds_vec<TM>(&As[cur][kk][tx * TM], a_frag);
-                lds_vec<TN>(&Bs[cur][kk][ty * TN], b_frag);
+#pragma unroll
+                for (int g = 0; g < RG; ++g)
+                    lds_vec<4>(&As[cur][kk * AS + g * RSPAN + tx * 4], a_frag + 4 * g);
+#pragma unroll
+                for (int g = 0; g < CG; ++g)
+                    lds_vec<4>(&Bs[cur][kk * BS + g * CSPAN + ty * 4], b_frag + 4 * g);
 #pragma unroll
                 for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -189,32 +245,30 @@ __device__ __forceinline__ void gemm_tiled(const real* __restrict__ A, const rea
             }
             // The other buffer was last read in slab s-1, and every thread passed the barrier that
             // ended slab s-1 before getting here: it is free to overwrite.
-            if (s + 1 < nslabs) store_slab(cur ^ 1);
+            if (s + 1 < nslabs) slab.store(As[cur ^ 1], Bs[cur ^ 1]);
             __syncthreads();
         }
     }
 
-    // beta == 0 means C is never read (it may hold NaN); K == 0 leaves acc at 0, giving beta*C.
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-        const int col = n0 + ty * TN + j;
+        const int col = n0 + (j / 4) * CSPAN + ty * 4 + (j % 4);
         if (col >= N) continue;
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
-            const int row = m0 + tx * TM + i;
-            if (row >= M) continue;
-            real* c = C + col * ldc + row;
-            const real v = alpha * acc[i][j];
-            *c = (beta == real(0)) ? v : v + beta * *c;
+            const int row = m0 + (i / 4) * RSPAN + tx * 4 + (i % 4);
+            if (row < M) store_c(C, ldc, row, col, alpha, beta, acc[i][j]);
         }
     }
 }
 
-// Skinny GEMM for M <= 16 (the 10-class output layer: z2 = W2 a1 and dW2 = diff a1^T). A 16 x 16
-// tile of C would leave a classic tiled kernel with a handful of blocks that each walk all of K
-// alone; here the block's 256 threads are KG groups that share the tile and split each BK-deep slab
-// of K between them (group g takes KPG consecutive k), and the groups' partial sums are added in a
-// fixed tree order through shared memory at the end (deterministic, no atomics).
+// Skinny GEMM for M <= 16 (the 10-class output layer: z2 = W2 a1 and dW2 = diff a1^T). A classic
+// tiled kernel would give such a product a handful of blocks that each walk all of K alone. Here the
+// block's 256 threads are KG groups sharing one 16 x 16 tile of C: each BK-deep slab of K is split
+// between the groups (group g takes KPG consecutive k), and at the end the groups' partial tiles are
+// added in a fixed tree order through shared memory (deterministic, no atomics). Deep slabs (BK =
+// 128 in float) keep many global loads in flight: with so little arithmetic per slab, the kernel is
+// bound by load latency.
 template <int BM, int BN, int KG, int KPG, bool TA, bool TB>
 __device__ __forceinline__ void gemm_splitk(const real* __restrict__ A, const real* __restrict__ B,
                                             real* __restrict__ C, int M, int N, int K, int lda,
@@ -224,11 +278,8 @@ __device__ __forceinline__ void gemm_splitk(const real* __restrict__ A, const re
     constexpr int GT = (BM / TM) * (BN / TN);  // threads per group
     constexpr int NT = GT * KG;
     constexpr int BK = KG * KPG;
-    constexpr int A_LOADS = BM * BK / NT;
-    constexpr int B_LOADS = BN * BK / NT;
-    constexpr int A_STRIDE = BM + SMEM_PAD, B_STRIDE = BN + SMEM_PAD;
-    constexpr int SLAB = BK * A_STRIDE + BK * B_STRIDE;  // one buffer of As and Bs
-    static_assert(A_LOADS * NT == BM * BK && B_LOADS * NT == BN * BK, "tile must divide evenly");
+    constexpr int AS = BM + SMEM_PAD, BS = BN + SMEM_PAD;
+    constexpr int SLAB = BK * AS + BK * BS;  // one buffer of As and Bs
     static_assert((KG / 2) * GT * TM * TN <= 2 * SLAB, "reduction must fit in the slab buffers");
 
     __shared__ __align__(16) real smem[2 * SLAB];
@@ -241,69 +292,38 @@ __device__ __forceinline__ void gemm_splitk(const real* __restrict__ A, const re
     const int m0 = blockIdx.x * BM;
     const int n0 = blockIdx.y * BN;
 
-    real a_next[A_LOADS];
-    real b_next[B_LOADS];
+    SlabLoader<BM, BN, BK, NT, TA, TB> slab(A, B, M, N, K, lda, ldb, m0, n0, tid);
     real acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = real(0);
 
-    auto load_slab = [&](int k0) {
-#pragma unroll
-        for (int l = 0; l < A_LOADS; ++l) {
-            const int e = tid + l * NT;
-            const int i = TA ? e / BK : e % BM;
-            const int k = TA ? e % BK : e / BM;
-            const int gi = m0 + i, gk = k0 + k;
-            a_next[l] = (gi < M && gk < K) ? (TA ? A[gi * lda + gk] : A[gk * lda + gi]) : real(0);
-        }
-#pragma unroll
-        for (int l = 0; l < B_LOADS; ++l) {
-            const int e = tid + l * NT;
-            const int j = TB ? e % BN : e / BK;
-            const int k = TB ? e / BN : e % BK;
-            const int gj = n0 + j, gk = k0 + k;
-            b_next[l] = (gj < N && gk < K) ? (TB ? B[gk * ldb + gj] : B[gj * ldb + gk]) : real(0);
-        }
-    };
-    auto store_slab = [&](int buf) {
-        real* As = smem + buf * SLAB;
-        real* Bs = As + BK * A_STRIDE;
-#pragma unroll
-        for (int l = 0; l < A_LOADS; ++l) {
-            const int e = tid + l * NT;
-            As[(TA ? e % BK : e / BM) * A_STRIDE + (TA ? e / BK : e % BM)] = a_next[l];
-        }
-#pragma unroll
-        for (int l = 0; l < B_LOADS; ++l) {
-            const int e = tid + l * NT;
-            Bs[(TB ? e / BN : e % BK) * B_STRIDE + (TB ? e % BN : e / BK)] = b_next[l];
-        }
-    };
-
     const int nslabs = (K + BK - 1) / BK;
     if (nslabs > 0) {
-        load_slab(0);
-        store_slab(0);
+        slab.load();
+        slab.store(smem, smem + BK * AS);
         __syncthreads();
         for (int s = 0; s < nslabs; ++s) {
             const int cur = s & 1;
-            if (s + 1 < nslabs) load_slab((s + 1) * BK);
+            if (s + 1 < nslabs) slab.load();
             const real* As = smem + cur * SLAB;
-            const real* Bs = As + BK * A_STRIDE;
+            const real* Bs = As + BK * AS;
 #pragma unroll
             for (int q = 0; q < KPG; ++q) {
                 const int kk = g * KPG + q;
                 real a_frag[TM], b_frag[TN];
-                lds_vec<TM>(As + kk * A_STRIDE + tx * TM, a_frag);
-                lds_vec<TN>(Bs + kk * B_STRIDE + ty * TN, b_frag);
+                lds_vec<TM>(As + kk * AS + tx * TM, a_frag);
+                lds_vec<TN>(Bs + kk * BS + ty * TN, b_frag);
 #pragma unroll
                 for (int i = 0; i < TM; ++i)
 #pragma unroll
                     for (int j = 0; j < TN; ++j) acc[i][j] += a_frag[i] * b_frag[j];
             }
-            if (s + 1 < nslabs) store_slab(cur ^ 1);
+            if (s + 1 < nslabs) {
+                real* nxt = smem + (cur ^ 1) * SLAB;
+                slab.store(nxt, nxt + BK * AS);
+            }
             __syncthreads();
         }
     }
@@ -340,10 +360,7 @@ __device__ __forceinline__ void gemm_splitk(const real* __restrict__ A, const re
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const int row = m0 + tx * TM + i;
-            if (row >= M) continue;
-            real* c = C + col * ldc + row;
-            const real v = alpha * acc[i][j];
-            *c = (beta == real(0)) ? v : v + beta * *c;
+            if (row < M) store_c(C, ldc, row, col, alpha, beta, acc[i][j]);
         }
     }
 }
@@ -355,37 +372,42 @@ __device__ __forceinline__ void gemm_splitk(const real* __restrict__ A, const re
         int K, int lda, int ldb, int ldc, real alpha, real beta
 #define GEMM_PASS A, B, C, M, N, K, lda, ldb, ldc, alpha, beta
 
-#define DEFINE_GEMM(tile, ops, TA, TB, call, min_blocks)                                           \
-    extern "C" __global__ void __launch_bounds__(256, min_blocks) gemm_##tile##_##ops(GEMM_ARGS)   \
+#define DEFINE_GEMM(tile, ops, TA, TB, call, threads, min_blocks)                                  \
+    extern "C" __global__ void __launch_bounds__(threads, min_blocks)                              \
+        gemm_##tile##_##ops(GEMM_ARGS)                                                             \
     {                                                                                              \
         call<TA, TB>(GEMM_PASS);                                                                   \
     }
 
-// 128 x 128 tile, 8 x 8 per thread: the most FMAs per shared-memory load, for large M*N. In float,
-// capping registers at 128 lets two blocks share a multiprocessor (double needs ~240: one block).
+// 128 x 128 tile, 8 x 8 per thread, 256 threads: the most FMAs per shared-memory load, for large
+// products (H = 4096, or n = 3200). In float, capping registers at 128 lets two blocks share a
+// multiprocessor (double needs ~240: one block).
 #define T128_MIN_BLOCKS (sizeof(real) == 4 ? 2 : 1)
 template <bool TA, bool TB>
 __device__ __forceinline__ void gemm_t128(GEMM_ARGS) { gemm_tiled<128, 128, 8, 8, 8, TA, TB>(GEMM_PASS); }
-// 64 x 64 tile, 4 x 4 per thread: four times the blocks, for the mid-sized shapes of the model
-// (H=1024 x n=800 would fill only 56 of an H100's 132 multiprocessors with 128 x 128 tiles).
+// 64 x 64 tile, 8 x 4 per thread, 128 threads: four times the blocks of t128, for the model's
+// mid-sized products (H = 1024 x n = 800 would fill only 56 of an H100's 132 multiprocessors with
+// 128 x 128 tiles).
 template <bool TA, bool TB>
-__device__ __forceinline__ void gemm_t64(GEMM_ARGS) { gemm_tiled<64, 64, 16, 4, 4, TA, TB>(GEMM_PASS); }
-// 16 x 16 tile, K split over 16 groups of 16 threads, 4 k per group per slab (BK = 64).
+__device__ __forceinline__ void gemm_t64(GEMM_ARGS) { gemm_tiled<64, 64, 16, 8, 4, TA, TB>(GEMM_PASS); }
+// 16 x 16 tile, K split over 16 groups of 16 threads (256 threads); k per group per slab: 8 in
+// float (BK = 128), 4 in double (BK = 64, to stay within 48 KB of static shared memory).
+#define S16_KPG (sizeof(real) == 4 ? 8 : 4)
 template <bool TA, bool TB>
-__device__ __forceinline__ void gemm_s16(GEMM_ARGS) { gemm_splitk<16, 16, 16, 4, TA, TB>(GEMM_PASS); }
+__device__ __forceinline__ void gemm_s16(GEMM_ARGS) { gemm_splitk<16, 16, 16, S16_KPG, TA, TB>(GEMM_PASS); }
 
-DEFINE_GEMM(t128, nn, false, false, gemm_t128, T128_MIN_BLOCKS)
-DEFINE_GEMM(t128, nt, false, true, gemm_t128, T128_MIN_BLOCKS)
-DEFINE_GEMM(t128, tn, true, false, gemm_t128, T128_MIN_BLOCKS)
-DEFINE_GEMM(t128, tt, true, true, gemm_t128, T128_MIN_BLOCKS)
-DEFINE_GEMM(t64, nn, false, false, gemm_t64, 1)
-DEFINE_GEMM(t64, nt, false, true, gemm_t64, 1)
-DEFINE_GEMM(t64, tn, true, false, gemm_t64, 1)
-DEFINE_GEMM(t64, tt, true, true, gemm_t64, 1)
-DEFINE_GEMM(s16, nn, false, false, gemm_s16, 1)
-DEFINE_GEMM(s16, nt, false, true, gemm_s16, 1)
-DEFINE_GEMM(s16, tn, true, false, gemm_s16, 1)
-DEFINE_GEMM(s16, tt, true, true, gemm_s16, 1)
+DEFINE_GEMM(t128, nn, false, false, gemm_t128, 256, T128_MIN_BLOCKS)
+DEFINE_GEMM(t128, nt, false, true, gemm_t128, 256, T128_MIN_BLOCKS)
+DEFINE_GEMM(t128, tn, true, false, gemm_t128, 256, T128_MIN_BLOCKS)
+DEFINE_GEMM(t128, tt, true, true, gemm_t128, 256, T128_MIN_BLOCKS)
+DEFINE_GEMM(t64, nn, false, false, gemm_t64, 128, 1)
+DEFINE_GEMM(t64, nt, false, true, gemm_t64, 128, 1)
+DEFINE_GEMM(t64, tn, true, false, gemm_t64, 128, 1)
+DEFINE_GEMM(t64, tt, true, true, gemm_t64, 128, 1)
+DEFINE_GEMM(s16, nn, false, false, gemm_s16, 256, 1)
+DEFINE_GEMM(s16, nt, false, true, gemm_s16, 256, 1)
+DEFINE_GEMM(s16, tn, true, false, gemm_s16, 256, 1)
+DEFINE_GEMM(s16, tt, true, true, gemm_s16, 256, 1)
 
 // ------------------------------------------------------------------------------------------------
 // Element-wise kernels over n contiguous elements (grid-stride loops, any grid size works).

@@ -18,9 +18,11 @@ from core.hookspecs import hookimpl
 from core.ops import Backend
 
 _INT32 = np.dtype(np.int32)
+_i32 = np.int32
+_BLOCK = cs.BLOCK_DIM
 
-# (dtype name, device index) -> {kernel name: (cupy.RawKernel, signature)}; compiled once per process
-_KERNELS: dict[tuple[str, int], dict[str, tuple[object, str]]] = {}
+# (dtype name, device index) -> {kernel name: cupy Function}; compiled once per process
+_KERNELS: dict[tuple[str, int], dict[str, object]] = {}
 
 
 def _kernels_for(dtype: np.dtype, device: int):
@@ -30,9 +32,10 @@ def _kernels_for(dtype: np.dtype, device: int):
 
         with cupy.cuda.Device(device):
             module = cupy.RawModule(code=cs.read_source(), options=cs.compile_options(dtype))
-            # get_function compiles (NVRTC, cached on disk by CuPy) and loads on this device
-            _KERNELS[key] = {name: (module.get_function(name), sig)
-                             for name, sig in cs.KERNEL_SIGNATURES.items()}
+            # RawKernel.kernel compiles (NVRTC, cached on disk by CuPy), loads on this device and
+            # returns the cupy.cuda.Function, whose call takes the stream explicitly: no
+            # `with stream:` (and its bookkeeping) around every launch.
+            _KERNELS[key] = {name: module.get_function(name).kernel for name in cs.KERNEL_NAMES}
     return _KERNELS[key]
 
 
@@ -89,7 +92,8 @@ class CupyBackend(Backend):
         self._stream = cupy.cuda.Stream(non_blocking=True)
         self._num_sms = int(self._device.attributes["MultiProcessorCount"])
         self._real = self.dtype.type
-        self._kernels = _kernels_for(self.dtype, self.device_index)
+        self._fns = _kernels_for(self.dtype, self.device_index)
+        self._gemm_plans: dict[tuple, tuple | None] = {}
         with self._stream:
             # sum_squares: per-block partial sums, then the total in the last slot
             self._scratch = cupy.empty(cs.SUM_PARTIAL_BLOCKS + 1, dtype=self.dtype)
@@ -99,14 +103,9 @@ class CupyBackend(Backend):
         return f"cuda:{self.device_index} ({_device_name(self._cp, self.device_index)})"
 
     # ----------------------------------------------------------------- launching
-    def _launch(self, name, grid, block, *args):
-        kernel, signature = self._kernels[name]
-        real = self._real
-        converted = tuple(
-            a if kind == "P" else (np.int32(a) if kind == "i" else real(a))
-            for kind, a in zip(signature, args))
-        with self._stream:  # RawKernel launches on the current stream
-            kernel(grid, block, converted)
+    def _launch(self, name, grid, block, args):
+        """args in kernel order: arrays, np.int32 for int, the backend's scalar type for real."""
+        self._fns[name](grid, block, args, stream=self._stream)
 
     def _check(self, *arrays, dtype=None):
         """The element-wise kernels read each array as .size contiguous elements of the dtype."""
@@ -205,57 +204,78 @@ class CupyBackend(Backend):
         return int(self._stream.ptr)
 
     # ----------------------------------------------------------------- math
+    # Hot path: each op checks shapes, then launches one kernel with its arguments converted to the
+    # kernel's C types (np.int32, the backend dtype's scalar). GEMM launch plans are cached per
+    # operand layout, so a training step only looks them up.
     def fill(self, arr, value):
         n = arr.size
         if n == 0:
             return
-        if arr.dtype == np.int32:
+        if arr.dtype == _INT32:
             self._check(arr, dtype=_INT32)
-            self._launch("fill_int", cs.elementwise_grid(n), cs.BLOCK_DIM, arr, n, int(value))
+            self._launch("fill_int", cs.elementwise_grid(n), _BLOCK, (arr, _i32(n), _i32(value)))
         else:
             self._check(arr)
-            self._launch("fill_real", cs.elementwise_grid(n), cs.BLOCK_DIM, arr, n, value)
+            self._launch("fill_real", cs.elementwise_grid(n), _BLOCK,
+                         (arr, _i32(n), self._real(value)))
 
-    def gemm(self, a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
+    def _plan_gemm(self, a, b, c, trans_a, trans_b):
         lda, ldb, ldc = self._ld(a), self._ld(b), self._ld(c)
         plan = cs.plan_gemm(a.shape, b.shape, c.shape, trans_a, trans_b, self._num_sms,
                             self.gemm_tile)
         if plan is None:
+            return None
+        ints = tuple(_i32(v) for v in (plan.m, plan.n, plan.k, lda, ldb, ldc))
+        return self._fns[plan.kernel], plan.grid, plan.block, ints
+
+    def gemm(self, a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
+        key = (a.shape, a.strides, a.dtype, b.shape, b.strides, b.dtype, c.shape, c.strides,
+               c.dtype, trans_a, trans_b, self.gemm_tile)
+        try:
+            plan = self._gemm_plans[key]
+        except KeyError:
+            if len(self._gemm_plans) > 4096:  # many shapes (evaluation sweeps): start over
+                self._gemm_plans.clear()
+            plan = self._gemm_plans[key] = self._plan_gemm(a, b, c, trans_a, trans_b)
+        if plan is None:
             return
-        self._launch(plan.kernel, plan.grid, plan.block, a, b, c, plan.m, plan.n, plan.k,
-                     lda, ldb, ldc, alpha, beta)
+        fn, grid, block, ints = plan
+        real = self._real
+        fn(grid, block, (a, b, c, *ints, real(alpha), real(beta)), stream=self._stream)
 
     def bias_sigmoid(self, z, bias, out):
         rows, n = cs.bias_shapes(z, bias, out)
         if n:
             self._check(z, bias, out)
-            self._launch("bias_sigmoid", cs.elementwise_grid(n), cs.BLOCK_DIM, z, bias, out,
-                         rows, n)
+            self._launch("bias_sigmoid", cs.elementwise_grid(n), _BLOCK,
+                         (z, bias, out, _i32(rows), _i32(n)))
 
     def add_bias(self, z, bias):
         rows, n = cs.bias_shapes(z, bias, z)
         if n:
             self._check(z, bias)
-            self._launch("add_bias", cs.elementwise_grid(n), cs.BLOCK_DIM, z, bias, rows, n)
+            self._launch("add_bias", cs.elementwise_grid(n), _BLOCK, (z, bias, _i32(rows), _i32(n)))
 
     def sigmoid(self, x, out):
         n = cs.same_size(x, out)
         if n:
             self._check(x, out)
-            self._launch("sigmoid", cs.elementwise_grid(n), cs.BLOCK_DIM, x, out, n)
+            self._launch("sigmoid", cs.elementwise_grid(n), _BLOCK, (x, out, _i32(n)))
 
     def softmax(self, x, out, axis=0):
         nlines, length, line_stride, elem_stride = cs.softmax_lines(x, out, axis)
         if nlines and length:
             self._check(x, out)
-            self._launch("softmax_lines", cs.softmax_grid(nlines), cs.BLOCK_DIM, x, out, nlines,
-                         length, line_stride, elem_stride)
+            self._launch("softmax_lines", cs.softmax_grid(nlines), _BLOCK,
+                         (x, out, _i32(nlines), _i32(length), _i32(line_stride),
+                          _i32(elem_stride)))
 
     def sigmoid_backward(self, grad, a, out):
         n = cs.same_size(grad, a, out)
         if n:
             self._check(grad, a, out)
-            self._launch("sigmoid_backward", cs.elementwise_grid(n), cs.BLOCK_DIM, grad, a, out, n)
+            self._launch("sigmoid_backward", cs.elementwise_grid(n), _BLOCK,
+                         (grad, a, out, _i32(n)))
 
     def reduce_cols(self, x, out, alpha=1.0):
         rows, cols = cs.reduce_shapes(x, out)
@@ -263,7 +283,8 @@ class CupyBackend(Backend):
             ld = self._ld(x)
             self._check(out)
             grid, block = cs.reduce_cols_launch(rows)
-            self._launch("reduce_cols", grid, block, x, out, rows, cols, ld, alpha)
+            self._launch("reduce_cols", grid, block,
+                         (x, out, _i32(rows), _i32(cols), _i32(ld), self._real(alpha)))
 
     def softmax_xent_backward(self, yhat, labels, scale, out):
         rows, cols = cs.label_shapes(yhat, labels)
@@ -271,30 +292,32 @@ class CupyBackend(Backend):
         if n:
             self._check(yhat, out)
             self._check(labels, dtype=_INT32)
-            self._launch("softmax_xent_backward", cs.elementwise_grid(n), cs.BLOCK_DIM, yhat,
-                         labels, out, rows, n, scale)
+            self._launch("softmax_xent_backward", cs.elementwise_grid(n), _BLOCK,
+                         (yhat, labels, out, _i32(rows), _i32(n), self._real(scale)))
 
     def axpy(self, alpha, x, y):
         n = cs.same_size(x, y)
         if n:
             self._check(x, y)
-            self._launch("axpy", cs.elementwise_grid(n), cs.BLOCK_DIM, x, y, n, alpha)
+            self._launch("axpy", cs.elementwise_grid(n), _BLOCK, (x, y, _i32(n), self._real(alpha)))
 
     def nll_sum(self, yhat, labels, acc):
         rows, cols = cs.label_shapes(yhat, labels)
         if rows and cols:
+            ld = self._ld(yhat)
             self._check(labels, dtype=_INT32)
             self._check(acc)
-            self._launch("nll_sum", cs.ONE_BLOCK, cs.BLOCK_DIM, yhat, labels, acc, rows, cols,
-                         self._ld(yhat))
+            self._launch("nll_sum", cs.ONE_BLOCK, _BLOCK,
+                         (yhat, labels, acc, _i32(rows), _i32(cols), _i32(ld)))
 
     def count_correct(self, scores, labels, acc):
         rows, cols = cs.label_shapes(scores, labels)
         if rows and cols:
+            ld = self._ld(scores)
             self._check(labels, dtype=_INT32)
             self._check(acc)
-            self._launch("count_correct", cs.ONE_BLOCK, cs.BLOCK_DIM, scores, labels, acc, rows,
-                         cols, self._ld(scores))
+            self._launch("count_correct", cs.ONE_BLOCK, _BLOCK,
+                         (scores, labels, acc, _i32(rows), _i32(cols), _i32(ld)))
 
     def sum_squares(self, x):
         n = x.size
@@ -303,9 +326,9 @@ class CupyBackend(Backend):
         self._check(x)
         cs.check_index_range(n)
         grid = cs.sum_squares_grid(n)
-        self._launch("sum_squares_partial", grid, cs.BLOCK_DIM, x, self._scratch, n)
+        self._launch("sum_squares_partial", grid, _BLOCK, (x, self._scratch, _i32(n)))
         total = self._scratch[cs.SUM_PARTIAL_BLOCKS:]
-        self._launch("sum_partials", cs.ONE_BLOCK, cs.BLOCK_DIM, self._scratch, grid[0], total)
+        self._launch("sum_partials", cs.ONE_BLOCK, _BLOCK, (self._scratch, _i32(grid[0]), total))
         self._d2h(total, self._scalar_host)
         return float(self._scalar_host[0])
 

@@ -13,6 +13,7 @@ which column slices and flat views always are; the GEMM honours the leading dime
 from __future__ import annotations
 
 import atexit
+import math
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from core.hookspecs import hookimpl
 from core.ops import Backend
 
 _INT32 = np.dtype(np.int32)
+_BLOCK = cs.BLOCK_DIM
 
 # device index -> pycuda.driver.Context (the retained primary context)
 _CONTEXTS: dict[int, object] = {}
@@ -92,7 +94,7 @@ class DeviceMatrix:
     interface carries no stream: call the backend's ``synchronize()`` before handing it over.
     """
 
-    __slots__ = ("ptr", "shape", "dtype", "ld", "_owner")
+    __slots__ = ("ptr", "shape", "dtype", "ld", "size", "contiguous", "_owner")
 
     def __init__(self, ptr: int, shape, dtype, ld: int | None = None, owner=None):
         self.ptr = int(ptr)
@@ -101,15 +103,14 @@ class DeviceMatrix:
         # a vector (or a 0-d array) is its own single column
         rows = self.shape[0] if self.shape else 1
         self.ld = max(rows, 1) if ld is None or len(self.shape) < 2 else int(ld)
+        self.size = math.prod(self.shape)
+        self.contiguous = (len(self.shape) < 2 or self.shape[1] <= 1 or rows == 0
+                           or self.ld == rows)
         self._owner = owner
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
 
     @property
     def itemsize(self) -> int:
@@ -118,10 +119,6 @@ class DeviceMatrix:
     @property
     def nbytes(self) -> int:
         return self.size * self.dtype.itemsize
-
-    @property
-    def contiguous(self) -> bool:
-        return self.ndim < 2 or self.shape[1] <= 1 or self.shape[0] == 0 or self.ld == self.shape[0]
 
     @property
     def __cuda_array_interface__(self):
@@ -188,7 +185,8 @@ class PycudaBackend(Backend):
         self._dev = cuda.Device(self.device_index)
         self._stream = cuda.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit sync with stream 0
         self._num_sms = int(self._dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT))
-        self._kernels = _kernels_for(self.dtype, self.device_index)
+        self._fns = _kernels_for(self.dtype, self.device_index)
+        self._gemm_plans: dict[tuple, tuple | None] = {}
         # sum_squares: per-block partial sums, then the total in the last slot
         self._scratch = self.empty((cs.SUM_PARTIAL_BLOCKS + 1,))
         self._scalar_host = cuda.pagelocked_empty((1,), self.dtype)
@@ -198,10 +196,9 @@ class PycudaBackend(Backend):
 
     # ----------------------------------------------------------------- launching
     def _launch(self, name, grid, block, *args):
-        # prepared_async_call packs the arguments with the prepare() format: pointers go as ints
-        self._kernels[name].prepared_async_call(
-            grid, block, self._stream,
-            *[a.ptr if isinstance(a, DeviceMatrix) else a for a in args])
+        """args in kernel order: device pointers as ints, Python ints and floats (the prepare()
+        format packs them as int and float/double)."""
+        self._fns[name].prepared_async_call(grid, block, self._stream, *args)
 
     def _check(self, *arrays, dtype=None):
         """The element-wise kernels read each array as .size contiguous elements of the dtype."""
@@ -295,57 +292,74 @@ class PycudaBackend(Backend):
         return int(self._stream.handle)
 
     # ----------------------------------------------------------------- math
+    # Hot path: each op checks shapes, then launches one kernel through a prepared call. GEMM
+    # launch plans are cached per operand layout, so a training step only looks them up.
     def fill(self, arr, value):
         n = arr.size
         if n == 0:
             return
         if arr.dtype == _INT32:
             self._check(arr, dtype=_INT32)
-            self._launch("fill_int", cs.elementwise_grid(n), cs.BLOCK_DIM, arr, n, int(value))
+            self._launch("fill_int", cs.elementwise_grid(n), _BLOCK, arr.ptr, n, int(value))
         else:
             self._check(arr)
-            self._launch("fill_real", cs.elementwise_grid(n), cs.BLOCK_DIM, arr, n, float(value))
+            self._launch("fill_real", cs.elementwise_grid(n), _BLOCK, arr.ptr, n, float(value))
 
-    def gemm(self, a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
+    def _plan_gemm(self, a, b, c, trans_a, trans_b):
         lda, ldb, ldc = self._ld(a), self._ld(b), self._ld(c)
         plan = cs.plan_gemm(a.shape, b.shape, c.shape, trans_a, trans_b, self._num_sms,
                             self.gemm_tile)
         if plan is None:
+            return None
+        return self._fns[plan.kernel], plan.grid, plan.block, (plan.m, plan.n, plan.k, lda, ldb, ldc)
+
+    def gemm(self, a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
+        key = (a.shape, a.ld, a.dtype, b.shape, b.ld, b.dtype, c.shape, c.ld, c.dtype, trans_a,
+               trans_b, self.gemm_tile)
+        try:
+            plan = self._gemm_plans[key]
+        except KeyError:
+            if len(self._gemm_plans) > 4096:  # many shapes (evaluation sweeps): start over
+                self._gemm_plans.clear()
+            plan = self._gemm_plans[key] = self._plan_gemm(a, b, c, trans_a, trans_b)
+        if plan is None:
             return
-        self._launch(plan.kernel, plan.grid, plan.block, a, b, c, plan.m, plan.n, plan.k,
-                     lda, ldb, ldc, float(alpha), float(beta))
+        fn, grid, block, ints = plan
+        fn.prepared_async_call(grid, block, self._stream, a.ptr, b.ptr, c.ptr, *ints,
+                               float(alpha), float(beta))
 
     def bias_sigmoid(self, z, bias, out):
         rows, n = cs.bias_shapes(z, bias, out)
         if n:
             self._check(z, bias, out)
-            self._launch("bias_sigmoid", cs.elementwise_grid(n), cs.BLOCK_DIM, z, bias, out,
+            self._launch("bias_sigmoid", cs.elementwise_grid(n), _BLOCK, z.ptr, bias.ptr, out.ptr,
                          rows, n)
 
     def add_bias(self, z, bias):
         rows, n = cs.bias_shapes(z, bias, z)
         if n:
             self._check(z, bias)
-            self._launch("add_bias", cs.elementwise_grid(n), cs.BLOCK_DIM, z, bias, rows, n)
+            self._launch("add_bias", cs.elementwise_grid(n), _BLOCK, z.ptr, bias.ptr, rows, n)
 
     def sigmoid(self, x, out):
         n = cs.same_size(x, out)
         if n:
             self._check(x, out)
-            self._launch("sigmoid", cs.elementwise_grid(n), cs.BLOCK_DIM, x, out, n)
+            self._launch("sigmoid", cs.elementwise_grid(n), _BLOCK, x.ptr, out.ptr, n)
 
     def softmax(self, x, out, axis=0):
         nlines, length, line_stride, elem_stride = cs.softmax_lines(x, out, axis)
         if nlines and length:
             self._check(x, out)
-            self._launch("softmax_lines", cs.softmax_grid(nlines), cs.BLOCK_DIM, x, out, nlines,
+            self._launch("softmax_lines", cs.softmax_grid(nlines), _BLOCK, x.ptr, out.ptr, nlines,
                          length, line_stride, elem_stride)
 
     def sigmoid_backward(self, grad, a, out):
         n = cs.same_size(grad, a, out)
         if n:
             self._check(grad, a, out)
-            self._launch("sigmoid_backward", cs.elementwise_grid(n), cs.BLOCK_DIM, grad, a, out, n)
+            self._launch("sigmoid_backward", cs.elementwise_grid(n), _BLOCK, grad.ptr, a.ptr,
+                         out.ptr, n)
 
     def reduce_cols(self, x, out, alpha=1.0):
         rows, cols = cs.reduce_shapes(x, out)
@@ -353,7 +367,7 @@ class PycudaBackend(Backend):
             ld = self._ld(x)
             self._check(out)
             grid, block = cs.reduce_cols_launch(rows)
-            self._launch("reduce_cols", grid, block, x, out, rows, cols, ld, float(alpha))
+            self._launch("reduce_cols", grid, block, x.ptr, out.ptr, rows, cols, ld, float(alpha))
 
     def softmax_xent_backward(self, yhat, labels, scale, out):
         rows, cols = cs.label_shapes(yhat, labels)
@@ -361,30 +375,32 @@ class PycudaBackend(Backend):
         if n:
             self._check(yhat, out)
             self._check(labels, dtype=_INT32)
-            self._launch("softmax_xent_backward", cs.elementwise_grid(n), cs.BLOCK_DIM, yhat,
-                         labels, out, rows, n, float(scale))
+            self._launch("softmax_xent_backward", cs.elementwise_grid(n), _BLOCK, yhat.ptr,
+                         labels.ptr, out.ptr, rows, n, float(scale))
 
     def axpy(self, alpha, x, y):
         n = cs.same_size(x, y)
         if n:
             self._check(x, y)
-            self._launch("axpy", cs.elementwise_grid(n), cs.BLOCK_DIM, x, y, n, float(alpha))
+            self._launch("axpy", cs.elementwise_grid(n), _BLOCK, x.ptr, y.ptr, n, float(alpha))
 
     def nll_sum(self, yhat, labels, acc):
         rows, cols = cs.label_shapes(yhat, labels)
         if rows and cols:
+            ld = self._ld(yhat)
             self._check(labels, dtype=_INT32)
             self._check(acc)
-            self._launch("nll_sum", cs.ONE_BLOCK, cs.BLOCK_DIM, yhat, labels, acc, rows, cols,
-                         self._ld(yhat))
+            self._launch("nll_sum", cs.ONE_BLOCK, _BLOCK, yhat.ptr, labels.ptr, acc.ptr, rows,
+                         cols, ld)
 
     def count_correct(self, scores, labels, acc):
         rows, cols = cs.label_shapes(scores, labels)
         if rows and cols:
+            ld = self._ld(scores)
             self._check(labels, dtype=_INT32)
             self._check(acc)
-            self._launch("count_correct", cs.ONE_BLOCK, cs.BLOCK_DIM, scores, labels, acc, rows,
-                         cols, self._ld(scores))
+            self._launch("count_correct", cs.ONE_BLOCK, _BLOCK, scores.ptr, labels.ptr, acc.ptr,
+                         rows, cols, ld)
 
     def sum_squares(self, x):
         n = x.size
@@ -393,9 +409,9 @@ class PycudaBackend(Backend):
         self._check(x)
         cs.check_index_range(n)
         grid = cs.sum_squares_grid(n)
-        self._launch("sum_squares_partial", grid, cs.BLOCK_DIM, x, self._scratch, n)
+        self._launch("sum_squares_partial", grid, _BLOCK, x.ptr, self._scratch.ptr, n)
         total = self.cols(self._scratch, cs.SUM_PARTIAL_BLOCKS, cs.SUM_PARTIAL_BLOCKS + 1)
-        self._launch("sum_partials", cs.ONE_BLOCK, cs.BLOCK_DIM, self._scratch, grid[0], total)
+        self._launch("sum_partials", cs.ONE_BLOCK, _BLOCK, self._scratch.ptr, grid[0], total.ptr)
         self._d2h(total, self._scalar_host)
         return float(self._scalar_host[0])
 
