@@ -190,96 +190,31 @@ __device__ __forceinline__ void store_c(real* C, int ldc, int row, int col, real
     *c = (beta == real(0)) ? v : v + beta * *c;
 }
 
-// Tiled GEMM. A thread owns TM rows and TN columns of the tile in groups of 4: rows
-// g*(BM*4/TM) + tx*4 + (0..3) for g < TM/4 (likewise columns), so the threads of a warp read
-// consecutive 16-byte words of a shared row (no bank conflicts; a thread-contiguous 8-row fragment
-// would put every other thread of a quarter warp on the same banks).
-template <int BM, int BN, int BK, int TM, int TN, bool TA, bool TB>
-__device__ __forceinline__ void gemm_tiled(const real* __restrict__ A, const real* __restrict__ B,
+// The GEMM block: a BM x BN tile of C computed by KG groups of (BM/TM)*(BN/TN) threads. Each
+// BK = KG*KPG deep slab of K is split between the groups (group g multiplies k = g*KPG .. g*KPG +
+// KPG-1 of it); with KG > 1 the groups' partial tiles are added at the end in a fixed tree order
+// through shared memory (deterministic, no atomics). Splitting K inside the block shortens the
+// chain of slabs a block walks and puts more warps on each multiprocessor: the model's products are
+// too small to fill an H100 with tiles alone, and a block walking all of K by itself is bound by
+// global-load latency, not arithmetic.
+//
+// A thread owns TM rows and TN columns of the tile in groups of 4: rows gr*(BM*4/TM) + tx*4 + 0..3
+// for gr < TM/4 (likewise columns), so the threads of a warp read consecutive 16-byte words of a
+// shared row (no bank conflicts; a thread-contiguous 8-row fragment would put every other thread
+// of a quarter warp on the same banks).
+template <int BM, int BN, int TM, int TN, int KG, int KPG, bool TA, bool TB>
+__device__ __forceinline__ void gemm_block(const real* __restrict__ A, const real* __restrict__ B,
                                            real* __restrict__ C, int M, int N, int K, int lda,
                                            int ldb, int ldc, real alpha, real beta)
 {
-    constexpr int NT = (BM / TM) * (BN / TN);
-    constexpr int RG = TM / 4, CG = TN / 4;       // 4-wide row / column groups per thread
-    constexpr int RSPAN = BM / RG, CSPAN = BN / CG;
-    constexpr int AS = BM + SMEM_PAD, BS = BN + SMEM_PAD;
-    static_assert(TM % 4 == 0 && TN % 4 == 0, "micro-tile is made of 4-wide groups");
-
-    __shared__ __align__(16) real As[2][BK * AS];
-    __shared__ __align__(16) real Bs[2][BK * BS];
-
-    const int tid = threadIdx.x;
-    const int tx = tid % (BM / TM);  // fastest through the warp: distinct A fragments, shared B ones
-    const int ty = tid / (BM / TM);
-    const int m0 = blockIdx.x * BM;
-    const int n0 = blockIdx.y * BN;
-
-    SlabLoader<BM, BN, BK, NT, TA, TB> slab(A, B, M, N, K, lda, ldb, m0, n0, tid);
-    real acc[TM][TN];
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = real(0);
-
-    const int nslabs = (K + BK - 1) / BK;
-    if (nslabs > 0) {
-        slab.load();
-        slab.store(As[0], Bs[0]);
-        __syncthreads();
-        for (int s = 0; s < nslabs; ++s) {
-            const int cur = s & 1;
-            if (s + 1 < nslabs) slab.load();  // in flight during the multiply below
-#pragma unroll
-            for (int kk = 0; kk < BK; ++kk) {
-                real a_frag[TM], b_frag[TN];
-#pragma unroll
-                for (int g = 0; g < RG; ++g)
-                    lds_vec<4>(&As[cur][kk * AS + g * RSPAN + tx * 4], a_frag + 4 * g);
-#pragma unroll
-                for (int g = 0; g < CG; ++g)
-                    lds_vec<4>(&Bs[cur][kk * BS + g * CSPAN + ty * 4], b_frag + 4 * g);
-#pragma unroll
-                for (int i = 0; i < TM; ++i)
-#pragma unroll
-                    for (int j = 0; j < TN; ++j) acc[i][j] += a_frag[i] * b_frag[j];
-            }
-            // The other buffer was last read in slab s-1, and every thread passed the barrier that
-            // ended slab s-1 before getting here: it is free to overwrite.
-            if (s + 1 < nslabs) slab.store(As[cur ^ 1], Bs[cur ^ 1]);
-            __syncthreads();
-        }
-    }
-
-#pragma unroll
-    for (int j = 0; j < TN; ++j) {
-        const int col = n0 + (j / 4) * CSPAN + ty * 4 + (j % 4);
-        if (col >= N) continue;
-#pragma unroll
-        for (int i = 0; i < TM; ++i) {
-            const int row = m0 + (i / 4) * RSPAN + tx * 4 + (i % 4);
-            if (row < M) store_c(C, ldc, row, col, alpha, beta, acc[i][j]);
-        }
-    }
-}
-
-// Skinny GEMM for M <= 16 (the 10-class output layer: z2 = W2 a1 and dW2 = diff a1^T). A classic
-// tiled kernel would give such a product a handful of blocks that each walk all of K alone. Here the
-// block's 256 threads are KG groups sharing one 16 x 16 tile of C: each BK-deep slab of K is split
-// between the groups (group g takes KPG consecutive k), and at the end the groups' partial tiles are
-// added in a fixed tree order through shared memory (deterministic, no atomics). Deep slabs (BK =
-// 128 in float) keep many global loads in flight: with so little arithmetic per slab, the kernel is
-// bound by load latency.
-template <int BM, int BN, int KG, int KPG, bool TA, bool TB>
-__device__ __forceinline__ void gemm_splitk(const real* __restrict__ A, const real* __restrict__ B,
-                                            real* __restrict__ C, int M, int N, int K, int lda,
-                                            int ldb, int ldc, real alpha, real beta)
-{
-    constexpr int TM = 4, TN = 4;
-    constexpr int GT = (BM / TM) * (BN / TN);  // threads per group
+    constexpr int GT = (BM / TM) * (BN / TN);  // threads per k-group
     constexpr int NT = GT * KG;
     constexpr int BK = KG * KPG;
+    constexpr int RG = TM / 4, CG = TN / 4;    // 4-wide row / column groups per thread
+    constexpr int RSPAN = BM / RG, CSPAN = BN / CG;
     constexpr int AS = BM + SMEM_PAD, BS = BN + SMEM_PAD;
     constexpr int SLAB = BK * AS + BK * BS;  // one buffer of As and Bs
+    static_assert(TM % 4 == 0 && TN % 4 == 0, "micro-tile is made of 4-wide groups");
     static_assert((KG / 2) * GT * TM * TN <= 2 * SLAB, "reduction must fit in the slab buffers");
 
     __shared__ __align__(16) real smem[2 * SLAB];
@@ -287,7 +222,7 @@ __device__ __forceinline__ void gemm_splitk(const real* __restrict__ A, const re
     const int tid = threadIdx.x;
     const int g = tid / GT;
     const int lt = tid % GT;
-    const int tx = lt % (BM / TM);
+    const int tx = lt % (BM / TM);  // fastest through the warp: distinct A fragments, shared B ones
     const int ty = lt / (BM / TM);
     const int m0 = blockIdx.x * BM;
     const int n0 = blockIdx.y * BN;
@@ -306,20 +241,26 @@ __device__ __forceinline__ void gemm_splitk(const real* __restrict__ A, const re
         __syncthreads();
         for (int s = 0; s < nslabs; ++s) {
             const int cur = s & 1;
-            if (s + 1 < nslabs) slab.load();
+            if (s + 1 < nslabs) slab.load();  // in flight during the multiply below
             const real* As = smem + cur * SLAB;
             const real* Bs = As + BK * AS;
 #pragma unroll
             for (int q = 0; q < KPG; ++q) {
                 const int kk = g * KPG + q;
                 real a_frag[TM], b_frag[TN];
-                lds_vec<TM>(As + kk * AS + tx * TM, a_frag);
-                lds_vec<TN>(Bs + kk * BS + ty * TN, b_frag);
+#pragma unroll
+                for (int gr = 0; gr < RG; ++gr)
+                    lds_vec<4>(As + kk * AS + gr * RSPAN + tx * 4, a_frag + 4 * gr);
+#pragma unroll
+                for (int gc = 0; gc < CG; ++gc)
+                    lds_vec<4>(Bs + kk * BS + gc * CSPAN + ty * 4, b_frag + 4 * gc);
 #pragma unroll
                 for (int i = 0; i < TM; ++i)
 #pragma unroll
                     for (int j = 0; j < TN; ++j) acc[i][j] += a_frag[i] * b_frag[j];
             }
+            // The other buffer was last read in slab s-1, and every thread passed the barrier that
+            // ended slab s-1 before getting here: it is free to overwrite.
             if (s + 1 < nslabs) {
                 real* nxt = smem + (cur ^ 1) * SLAB;
                 slab.store(nxt, nxt + BK * AS);
@@ -330,7 +271,8 @@ __device__ __forceinline__ void gemm_splitk(const real* __restrict__ A, const re
 
     // Tree reduction of the KG partial tiles: upper half writes, lower half adds, halve again.
     // Element (i, j) of thread lt's micro-tile lives at red[(slot * TM*TN + i*TN + j) * GT + lt]:
-    // consecutive lt are consecutive words (no bank conflicts).
+    // consecutive lt are consecutive words (no bank conflicts). The slab buffers are free: the
+    // last slab ended with a barrier.
     real* red = smem;
 #pragma unroll
     for (int half = KG / 2; half >= 1; half >>= 1) {
@@ -355,11 +297,11 @@ __device__ __forceinline__ void gemm_splitk(const real* __restrict__ A, const re
     if (g != 0) return;
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-        const int col = n0 + ty * TN + j;
+        const int col = n0 + (j / 4) * CSPAN + ty * 4 + (j % 4);
         if (col >= N) continue;
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
-            const int row = m0 + tx * TM + i;
+            const int row = m0 + (i / 4) * RSPAN + tx * 4 + (i % 4);
             if (row < M) store_c(C, ldc, row, col, alpha, beta, acc[i][j]);
         }
     }
@@ -379,31 +321,35 @@ __device__ __forceinline__ void gemm_splitk(const real* __restrict__ A, const re
         call<TA, TB>(GEMM_PASS);                                                                   \
     }
 
-// 128 x 128 tile, 8 x 8 per thread, 256 threads: the most FMAs per shared-memory load, for large
-// products (H = 4096, or n = 3200). In float, capping registers at 128 lets two blocks share a
-// multiprocessor (double needs ~240: one block).
+// Tile configurations, all 256 threads. The k depth per group (KPG) is halved in double where the
+// float one would not fit in 48 KB of static shared memory.
+//
+// t128: 128 x 128 tile, 8 x 8 per thread, one k-group: the most FMAs per shared-memory load, for
+// large products (H = 4096, or n = 3200). In float, capping registers at 128 lets two blocks share
+// a multiprocessor (double needs ~220: one block).
 #define T128_MIN_BLOCKS (sizeof(real) == 4 ? 2 : 1)
 template <bool TA, bool TB>
-__device__ __forceinline__ void gemm_t128(GEMM_ARGS) { gemm_tiled<128, 128, 8, 8, 8, TA, TB>(GEMM_PASS); }
-// 64 x 64 tile, 8 x 4 per thread, 128 threads: four times the blocks of t128, for the model's
-// mid-sized products (H = 1024 x n = 800 would fill only 56 of an H100's 132 multiprocessors with
-// 128 x 128 tiles).
+__device__ __forceinline__ void gemm_t128(GEMM_ARGS) { gemm_block<128, 128, 8, 8, 1, 8, TA, TB>(GEMM_PASS); }
+// t64: 64 x 64 tile, 8 x 4 per thread, K split over 2 groups: four times the tiles of t128, for the
+// model's mid-sized products (H = 1024 x n = 800 fills only 56 of an H100's 132 multiprocessors
+// with 128 x 128 tiles).
+#define T64_KPG (sizeof(real) == 4 ? 16 : 8)
 template <bool TA, bool TB>
-__device__ __forceinline__ void gemm_t64(GEMM_ARGS) { gemm_tiled<64, 64, 16, 8, 4, TA, TB>(GEMM_PASS); }
-// 16 x 16 tile, K split over 16 groups of 16 threads (256 threads); k per group per slab: 8 in
-// float (BK = 128), 4 in double (BK = 64, to stay within 48 KB of static shared memory).
+__device__ __forceinline__ void gemm_t64(GEMM_ARGS) { gemm_block<64, 64, 8, 4, 2, T64_KPG, TA, TB>(GEMM_PASS); }
+// s16: 16 x 16 tile, 4 x 4 per thread, K split over 16 groups, for M <= 16 (the 10-class layer:
+// z2 = W2 a1, dW2 = diff a1^T), where tiles alone would give a handful of blocks.
 #define S16_KPG (sizeof(real) == 4 ? 8 : 4)
 template <bool TA, bool TB>
-__device__ __forceinline__ void gemm_s16(GEMM_ARGS) { gemm_splitk<16, 16, 16, S16_KPG, TA, TB>(GEMM_PASS); }
+__device__ __forceinline__ void gemm_s16(GEMM_ARGS) { gemm_block<16, 16, 4, 4, 16, S16_KPG, TA, TB>(GEMM_PASS); }
 
 DEFINE_GEMM(t128, nn, false, false, gemm_t128, 256, T128_MIN_BLOCKS)
 DEFINE_GEMM(t128, nt, false, true, gemm_t128, 256, T128_MIN_BLOCKS)
 DEFINE_GEMM(t128, tn, true, false, gemm_t128, 256, T128_MIN_BLOCKS)
 DEFINE_GEMM(t128, tt, true, true, gemm_t128, 256, T128_MIN_BLOCKS)
-DEFINE_GEMM(t64, nn, false, false, gemm_t64, 128, 1)
-DEFINE_GEMM(t64, nt, false, true, gemm_t64, 128, 1)
-DEFINE_GEMM(t64, tn, true, false, gemm_t64, 128, 1)
-DEFINE_GEMM(t64, tt, true, true, gemm_t64, 128, 1)
+DEFINE_GEMM(t64, nn, false, false, gemm_t64, 256, 1)
+DEFINE_GEMM(t64, nt, false, true, gemm_t64, 256, 1)
+DEFINE_GEMM(t64, tn, true, false, gemm_t64, 256, 1)
+DEFINE_GEMM(t64, tt, true, true, gemm_t64, 256, 1)
 DEFINE_GEMM(s16, nn, false, false, gemm_s16, 256, 1)
 DEFINE_GEMM(s16, nt, false, true, gemm_s16, 256, 1)
 DEFINE_GEMM(s16, tn, true, false, gemm_s16, 256, 1)

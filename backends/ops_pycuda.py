@@ -128,8 +128,18 @@ class DeviceMatrix:
                 "data": (self.ptr if self.size else 0, False), "version": 3, "stream": None}
 
     def view(self, offset_elems: int, shape, ld: int | None = None) -> "DeviceMatrix":
-        return DeviceMatrix(self.ptr + offset_elems * self.dtype.itemsize, shape, self.dtype, ld,
-                            self._owner)
+        """A view of `shape` (ints) starting `offset_elems` elements in; built without the
+        constructor's normalisation, since ``cols`` runs several times per training step."""
+        v = object.__new__(DeviceMatrix)
+        v.ptr = self.ptr + offset_elems * self.dtype.itemsize
+        v.shape = shape
+        v.dtype = self.dtype
+        rows = shape[0] if shape else 1
+        v.ld = max(rows, 1) if ld is None or len(shape) < 2 else ld
+        v.size = math.prod(shape)
+        v.contiguous = len(shape) < 2 or shape[1] <= 1 or rows == 0 or v.ld == rows
+        v._owner = self._owner
+        return v
 
     def __repr__(self) -> str:
         return f"DeviceMatrix(shape={self.shape}, dtype={self.dtype}, ld={self.ld}, ptr={self.ptr:#x})"
@@ -269,17 +279,17 @@ class PycudaBackend(Backend):
     def flat_views(self, flat, shapes):
         views, offset = [], 0
         for shape in shapes:
+            shape = tuple(int(d) for d in shape)
             views.append(flat.view(offset, shape))
-            offset += int(np.prod(shape))
+            offset += math.prod(shape)
         if offset > flat.size:
             raise ValueError(f"shapes need {offset} elements, flat array has {flat.size}")
         return views
 
     def cols(self, arr, start, stop):
-        if arr.ndim == 1:
-            start, stop, _ = slice(start, stop).indices(arr.shape[0])
+        start, stop, _ = slice(start, stop).indices(arr.shape[-1])
+        if len(arr.shape) == 1:
             return arr.view(start, (max(stop - start, 0),))
-        start, stop, _ = slice(start, stop).indices(arr.shape[1])
         return arr.view(start * arr.ld, (arr.shape[0], max(stop - start, 0)), arr.ld)
 
     def synchronize(self):
