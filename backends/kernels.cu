@@ -6,7 +6,8 @@
 //
 // Layout rules (core/ops.py):
 // * matrices are column-major; element (i, j) of a matrix with leading dimension ld is x[i + j*ld];
-// * the GEMM honours the leading dimensions, so it works on column-slice views of wider matrices;
+// * the GEMM honours leading dimensions (ld >= rows): any column-major view works, column slices
+//   and flat views (ld == rows) as well as blocks of rows of a wider matrix (ld > rows);
 // * the element-wise and reduction kernels treat their operands as rows*cols CONTIGUOUS elements.
 //   They may: a column slice of a column-major matrix and a flat_views() view are contiguous. The
 //   Python side checks contiguity before launching.

@@ -6,8 +6,10 @@ against direct NumPy formulas where that is cheap.
 Error measure: relative max-norm, max|got - ref| / max|ref| (the course's measure), with the
 tolerances of TOLERANCES below. Why these numbers (measured on random N(0,1) data): a float32 dot
 product over K = 784..3200 terms accumulated in a different order than NumPy's BLAS differs by about
-1e-6 relative to max|C| (2e-6 seen at K = 3200), float64 by about 1e-15; element-wise ops differ by
-the few ulps of exp/log implementations. Integer-valued GEMMs (the course check) must match exactly.
+1e-6 relative to max|C| (3e-6 seen at K = 3200 on an H100), float64 by about 1e-15; element-wise
+ops differ by the few ulps of exp/log implementations; sums (reductions, and softmax's
+normaliser over up to 1013 terms) by their summation order. Integer-valued GEMMs (the course check)
+must match exactly.
 
 GPU tests skip with the backend's own availability() reason where it cannot run (CI: no GPU, no
 cupy, no pycuda).
@@ -292,12 +294,12 @@ def test_elementwise_ops(gpu, ref, shape):
     v = _ew_inputs(np.random.default_rng(5), rows, cols, dt)
     d = {k: gpu.from_host(x) for k, x in v.items()}
 
-    def check(name, ref_fn, gpu_fn):
+    def check(name, ref_fn, gpu_fn, kind="elementwise"):
         expected = np.empty((rows, cols), dt, order="F")
         ref_fn(expected)
         out = gpu.empty((rows, cols))
         gpu_fn(out)
-        err = assert_close(gpu.to_host(out), expected, dt, "elementwise")
+        err = assert_close(gpu.to_host(out), expected, dt, kind)
         return name, err
 
     check("bias_sigmoid", lambda o: ref.bias_sigmoid(v["z"], v["bias"], o),
@@ -305,9 +307,9 @@ def test_elementwise_ops(gpu, ref, shape):
     check("sigmoid", lambda o: ref.sigmoid(v["z"], o), lambda o: gpu.sigmoid(d["z"], o))
     check("sigmoid_backward", lambda o: ref.sigmoid_backward(v["grad"], v["a"], o),
           lambda o: gpu.sigmoid_backward(d["grad"], d["a"], o))
-    for axis in (0, 1):
+    for axis in (0, 1):  # normalised by a sum over up to 1013 terms: a reduction's tolerance
         check(f"softmax{axis}", lambda o: ref.softmax(v["z"], o, axis),
-              lambda o: gpu.softmax(d["z"], o, axis))
+              lambda o: gpu.softmax(d["z"], o, axis), "reduction")
     check("softmax_xent_backward",
           lambda o: ref.softmax_xent_backward(v["a"], v["labels"], 0.125, o),
           lambda o: gpu.softmax_xent_backward(d["a"], d["labels"], 0.125, o))
@@ -350,8 +352,9 @@ def test_elementwise_in_place_aliasing(gpu, ref, shape):
         op(ref, host, v)
         dev = gpu.from_host(v[key])
         op(gpu, dev, {k: gpu.from_host(x) for k, x in v.items()})
+        kind = "reduction" if name.startswith("softmax") else "elementwise"
         err = rel_err(gpu.to_host(dev), host)
-        assert err <= TOLERANCES[dt.name]["elementwise"], f"{name}: {err:.3e}"
+        assert err <= TOLERANCES[dt.name][kind], f"{name}: {err:.3e}"
 
 
 @gpu_test
@@ -367,7 +370,7 @@ def test_elementwise_on_column_views(gpu, ref):
     expected = big.copy(order="F")
     view = expected[:, lo:hi]
     ref.bias_sigmoid(view, bias, view)
-    ref.softmax(view, view, 0)
+    ref.softmax(view, view, 0)  # 10 rows: a short sum, element-wise tolerance still holds
     acc_ref = np.array([0.5], dt)
     ref.nll_sum(view, labels[lo:hi], acc_ref)
     cnt_ref = np.array([1.0], dt)
@@ -452,7 +455,7 @@ def test_softmax_large_inputs_stay_finite(gpu, ref):
             gpu.softmax(dx, dx, axis)
             got = gpu.to_host(dx)
             assert np.all(np.isfinite(got))
-            assert_close(got, expected, dt, "elementwise")
+            assert_close(got, expected, dt, "reduction")
             np.testing.assert_allclose(got.sum(axis=axis), 1.0, rtol=10 * np.finfo(dt).eps * 64)
 
 
@@ -563,9 +566,13 @@ def test_backend_module_imports_and_reports_availability(name):
 
 
 def test_gemm_tile_choice():
-    assert cs.pick_gemm_tile(10, 800, 132) == "s16"
-    assert cs.pick_gemm_tile(1024, 800, 132) == "t64"
-    assert cs.pick_gemm_tile(4096, 800, 132) == "t128"
+    """The picks that measured fastest on an H100 (132 SMs) at the model's shapes."""
+    assert cs.pick_gemm_tile(10, 800, 132, 1024) == "s16"        # z2 = W2 a1
+    assert cs.pick_gemm_tile(1024, 800, 132, 784) == "t64"       # z1 at H=1024, n=800
+    assert cs.pick_gemm_tile(1024, 784, 132, 3200) == "t64"      # dW1 at n=3200
+    assert cs.pick_gemm_tile(4096, 800, 132, 784) == "t128"      # z1 at H=4096
+    assert cs.pick_gemm_tile(1024, 3200, 132, 784) == "t128"     # z1 at n=3200
+    assert cs.pick_gemm_tile(4096, 3200, 132, 10) == "t64"       # da1: K = 10
     plan = cs.plan_gemm((1024, 784), (784, 800), (1024, 800), False, False, 132)
     assert plan.kernel == "gemm_t64_nn" and plan.grid == (16, 13, 1) and (plan.m, plan.n, plan.k) == (1024, 800, 784)
     assert cs.plan_gemm((5, 0), (0, 7), (5, 7), False, False, 132).k == 0
