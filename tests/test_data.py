@@ -334,6 +334,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server():
     """Mirrors on 127.0.0.1: /good/ serves the bundled subset, /bad/ a corrupted t10k-labels,
     /gunzipped/ raw IDX bytes under the .gz names, anything else 404."""
+    pytest.importorskip("pooch", reason="pooch (a declared dependency) is not installed here")
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.hits = []
     srv.routes = {}
