@@ -3,6 +3,8 @@
     mpirun -n P python tests/comm_worker.py staged OUTDIR
         Train with a NumPy backend that pretends to keep its arrays on a device, so the trainer
         must stage gradients through its host buffer; rank 0 saves params and the metrics.
+    mpirun -n P python tests/comm_worker.py long OUTDIR
+        Train "forever" after writing OUTDIR/rank<r>.pid; the test kills one rank.
     mpirun -n P python tests/comm_worker.py hang
         The last rank stops arriving at collectives after a few steps; the watchdog must abort.
 """
@@ -58,6 +60,18 @@ def staged(outdir: str) -> None:
                        "val": [h.val_accuracy for h in history]}, fh)
 
 
+def long(outdir: str) -> None:
+    """Train for a long time, after writing this rank's pid (the test kills one rank)."""
+    import os
+
+    comm = MpiCommunicator()
+    with open(f"{outdir}/rank{comm.rank}.pid", "w") as fh:
+        fh.write(str(os.getpid()))
+    x, y = dataset(CASE["n"])
+    config = config_of(dict(CASE, epochs=100000))
+    DataParallelTrainer(NumpyBackend("float64"), comm, config, x, y).train()
+
+
 def hang() -> None:
     comm = MpiCommunicator()
     backend = StallingNumpy("float64")
@@ -69,5 +83,7 @@ def hang() -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "staged":
         staged(sys.argv[2])
+    elif sys.argv[1] == "long":
+        long(sys.argv[2])
     else:
         hang()

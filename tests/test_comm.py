@@ -9,6 +9,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +123,27 @@ def test_rank_that_stops_arriving_is_named_and_the_job_ends(tmp_path):
     assert seconds < 30
     assert "did not complete within 3 s" in err
     assert "ranks that did not arrive: 2" in err, err
+
+
+@needs_mpi
+def test_killed_rank_ends_the_job(tmp_path):
+    """A rank killed mid-training (kill -9) takes the whole job down within seconds."""
+    cmd = [MPIRUN, "--oversubscribe", "-n", "3", sys.executable, str(WORKER), "long", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=WORKER.parent.parent, env=mpi_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        pid_file = tmp_path / "rank1.pid"
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pid_file.exists(), "rank 1 never started"
+        time.sleep(1.0)  # let training get going
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the job went on after one of its ranks was killed")
+    assert proc.returncode != 0
+    assert time.monotonic() - killed < 30
