@@ -48,6 +48,7 @@ class NcclCommunicator(MpiCommunicator):
         if backend.host_resident:
             raise UserError(f"--comm nccl: backend {backend.name!r} keeps its data in host memory; "
                             "NCCL needs a GPU backend (e.g. --backend cupy or pycuda)")
+        self._destroy_nccl()  # re-binding (a new backend, as the benchmark does) starts afresh
         self.backend = backend
         places = self.allgather((socket.gethostname(), backend.device_index))
         # Decided from the gathered table alone, so every rank raises the same error (or none)
@@ -115,12 +116,18 @@ class NcclCommunicator(MpiCommunicator):
                 pass
         super().abort(code)
 
-    def finalize(self):
+    def _destroy_nccl(self):
         if self.nccl_comm is not None:
             self.backend.synchronize()
             self._rt.streamSynchronize(self._comm_stream)
             self.nccl_comm.destroy()
+            self._rt.streamDestroy(self._comm_stream)
+            self._rt.eventDestroy(self._ready)
+            self._rt.eventDestroy(self._done)
             self.nccl_comm = None
+
+    def finalize(self):
+        self._destroy_nccl()
         super().finalize()
 
 
