@@ -10,6 +10,8 @@ Conventions shared by every backend
 * Vectors are 1-D. Labels are int32 vectors. Every array exposes ``.shape`` (a tuple), like NumPy.
 * Every op writes into an ``out`` array the caller allocated; no op allocates inside the training
   step. ``out`` may alias an input only where the docstring says so.
+* Element-wise ops may require contiguous operands: whole arrays, column slices (``cols``) and
+  ``flat_views`` always are. ``gemm`` also honours a leading dimension larger than the rows.
 * Every op accepts zero columns (a rank that received no samples of this minibatch) and then does the
   mathematically right thing (a sum over nothing is 0; ``gemm`` with K = 0 gives beta C).
 * Floating point arrays have the backend's dtype (float32 or float64), fixed at construction.
@@ -89,7 +91,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def copy_from_host(self, host: np.ndarray, arr: Array) -> None:
-        """Copy the 1-D ``host`` buffer into the same-sized contiguous ``arr``."""
+        """Copy the 1-D ``host`` buffer into the same-sized contiguous ``arr``. Returns once
+        ``host`` may be reused (work queued afterwards sees the new ``arr``)."""
 
     def host_buffer(self, size: int) -> np.ndarray:
         """A reusable 1-D host staging buffer of ``size`` elements (pinned on GPU backends)."""
@@ -117,7 +120,7 @@ class Backend(abc.ABC):
     # ----------------------------------------------------------------- math
     @abc.abstractmethod
     def fill(self, arr: Array, value: float) -> None:
-        """arr[...] = value."""
+        """arr[...] = value, for arrays of the backend dtype and int32 arrays."""
 
     @abc.abstractmethod
     def gemm(self, a: Array, b: Array, c: Array, alpha: float = 1.0, beta: float = 0.0,
@@ -165,7 +168,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def nll_sum(self, yhat: Array, labels: Array, acc: Array) -> None:
-        """acc[0] += sum_j -log(yhat[labels[j], j]); ``acc`` is a 1-element array of the dtype."""
+        """acc[0] += sum_j -log(yhat[labels[j], j]); ``acc`` is a 1-element array of the dtype.
+        Labels must lie in [0, rows); the data loader guarantees it."""
 
     @abc.abstractmethod
     def count_correct(self, scores: Array, labels: Array, acc: Array) -> None:
