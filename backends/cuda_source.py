@@ -172,17 +172,21 @@ def check_index_range(*sizes: int) -> None:
 
 
 # ---------------------------------------------------------------------------- other launches
+# Cached: the ops ask on every launch, for the few sizes a training run has.
+@functools.lru_cache(maxsize=1024)
 def elementwise_grid(n: int) -> tuple[int, int, int]:
     """Grid for a grid-stride kernel over n > 0 elements."""
     return (max(1, min(math.ceil(n / BLOCK), MAX_GRID)), 1, 1)
 
 
+@functools.lru_cache(maxsize=1024)
 def softmax_grid(nlines: int) -> tuple[int, int, int]:
     """One warp per line, BLOCK / 32 lines per block."""
     per_block = BLOCK // 32
     return (max(1, math.ceil(nlines / per_block)), 1, 1)
 
 
+@functools.lru_cache(maxsize=1024)
 def reduce_cols_launch(rows: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     return (max(1, math.ceil(rows / 32)), 1, 1), (32 * REDUCE_COLS_GROUPS, 1, 1)
 
