@@ -5,7 +5,7 @@ geometry (cuda_source.py) and differ only in the library underneath. Every op li
 subclass provides the library and nothing else (the abstract members below):
 
 * its ``__init__``: the device, a stream and the compiled kernels, handed on to ``_start``;
-* how a kernel is called: ``_CALL`` and ``_ARG`` (see ``_launcher``);
+* how a kernel is called: ``_call`` and ``_ARG`` (see ``_launcher``);
 * what the ops read off one of its arrays: ``_contiguous``, ``_layout``, ``_leading_dim``;
 * memory and transfers: ``empty``, ``_h2d``, ``_d2h``, ``to_host``, ``copy_to_host``,
   ``copy_from_host``, ``host_buffer``, ``_view``, ``cols``, ``device_pointer``, ``stream_handle``;
@@ -39,12 +39,9 @@ class CudaBackend(Backend):
     gemm_tile: str | None = None
 
     # ----------------------------------------------------------------- what a subclass provides
-    #: how a launcher calls the kernel: an expression in `fn` (the library's callable for the
-    #: kernel), `grid`, `block`, `{args}` (the arguments, converted) and the names given to _start
-    _CALL: ClassVar[str]
-    #: how a launcher passes an argument of each kind of cs.KERNEL_SIGNATURES (P pointer, i int,
-    #: r real): an expression with `{}` for the value the op holds (its array, int or float)
-    _ARG: ClassVar[dict[str, str]]
+    #: how an argument of each kind of cs.KERNEL_SIGNATURES (P pointer, i int, r real) is passed:
+    #: a function of the value the op holds (its array, int or float); set per instance
+    _ARG: dict[str, Callable[[Any], Any]]
     # _contiguous and _layout are plain callables of one array (operator.attrgetter), no methods:
     # the hot path calls them on every op.
     #: arr -> whether the element-wise kernels may read it as .size contiguous elements
@@ -54,6 +51,10 @@ class CudaBackend(Backend):
     _layout: ClassVar[Callable[[Any], Any]]
     #: the module availability() imports (lazily) and hands to _count_devices and _device_name
     _LIBRARY: ClassVar[str]
+
+    @abc.abstractmethod
+    def _call(self, fn, grid, block, args: list) -> None:
+        """Launch kernel `fn` on the backend's stream with the converted `args`."""
 
     @classmethod
     @abc.abstractmethod
@@ -120,13 +121,11 @@ class CudaBackend(Backend):
         super().__init__(dtype, device_index)
         self.device_index = 0 if device_index is None else int(device_index)
 
-    def _start(self, kernels: dict[str, Any], num_sms: int, **names) -> None:
+    def _start(self, kernels: dict[str, Any], num_sms: int) -> None:
         """The end of a subclass's ``__init__``, once its device, stream and kernels are ready.
 
-        `kernels` maps each kernel name to the callable that _CALL names `fn`; `names` are the
-        other names _CALL and _ARG use (the stream, scalar types)."""
+        `kernels` maps each kernel name to what the subclass's ``_call`` launches."""
         self._kernel_fns = kernels
-        self._call_names = names
         self._num_sms = num_sms
         #: kernel name -> launch(grid, block, *args); the GEMM kernels launch through their plans
         self._launch = {name: self._launcher(name) for name in cs.KERNEL_NAMES
@@ -138,27 +137,26 @@ class CudaBackend(Backend):
 
     def _launcher(self, kernel: str, fixed: dict[int, Any] | None = None) -> Callable:
         """``launch(grid, block, *args)`` for `kernel`, args in the kernel's order as the ops hold
-        them (arrays, Python ints and floats), each passed on in the form _ARG gives its kind.
+        them (arrays, Python ints and floats), each converted by the subclass's ``_ARG`` function
+        for its kind in cs.KERNEL_SIGNATURES (P pointer, i int, r real).
 
-        Arguments in `fixed` (position -> value) are converted once, here, and are no parameters of
-        the launcher: a GEMM plan fixes the sizes. The launcher is generated source (a lambda that
-        spells out each argument's conversion), not a loop over the arguments, so that a launch
-        costs one Python call on top of the library's, as when each backend wrote its calls out by
-        hand: this is the hot path, a training step launches about 15 kernels."""
+        Arguments in `fixed` (position -> value) are converted once, here, and are no parameters
+        of the launcher: a GEMM plan fixes the sizes."""
         fixed = fixed or {}
-        env = {**self._call_names, "fn": self._kernel_fns[kernel]}
-        params, args = [], []
-        for pos, kind in enumerate(cs.KERNEL_SIGNATURES[kernel]):
-            form = self._ARG[kind]
-            if pos in fixed:
-                env[f"c{pos}"] = eval(form.format("value"), {**env, "value": fixed[pos]})
-                args.append(f"c{pos}")
-            else:
-                params.append(f"a{pos}")
-                args.append(form.format(f"a{pos}"))
-        call = self._CALL.format(args=", ".join(args))
-        source = f"lambda grid, block, {', '.join(params)}: {call}"
-        return eval(compile(source, f"<launch {kernel}>", "eval"), env)
+        fn, call = self._kernel_fns[kernel], self._call
+        kinds = cs.KERNEL_SIGNATURES[kernel]
+        converters = [self._ARG[kind] for pos, kind in enumerate(kinds) if pos not in fixed]
+        if not fixed:
+            def launch(grid, block, *args):
+                call(fn, grid, block, [conv(a) for conv, a in zip(converters, args)])
+            return launch
+        constants = {pos: self._ARG[kinds[pos]](value) for pos, value in fixed.items()}
+
+        def launch_with_constants(grid, block, *args):
+            given = iter(conv(a) for conv, a in zip(converters, args))
+            call(fn, grid, block, [constants[pos] if pos in constants else next(given)
+                                   for pos in range(len(kinds))])
+        return launch_with_constants
 
     def _check(self, *arrays, dtype=None):
         """The element-wise kernels read each array as .size contiguous elements of the dtype."""

@@ -39,16 +39,16 @@ def _kernels_for(dtype: np.dtype, device: int):
     return _KERNELS[key]
 
 
+def _as_is(value):
+    return value
+
+
 class CupyBackend(CudaBackend):
     name = "cupy"
     description = "CUDA via CuPy (NVRTC-compiled kernels.cu, no cuBLAS), float32 and float64"
     priority = 20
 
     _LIBRARY = "cupy"
-    # A launch: the cupy Function called with the arrays as they are and the scalars as NumPy
-    # scalars of their C types (CuPy would pass a Python int as a 64-bit integer).
-    _CALL = "fn(grid, block, ({args},), stream=stream)"
-    _ARG = {"P": "{}", "i": "int32({})", "r": "real({})"}
     _contiguous = operator.attrgetter("flags.f_contiguous")
     _layout = operator.attrgetter("strides")
 
@@ -72,9 +72,14 @@ class CupyBackend(CudaBackend):
         # one device per process (per rank): make it current for every later CuPy call
         self._device.use()
         self._stream = cupy.cuda.Stream(non_blocking=True)
+        # Arrays go to the kernel as they are, scalars as NumPy scalars of their C types (CuPy
+        # would pass a Python int as a 64-bit integer).
+        self._ARG = {"P": _as_is, "i": np.int32, "r": self.dtype.type}
         self._start(_kernels_for(self.dtype, self.device_index),
-                    int(self._device.attributes["MultiProcessorCount"]),
-                    stream=self._stream, int32=np.int32, real=self.dtype.type)
+                    int(self._device.attributes["MultiProcessorCount"]))
+
+    def _call(self, fn, grid, block, args):
+        fn(grid, block, tuple(args), stream=self._stream)
 
     def describe_device(self) -> str:
         return f"cuda:{self.device_index} ({self._device_name(self._cp, self.device_index)})"

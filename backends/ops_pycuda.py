@@ -152,8 +152,7 @@ class PycudaBackend(CudaBackend):
     _LIBRARY = "pycuda.driver"
     # A launch: a prepared call, with the device pointer of each array and the ints and floats as
     # they are (the prepare() format packs them as int and float/double).
-    _CALL = "fn(grid, block, stream, {args})"
-    _ARG = {"P": "{}.ptr", "i": "{}", "r": "float({})"}
+    _ARG = {"P": operator.attrgetter("ptr"), "i": int, "r": float}
     _contiguous = operator.attrgetter("contiguous")
     _layout = operator.attrgetter("ld")
 
@@ -183,8 +182,10 @@ class PycudaBackend(CudaBackend):
         self._stream = cuda.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit sync with stream 0
         self._fns = _kernels_for(self.dtype, self.device_index)
         self._start({name: self._fns[name].prepared_async_call for name in cs.KERNEL_NAMES},
-                    int(self._dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)),
-                    stream=self._stream)
+                    int(self._dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)))
+
+    def _call(self, fn, grid, block, args):
+        fn(grid, block, self._stream, *args)
 
     def describe_device(self) -> str:
         return f"cuda:{self.device_index} ({self._dev.name()})"
