@@ -81,7 +81,7 @@ class GemmTile:
 
 GEMM_TILES = {
     "t128": GemmTile("t128", 128, 128, 256, 1.0),  # 8 x 8 per thread
-    "t64": GemmTile("t64", 64, 64, 256, 0.85),     # 8 x 4 per thread, K split over 2 groups
+    "t64": GemmTile("t64", 64, 64, 256, 0.85),     # 8 x 8 per thread, K split over 4 groups (float)
     "s16": GemmTile("s16", 16, 16, 256, 0.5),      # 4 x 4 per thread, K split over 16 groups
 }
 
