@@ -9,6 +9,7 @@ to an MPI that is not CUDA-aware crashes it.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 from typing import Any, ClassVar, NoReturn
 
@@ -109,8 +110,6 @@ class Communicator(abc.ABC):
 
     def unwatched(self):
         """Context manager for a wait that is long on purpose (no hang timeout inside it)."""
-        import contextlib
-
         return contextlib.nullcontext()
 
     def finalize(self) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import socket
 
+import numpy as np
+
 from comm.base import Pending
 from comm.mpi import MpiCommunicator
 from core.errors import UserError
@@ -75,7 +77,7 @@ class NcclCommunicator(MpiCommunicator):
             self._done = rt.eventCreateWithFlags(rt.eventDisableTiming)
 
     def allreduce_sum(self, buf):
-        if self.nccl_comm is None or not hasattr(buf, "shape") or self._is_host(buf):
+        if self.nccl_comm is None or isinstance(buf, np.ndarray):
             super().allreduce_sum(buf)  # host buffers (never in training) go through MPI
             return
         pointer = self.backend.device_pointer(buf)
@@ -92,7 +94,7 @@ class NcclCommunicator(MpiCommunicator):
     def allreduce_sum_start(self, buf):
         """Queue the reduction on the communication stream once the compute stream has produced
         ``buf``; the compute stream goes on with what is queued next."""
-        if self.nccl_comm is None or self._is_host(buf):
+        if self.nccl_comm is None or isinstance(buf, np.ndarray):
             return super().allreduce_sum_start(buf)
         rt, compute = self._rt, self.backend.stream_handle()
         rt.eventRecord(self._ready, compute)
@@ -101,12 +103,6 @@ class NcclCommunicator(MpiCommunicator):
         self.nccl_comm.allReduce(pointer, pointer, int(buf.shape[0]), self._dtype, self._sum,
                                  self._comm_stream)
         return _NcclPending(self)
-
-    @staticmethod
-    def _is_host(buf) -> bool:
-        import numpy as np
-
-        return isinstance(buf, np.ndarray)
 
     def abort(self, code):
         if self.nccl_comm is not None:

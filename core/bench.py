@@ -117,6 +117,23 @@ def model_gemm_shapes(hidden: int, n: int):
             ("dW1=dz1 x^T", hidden, INPUTS, n, False, True)]
 
 
+def median_seconds(run, repeats: int) -> float:
+    """Median wall time of ``run()`` (which must end synchronised) over ``repeats`` calls, after
+    one untimed warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def _gemm_row(backend_name, name, m, n, k, seconds) -> dict:
+    return {"backend": backend_name, "gemm": name, "M": m, "N": n, "K": k,
+            "us": 1e6 * seconds, "gflops": 2 * m * n * k / seconds / 1e9}
+
+
 def _operands(backend, m, n, k, ta, tb, rng):
     a = rng.standard_normal((k, m) if ta else (m, k))
     b = rng.standard_normal((n, k) if tb else (k, n))
@@ -128,17 +145,11 @@ def bench_gemm(backend, shapes, repeats=20) -> list[dict]:
     rows = []
     for name, m, n, k, ta, tb in shapes:
         a, b, c = _operands(backend, m, n, k, ta, tb, rng)
-        backend.gemm(a, b, c, trans_a=ta, trans_b=tb)
-        backend.synchronize()
-        times = []
-        for _ in range(repeats):
-            began = time.perf_counter()
+
+        def run():
             backend.gemm(a, b, c, trans_a=ta, trans_b=tb)
             backend.synchronize()
-            times.append(time.perf_counter() - began)
-        t = statistics.median(times)
-        rows.append({"backend": backend.name, "gemm": name, "M": m, "N": n, "K": k,
-                     "us": 1e6 * t, "gflops": 2 * m * n * k / t / 1e9})
+        rows.append(_gemm_row(backend.name, name, m, n, k, median_seconds(run, repeats)))
     return rows
 
 
@@ -151,13 +162,7 @@ def reference_rows(args, x, y, hidden, batch) -> list[dict]:
             run_epoch = make(args.dtype, x, y, hidden, batch)
         except ImportError:
             continue
-        run_epoch()
-        times = []
-        for _ in range(args.epochs):
-            began = time.perf_counter()
-            run_epoch()
-            times.append(time.perf_counter() - began)
-        t = statistics.median(times)
+        t = median_seconds(run_epoch, args.epochs)
         rows.append({"backend": name, "comm": "-", "ranks": 1, "H": hidden, "B": batch,
                      "epoch_ms": 1e3 * t, "samples_per_s": x.shape[1] / t, "exchange": "-"})
     return rows
@@ -281,17 +286,11 @@ def _cupy_gemm_rows(dtype, hiddens, n):
             a = cp.asarray(rng.standard_normal((k, m) if ta else (m, k)), dtype=dtype, order="F")
             b = cp.asarray(rng.standard_normal((nn, k) if tb else (k, nn)), dtype=dtype, order="F")
             op_a, op_b = (a.T if ta else a), (b.T if tb else b)
-            cp.matmul(op_a, op_b)
-            cp.cuda.Device().synchronize()
-            times = []
-            for _ in range(20):
-                began = time.perf_counter()
+
+            def run():
                 cp.matmul(op_a, op_b)
                 cp.cuda.Device().synchronize()
-                times.append(time.perf_counter() - began)
-            t = statistics.median(times)
-            rows.append({"backend": "cupy.matmul (cuBLAS)", "gemm": name, "M": m, "N": nn, "K": k,
-                         "us": 1e6 * t, "gflops": 2 * m * nn * k / t / 1e9})
+            rows.append(_gemm_row("cupy.matmul (cuBLAS)", name, m, nn, k, median_seconds(run, 20)))
     return rows
 
 

@@ -76,12 +76,12 @@ class MLP:
     def backward(self, x, labels, a1, yhat, global_batch: int) -> None:
         """Gradient contribution of this rank's samples into ``flat_grads`` (no reg term)."""
         self.backward_output(x, labels, a1, yhat, global_batch)
-        self.backward_hidden(x, a1)
+        self.backward_hidden(x, a1, yhat)
 
     def backward_output(self, x, labels, a1, yhat, global_batch: int) -> None:
         """Output layer: dW2, db2 (the tail of ``flat_grads``, which can be exchanged while the
-        hidden layer's gradients are computed). ``yhat`` is overwritten by diff. A rank with no
-        samples contributes zeros."""
+        hidden layer's gradients are computed). ``yhat`` is overwritten by diff = (yhat - y) / N_b,
+        which backward_hidden reads. A rank with no samples contributes zeros."""
         be, n = self.backend, _ncols(x)
         if n == 0:
             be.fill(self.flat_grads, 0.0)
@@ -90,15 +90,15 @@ class MLP:
         be.softmax_xent_backward(yhat, labels, 1.0 / global_batch, diff)  # (yhat - y) / N_b
         be.gemm(diff, a1, self.dW2, trans_b=True)          # dW2 = diff a1^T
         be.reduce_cols(diff, self.db2)                      # db2 = sum_j diff
-        self._diff = diff
 
-    def backward_hidden(self, x, a1) -> None:
-        """Hidden layer: dW1, db1 (the head of ``flat_grads``); needs backward_output first."""
+    def backward_hidden(self, x, a1, diff) -> None:
+        """Hidden layer: dW1, db1 (the head of ``flat_grads``) from the ``diff`` that
+        backward_output left in place of yhat."""
         be, n = self.backend, _ncols(x)
         if n == 0:
             return
         dz1 = be.cols(self._dz1, 0, n)
-        be.gemm(self.W2, self._diff, dz1, trans_a=True)     # da1 = W2^T diff
+        be.gemm(self.W2, diff, dz1, trans_a=True)           # da1 = W2^T diff
         be.sigmoid_backward(dz1, a1, dz1)                   # dz1 = da1 * a1 * (1 - a1)
         be.gemm(dz1, x, self.dW1, trans_b=True)             # dW1 = dz1 x^T
         be.reduce_cols(dz1, self.db1)                       # db1 = sum_j dz1

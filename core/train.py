@@ -205,10 +205,6 @@ def main(argv=None) -> int:
     if args.collective_timeout is not None:
         os.environ["DPMLP_COLLECTIVE_TIMEOUT"] = str(args.collective_timeout)
     comm = make_communicator(registry, args.comm)
-    if getattr(comm, "accepts_device_buffers", False) and comm.name == "mpi" and comm.rank == 0:
-        print("dpmlp: warning: CUDA-aware MPI requested: device buffers go to MPI directly; if this "
-              "MPI is not CUDA-aware the job will crash (segfault). Leave it off to stage through "
-              "pinned host memory.", file=sys.stderr)
     say = print if comm.rank == 0 else (lambda *a, **k: None)
 
     def setup():
@@ -226,6 +222,10 @@ def main(argv=None) -> int:
 
     entry, backend, data, (train_x, train_y, val_x, val_y) = agree_on_setup(comm, setup)
     agree_on_setup(comm, lambda: comm.bind_backend(backend))  # NCCL: collective, so after agreement
+    if comm.name == "mpi" and comm.accepts_device_buffers and comm.rank == 0:
+        print("dpmlp: warning: CUDA-aware MPI requested: device buffers go to MPI directly; if this "
+              "MPI is not CUDA-aware the job will crash (segfault). Leave it off to stage through "
+              "pinned host memory.", file=sys.stderr)
     config = TrainConfig(hidden=args.hidden, reg=args.reg, lr=args.lr, epochs=args.epochs,
                          batch_size=args.batch_size, seed=args.seed, dtype=args.dtype)
     say(f"dpmlp: backend {entry.name} ({args.dtype}, {backend.describe_device()}), comm {comm.name}, "

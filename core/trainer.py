@@ -150,7 +150,7 @@ class DataParallelTrainer:
             be.nll_sum(yhat, y, self._nll)
         model.backward_output(x, y, a1, yhat, global_batch=batch)
         self.exchange.start()   # output layer's sum travels while the hidden layer's is computed
-        model.backward_hidden(x, a1)
+        model.backward_hidden(x, a1, yhat)  # yhat now holds diff
         self.exchange.finish()
         model.add_regularisation(self.config.reg)
         model.sgd_step(self.config.lr)
