@@ -248,6 +248,32 @@ __device__ __forceinline__ void finish_tile(real (&acc)[TM][TN], real* red, int 
 // for gr < TM/4 (likewise columns), so the threads of a warp read consecutive 16-byte words of a
 // shared row (no bank conflicts; a thread-contiguous 8-row fragment would put every other thread
 // of a quarter warp on the same banks).
+// One k-group's share of a slab held in shared memory (As: BK x (BM + pad), Bs: BK x (BN + pad)):
+// acc += A-fragment x B-fragment over the group's KPG values of k. Shared by both GEMM blocks.
+template <int BM, int BN, int TM, int TN, int KPG>
+__device__ __forceinline__ void multiply_slab(real (&acc)[TM][TN], const real* As, const real* Bs,
+                                              int g, int tx, int ty)
+{
+    constexpr int RG = TM / 4, CG = TN / 4;    // 4-wide row / column groups per thread
+    constexpr int RSPAN = BM / RG, CSPAN = BN / CG;
+    constexpr int AS = BM + SMEM_PAD, BS = BN + SMEM_PAD;
+#pragma unroll
+    for (int q = 0; q < KPG; ++q) {
+        const int kk = g * KPG + q;
+        real a_frag[TM], b_frag[TN];
+#pragma unroll
+        for (int gr = 0; gr < RG; ++gr)
+            lds_vec<4>(As + kk * AS + gr * RSPAN + tx * 4, a_frag + 4 * gr);
+#pragma unroll
+        for (int gc = 0; gc < CG; ++gc)
+            lds_vec<4>(Bs + kk * BS + gc * CSPAN + ty * 4, b_frag + 4 * gc);
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] += a_frag[i] * b_frag[j];
+    }
+}
+
 template <int BM, int BN, int TM, int TN, int KG, int KPG, bool TA, bool TB>
 __device__ __forceinline__ void gemm_block(const real* __restrict__ A, const real* __restrict__ B,
                                            real* __restrict__ C, int M, int N, int K, int lda,
@@ -256,8 +282,6 @@ __device__ __forceinline__ void gemm_block(const real* __restrict__ A, const rea
     constexpr int GT = (BM / TM) * (BN / TN);  // threads per k-group
     constexpr int NT = GT * KG;
     constexpr int BK = KG * KPG;
-    constexpr int RG = TM / 4, CG = TN / 4;    // 4-wide row / column groups per thread
-    constexpr int RSPAN = BM / RG, CSPAN = BN / CG;
     constexpr int AS = BM + SMEM_PAD, BS = BN + SMEM_PAD;
     constexpr int SLAB = BK * AS + BK * BS;  // one buffer of As and Bs
     static_assert(TM % 4 == 0 && TN % 4 == 0, "micro-tile is made of 4-wide groups");
@@ -290,21 +314,7 @@ __device__ __forceinline__ void gemm_block(const real* __restrict__ A, const rea
             if (s + 1 < nslabs) slab.load();  // in flight during the multiply below
             const real* As = smem + cur * SLAB;
             const real* Bs = As + BK * AS;
-#pragma unroll
-            for (int q = 0; q < KPG; ++q) {
-                const int kk = g * KPG + q;
-                real a_frag[TM], b_frag[TN];
-#pragma unroll
-                for (int gr = 0; gr < RG; ++gr)
-                    lds_vec<4>(As + kk * AS + gr * RSPAN + tx * 4, a_frag + 4 * gr);
-#pragma unroll
-                for (int gc = 0; gc < CG; ++gc)
-                    lds_vec<4>(Bs + kk * BS + gc * CSPAN + ty * 4, b_frag + 4 * gc);
-#pragma unroll
-                for (int i = 0; i < TM; ++i)
-#pragma unroll
-                    for (int j = 0; j < TN; ++j) acc[i][j] += a_frag[i] * b_frag[j];
-            }
+            multiply_slab<BM, BN, TM, TN, KPG>(acc, As, Bs, g, tx, ty);
             // The other buffer was last read in slab s-1, and every thread passed the barrier that
             // ended slab s-1 before getting here: it is free to overwrite.
             if (s + 1 < nslabs) {
@@ -459,8 +469,6 @@ __device__ __forceinline__ void gemm_pipe(real* smem, const real* __restrict__ A
     constexpr int GT = (BM / TM) * (BN / TN);  // threads per k-group
     constexpr int NT = GT * KG;
     constexpr int BK = KG * KPG;
-    constexpr int RG = TM / 4, CG = TN / 4;
-    constexpr int RSPAN = BM / RG, CSPAN = BN / CG;
     constexpr int AS = BM + SMEM_PAD, BS = BN + SMEM_PAD;
     constexpr int SLAB = BK * AS + BK * BS;  // one stage: As and Bs
     static_assert(TM % 4 == 0 && TN % 4 == 0, "micro-tile is made of 4-wide groups");
@@ -504,21 +512,7 @@ __device__ __forceinline__ void gemm_pipe(real* smem, const real* __restrict__ A
         const real* As = smem + rd * SLAB;
         const real* Bs = As + BK * AS;
         rd = (rd + 1 == STAGES) ? 0 : rd + 1;
-#pragma unroll
-        for (int q = 0; q < KPG; ++q) {
-            const int kk = g * KPG + q;
-            real a_frag[TM], b_frag[TN];
-#pragma unroll
-            for (int gr = 0; gr < RG; ++gr)
-                lds_vec<4>(As + kk * AS + gr * RSPAN + tx * 4, a_frag + 4 * gr);
-#pragma unroll
-            for (int gc = 0; gc < CG; ++gc)
-                lds_vec<4>(Bs + kk * BS + gc * CSPAN + ty * 4, b_frag + 4 * gc);
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] += a_frag[i] * b_frag[j];
-        }
+        multiply_slab<BM, BN, TM, TN, KPG>(acc, As, Bs, g, tx, ty);
     }
     copy_wait<0>();   // only empty groups can remain; the stages become the reduction buffer
     __syncthreads();
