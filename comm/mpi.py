@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from comm.base import Communicator, Pending
+from core.communicator import Communicator, Pending
 from comm.watchdog import Watchdog, timeout_from_env
 from core.hookspecs import hookimpl
 

@@ -12,7 +12,7 @@ import socket
 
 import numpy as np
 
-from comm.base import Pending
+from core.communicator import Pending
 from comm.mpi import MpiCommunicator
 from core.errors import UserError
 from core.hookspecs import hookimpl

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from comm.base import Communicator
+from core.communicator import Communicator
 from core.hookspecs import hookimpl
 
 

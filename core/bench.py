@@ -21,10 +21,10 @@ import time
 
 import numpy as np
 
-from comm.base import launched_size
+from core.job import launched_size
 from core.model import CLASSES, INPUTS, init_params
 from core.plugins import Registry
-from core.trainer import DataParallelTrainer, TrainConfig, scale_images
+from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 
 
 def _args(argv):

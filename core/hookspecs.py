@@ -35,4 +35,4 @@ def register_backends(register: Callable[[type], None]) -> None:
 def register_communicators(register: Callable[[type], None]) -> None:
     """Register communicators by calling ``register(CommunicatorClass)`` once per communicator.
 
-    ``CommunicatorClass`` subclasses ``comm.base.Communicator`` and has a unique ``name``."""
+    ``CommunicatorClass`` subclasses ``core.communicator.Communicator`` and has a unique ``name``."""

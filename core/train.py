@@ -15,10 +15,10 @@ import traceback
 
 import numpy as np
 
-from comm.base import launched_rank, launched_size
+from core.job import launched_rank, launched_size
 from core.errors import UserError
 from core.plugins import Registry
-from core.trainer import DataParallelTrainer, TrainConfig, scale_images
+from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 
 #: --verify fails above these relative max-norm errors (course thresholds: double 1e-7..1e-14,
 #: float 1e-6..2e-6; float32 gets headroom for the different summation order of GPU reductions).

@@ -19,7 +19,7 @@ import numpy as np
 
 from backends.ops_numpy import NumpyBackend
 from comm.mpi import MpiCommunicator
-from core.trainer import DataParallelTrainer
+from core.data_parallel import DataParallelTrainer
 from mpi_worker import config_of, dataset
 
 CASE = dict(hidden=16, n=300, batch=67, epochs=2, reg=0.1, lr=0.5, seed=1)

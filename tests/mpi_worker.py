@@ -25,7 +25,7 @@ import numpy as np
 
 from backends.ops_numpy import NumpyBackend
 from core import data
-from core.trainer import DataParallelTrainer, TrainConfig, scale_images
+from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 
 _SUBSET = None
 

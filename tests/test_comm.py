@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comm.base import Communicator
+from core.communicator import Communicator
 from comm.single import SingleCommunicator
 from core.model import PARAM_NAMES
 from core.train import relative_max_error
-from core.trainer import DataParallelTrainer, GradientExchange
+from core.data_parallel import DataParallelTrainer, GradientExchange
 from comm_worker import CASE, StagedNumpy
 from mpi_worker import config_of, dataset
 from test_parallel import HAVE_MPI4PY, MPIRUN, mpi_env, run_mpi

@@ -17,7 +17,7 @@ import pytest
 
 from backends.ops_numpy import NumpyBackend
 from core.model import CLASSES, INPUTS, MLP, PARAM_NAMES, init_params, pack, param_shapes
-from core.trainer import rank_slice, split_counts
+from core.data_parallel import rank_slice, split_counts
 
 # One tolerance table per dtype: (rtol, atol) for assert_allclose against the float64 formula.
 TOL = {

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from comm.base import Communicator
+from core.communicator import Communicator
 from core.model import MLP, init_params
 from core.ops import Backend
 
