@@ -1,8 +1,9 @@
 """Every hook a dpmlp plugin can implement, in one module.
 
 A plugin is a module (or object) with functions decorated by ``core.hookspecs.hookimpl``. Built-in
-backends and communicators are plugins too, found the same way a third-party package is: through the
-``dpmlp`` entry-point group declared in a package's ``pyproject.toml``::
+backends and communicators are plugins too, registered through these same hooks; they are loaded
+in-process (``core.plugins.BUILTIN_PLUGINS``), a third-party package through the ``dpmlp``
+entry-point group declared in its ``pyproject.toml``::
 
     [project.entry-points.dpmlp]
     mybackend = "my_package.ops_mybackend"

@@ -42,8 +42,10 @@ class Backend(abc.ABC):
     description: ClassVar[str] = ""
     #: True when arrays live in host memory that MPI can read directly (no staging needed)
     host_resident: ClassVar[bool] = False
-    #: ranking for the default ``--backend``: the available backend with the highest priority wins
-    priority: ClassVar[int] = 0
+    #: ranking for the default ``--backend``: the available backend with the highest priority wins.
+    #: None (the default) never becomes the default backend, only ``--backend NAME`` selects it;
+    #: the built-ins state numpy 0, pycuda 10, cupy 20.
+    priority: ClassVar[int | None] = None
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:

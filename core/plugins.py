@@ -1,20 +1,37 @@
-"""Plugin discovery: backends and communicators, built-in or third-party, found the same way.
+"""Plugin discovery: backends and communicators, built-in or third-party, through one hook path.
 
-Every plugin module is listed in the ``dpmlp`` entry-point group (the built-ins in this project's
-own pyproject.toml). A plugin that fails to import, or whose registration hook raises, is recorded
-as unavailable with its reason and never breaks the others.
+The built-ins are plugin modules loaded in-process from ``BUILTIN_PLUGINS`` (as pytest's
+``default_plugins`` and datasette's ``DEFAULT_PLUGINS``), so a fresh clone works with
+``PYTHONPATH=.`` and no install. Third-party packages are found through the ``dpmlp`` entry-point
+group. Both then register through the same hooks (core/hookspecs.py). A plugin that fails to
+import, or whose registration hook raises, is recorded as unavailable with its reason and never
+breaks the others; ``--backend NAME`` of a plugin that failed to load names that failure.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as metadata
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
+import core
 from core import hookspecs
 from core.errors import UserError
+
+#: The built-in plugin modules, registered in-process under these names (module names are strings:
+#: backends and communicators depend on core, never the other way round).
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("numpy", "backends.ops_numpy"),
+    ("cupy", "backends.ops_cupy"),
+    ("pycuda", "backends.ops_pycuda"),
+    ("single", "comm.single"),
+    ("mpi", "comm.mpi"),
+    ("nccl", "comm.nccl"),
+)
+BUILTIN_PACKAGE = "dpmlp"
 
 
 @dataclass
@@ -47,25 +64,41 @@ class Registry:
 
     @classmethod
     def load(cls) -> "Registry":
+        """The built-ins, then every installed third-party plugin; ``check_pending()`` after."""
         registry = cls()
+        registry.load_builtins()
         registry.load_entry_points()
         return registry
 
-    def load_entry_points(self) -> None:
-        for ep in metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
-            if self.manager.has_plugin(ep.name):
-                continue
-            package = ep.dist.name if ep.dist else ep.module
-            version = ep.dist.version if ep.dist else "?"
-            try:
-                plugin = ep.load()
-                self.manager.register(plugin, name=ep.name)
-            except Exception as exc:  # noqa: BLE001 - isolate any broken plugin
-                self.broken[ep.name] = Entry(ep.name, "plugin", None, ep.name, package, version,
-                                             False, f"failed to load: {type(exc).__name__}: {exc}")
-                continue
-            self.origins[ep.name] = _PluginOrigin(package, version)
+    def load_builtins(self) -> None:
+        for name, module in BUILTIN_PLUGINS:
+            self._load(name, lambda module=module: importlib.import_module(module),
+                       BUILTIN_PACKAGE, core.__version__)
         self.manager.check_pending()
+
+    def load_entry_points(self) -> None:
+        builtin_modules = {module for _, module in BUILTIN_PLUGINS}
+        for ep in metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
+            if ep.value in builtin_modules:
+                continue  # an old install of dpmlp itself that still lists its built-ins
+            if self.manager.has_plugin(ep.name) or ep.name in self.broken:
+                self.broken.setdefault(f"{ep.name} ({ep.value})", Entry(
+                    ep.name, "plugin", None, ep.name, ep.dist.name if ep.dist else ep.module,
+                    ep.dist.version if ep.dist else "?", False,
+                    f"plugin name {ep.name!r} is already taken; not loaded"))
+                continue
+            self._load(ep.name, ep.load, ep.dist.name if ep.dist else ep.module,
+                       ep.dist.version if ep.dist else "?")
+        self.manager.check_pending()
+
+    def _load(self, name: str, load, package: str, version: str) -> None:
+        try:
+            self.manager.register(load(), name=name)
+        except Exception as exc:  # noqa: BLE001 - isolate any broken plugin
+            self.broken[name] = Entry(name, "plugin", None, name, package, version, False,
+                                      f"failed to load: {type(exc).__name__}: {exc}")
+            return
+        self.origins[name] = _PluginOrigin(package, version)
 
     def register(self, plugin: Any, name: str, package: str = "", version: str = "") -> None:
         """Register an in-process plugin (tests, notebooks)."""
@@ -110,10 +143,10 @@ class Registry:
 
     def backend(self, name: str | None) -> Entry:
         """The backend called ``name`` (None: the best available one); UserError if unusable."""
-        return _pick(self.backends(), name, "--backend", "backend")
+        return _pick(self.backends(), name, "--backend", "backend", self.broken)
 
     def communicator(self, name: str) -> Entry:
-        return _pick(self.communicators(), name, "--comm", "communicator")
+        return _pick(self.communicators(), name, "--comm", "communicator", self.broken)
 
 
 def _new_manager() -> pluggy.PluginManager:
@@ -130,16 +163,22 @@ def _availability(cls: type) -> tuple[bool, str]:
         return False, f"availability check raised {type(exc).__name__}: {exc}"
 
 
-def _pick(entries: list[Entry], name: str | None, flag: str, what: str) -> Entry:
+def _pick(entries: list[Entry], name: str | None, flag: str, what: str,
+          broken: dict[str, Entry]) -> Entry:
     if name is None:
-        usable = [e for e in entries if e.available]
+        # Only a backend that states a priority may become the default: a plugin left at the
+        # default (None) is used when asked for by name, never silently instead of a built-in.
+        usable = [e for e in entries if e.available and getattr(e.cls, "priority", None) is not None]
         if not usable:
             raise UserError(f"{flag}: no {what} is available (see --list-backends)")
-        return max(usable, key=lambda e: getattr(e.cls, "priority", 0))
+        return max(usable, key=lambda e: e.cls.priority)
     for entry in entries:
         if entry.name == name:
             if not entry.available:
                 raise UserError(f"{flag} {name}: {what} is not available here: {entry.reason}")
             return entry
+    if name in broken:  # the plugin of that name failed to load: say why, not "unknown"
+        raise UserError(f"{flag} {name}: plugin {name!r} ({broken[name].package}) "
+                        f"{broken[name].reason}")
     known = ", ".join(e.name for e in entries) or "none"
     raise UserError(f"{flag} {name}: unknown {what} (known: {known})")

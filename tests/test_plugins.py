@@ -1,5 +1,6 @@
-"""Plugin discovery (core/plugins.py): entry points, in-process registration, isolation of broken
-plugins, availability, picking a backend by name or by priority, and ``--list-backends``.
+"""Plugin discovery (core/plugins.py): built-ins loaded in-process, third-party entry points,
+in-process registration, isolation of broken plugins, availability, picking a backend by name or by
+priority (a plugin without one is never the default), and ``--list-backends``.
 
 Third-party plugins found through an entry point are simulated by a throwaway distribution in
 tmp_path: a module plus a ``*.dist-info`` directory (METADATA, entry_points.txt), put on sys.path.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+import core
+from core import plugins
 from backends.ops_numpy import NumpyBackend
 from core.errors import UserError
 from core.hookspecs import ENTRY_POINT_GROUP, hookimpl
@@ -28,23 +33,50 @@ def by_name(entries):
     return {e.name: e for e in entries}
 
 
-# ------------------------------------------------------------------ built-ins via entry points
-def test_builtins_found_through_entry_points():
+# ------------------------------------------------------------------ built-ins, in-process
+def test_builtins_registered_in_process_without_any_entry_point(monkeypatch):
+    """A fresh clone (nothing installed, so no entry points at all) still has every built-in."""
+    from core import plugins
+
+    monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: [])
     registry = Registry.load()
     backends = by_name(registry.backends())
     comms = by_name(registry.communicators())
     numpy_entry = backends["numpy"]
     assert numpy_entry.cls is NumpyBackend and numpy_entry.available
     assert numpy_entry.kind == "backend" and numpy_entry.plugin == "numpy"
-    assert numpy_entry.package == "dpmlp" and numpy_entry.version not in ("", "-", "?")
+    assert numpy_entry.package == "dpmlp" and numpy_entry.version == core.__version__
     for name in ("single", "mpi"):
         assert name in comms, f"communicator {name} not found: {sorted(comms)}"
         assert comms[name].package == "dpmlp" and comms[name].kind == "communicator"
     assert comms["single"].available
     assert registry.backend("numpy") is not None
     assert registry.communicator("single").cls.__name__ == "SingleCommunicator"
-    # every registered plugin of dpmlp's own came from the dpmlp distribution
     assert "numpy" not in registry.broken
+    assert {name for name, _ in plugins.BUILTIN_PLUGINS} <= set(registry.origins)
+
+
+def test_fresh_clone_lists_and_trains_without_install(tmp_path):
+    """`PYTHONPATH=. python -m core.train` from a copy of the source tree with no dpmlp installed:
+    the copy is what Python imports (not an installed dpmlp), and its built-ins are all there."""
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO, clone, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "*.egg-info", "__pycache__", ".gpu", ".whl", "examples"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = "."
+    listing = subprocess.run([sys.executable, "-m", "core.train", "--list-backends"], cwd=clone,
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    assert re.search(r"^backend\s+numpy\s+dpmlp\s+\S+\s+yes", listing.stdout, re.M), listing.stdout
+    assert re.search(r"^communicator\s+single\s+dpmlp\s+\S+\s+yes", listing.stdout, re.M)
+    where = subprocess.run([sys.executable, "-c", "import core; print(core.__file__)"], cwd=clone,
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert where.stdout.strip().startswith(str(clone)), where.stdout
+    run = subprocess.run([sys.executable, "-m", "core.train", "--backend", "numpy", "--comm",
+                          "single", "-e", "1", "--train-size", "300", "--val-size", "100", "-n", "16"],
+                         cwd=clone, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "test accuracy" in run.stdout
 
 
 def test_each_load_is_independent():
@@ -188,8 +220,25 @@ def test_duplicate_name_does_not_replace_the_first(registry):
 
 def best_builtin() -> str:
     """The default backend among the built-ins here: numpy on CI, a GPU backend on a GPU machine."""
-    usable = [e for e in Registry.load().backends() if e.available]
+    usable = [e for e in Registry.load().backends() if e.available and e.package == "dpmlp"]
     return max(usable, key=lambda e: e.cls.priority).name
+
+
+def test_plugin_without_priority_is_never_the_default(registry):
+    """A third-party backend left at the default priority (None) whose name sorts first, and one
+    that claims priority 0 like numpy, must not displace the built-in default."""
+    quiet = _backend_class("aaa-quiet", priority=None)  # Backend.priority's default
+    registry.register(_Plugin(quiet), name="quiet")
+    assert registry.backend(None).name == best_builtin()
+    assert registry.backend("aaa-quiet").cls is quiet  # still usable by name
+
+
+def test_backend_of_a_plugin_that_failed_to_load_names_the_load_error(plugin_dir):
+    make_distribution(plugin_dir, "dpmlp-broken", "0.9", BROKEN_PLUGIN, "brokenplugin")
+    with pytest.raises(UserError) as info:
+        Registry.load().backend("brokenplugin")
+    msg = str(info.value)
+    assert "--backend brokenplugin" in msg and "libfoo.so.3" in msg and "unknown" not in msg
 
 
 # ------------------------------------------------------------------ entry-point plugins
