@@ -1,8 +1,8 @@
 """MPI communicator (mpi4py).
 
 By default it only ever sees host buffers: the trainer stages device gradients through pinned host
-memory. With ``--cuda-aware-mpi`` (or DPMLP_CUDA_AWARE_MPI=1) device buffers go to MPI directly,
-which is faster on a CUDA-aware MPI and crashes (segfault) on one that is not.
+memory. With ``CommOptions.cuda_aware_mpi`` (``--cuda-aware-mpi``) device buffers go to MPI
+directly, which is faster on a CUDA-aware MPI and crashes (segfault) on one that is not.
 """
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 
 import numpy as np
 
-from core.communicator import Communicator, Pending
-from comm.watchdog import Watchdog, timeout_from_env
+from comm.watchdog import Watchdog
+from core.communicator import CommOptions, Communicator, Pending
 from core.hookspecs import hookimpl
-
-CUDA_AWARE_ENV = "DPMLP_CUDA_AWARE_MPI"
 
 
 class _DeviceBuffer:
@@ -40,7 +39,8 @@ class MpiCommunicator(Communicator):
             return False, f"mpi4py cannot be imported: {exc}"
         return True, f"mpi4py {mpi4py.__version__}"
 
-    def __init__(self, world=None):
+    def __init__(self, options: CommOptions | None = None, world=None):
+        super().__init__(options)
         from mpi4py import MPI  # initialises MPI (thread level MULTIPLE by default)
 
         self._mpi = MPI
@@ -48,18 +48,37 @@ class MpiCommunicator(Communicator):
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
         node = self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank = node.Get_rank()
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
-        self.accepts_device_buffers = os.environ.get(CUDA_AWARE_ENV, "") not in ("", "0")
+        self.accepts_device_buffers = self.options.cuda_aware_mpi
         self.backend = None
-        self.watchdog = Watchdog(self.world, timeout_from_env()) if self.size > 1 else None
+        self.watchdog = (Watchdog(self.world, self.options.collective_timeout)
+                         if self.size > 1 else None)
+
+    @classmethod
+    def wait_for_launched_ranks(cls, patience):
+        """A bounded barrier over the launched world (an Ibarrier polled until ``patience``), so
+        a rank that is about to exit does not take a line another rank is printing with it."""
+        from mpi4py import MPI
+
+        request = MPI.COMM_WORLD.Ibarrier()
+        deadline = time.monotonic() + patience
+        while not request.Test() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    @classmethod
+    def abort_launched_job(cls, code):
+        if "mpi4py.MPI" in sys.modules:  # MPI never started: nothing to end but this process
+            sys.stderr.flush()
+            sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(code)
 
     def bind_backend(self, backend):
         self.backend = backend
         if self.accepts_device_buffers and backend.host_resident:
             self.accepts_device_buffers = False  # nothing on a device to hand over
 
-    def _watch(self, name):
+    def watch(self, name):
+        """Context for one collective under the hang watchdog."""
         return self.watchdog.collective(name) if self.watchdog else contextlib.nullcontext()
 
     def unwatched(self):
@@ -78,7 +97,7 @@ class MpiCommunicator(Communicator):
 
     def allreduce_sum(self, buf):
         buf = self._mpi_buffer(buf)
-        with self._watch("allreduce"):
+        with self.watch("allreduce"):
             self.world.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
 
     def allreduce_sum_start(self, buf):
@@ -86,19 +105,19 @@ class MpiCommunicator(Communicator):
         return _MpiPending(self, request)
 
     def allreduce_host_inplace(self, values):
-        with self._watch("allreduce (metrics)"):
+        with self.watch("allreduce (metrics)"):
             self.world.Allreduce(self._mpi.IN_PLACE, values, op=self._mpi.SUM)
 
     def bcast(self, obj, root=0):
-        with self._watch("bcast"):
+        with self.watch("bcast"):
             return self.world.bcast(obj, root=root)
 
     def allgather(self, obj):
-        with self._watch("allgather"):
+        with self.watch("allgather"):
             return self.world.allgather(obj)
 
     def barrier(self):
-        with self._watch("barrier"):
+        with self.watch("barrier"):
             self.world.Barrier()
 
     def abort(self, code):
@@ -117,7 +136,7 @@ class _MpiPending(Pending):
         self.comm, self.request = comm, request
 
     def wait(self):
-        with self.comm._watch("allreduce"):
+        with self.comm.watch("allreduce"):
             self.request.Wait()
 
 

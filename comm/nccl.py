@@ -1,26 +1,29 @@
 """NCCL communicator (through CuPy): gradients summed on the GPUs, on the backend's own stream.
 
-MPI bootstraps it (rank 0's NCCL unique id is broadcast) and still carries the small host-side
-collectives (metrics, setup agreement). One GPU per rank: NCCL refuses two ranks on one device, so
+An MPI communicator it holds (composition, not inheritance) bootstraps it (rank 0's NCCL unique id
+is broadcast) and still carries the small host-side collectives (metrics, setup agreement) under
+its hang watchdog. One GPU per rank: NCCL refuses two ranks on one device, so
 that case is reported before NCCL is touched. Works with any backend that exposes
 ``device_pointer`` and ``stream_handle`` (cupy and pycuda memory alike, handed over by pointer).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import numpy as np
 
-from core.communicator import Pending
 from comm.mpi import MpiCommunicator
+from core.communicator import CommOptions, Communicator, Pending
 from core.errors import UserError
 from core.hookspecs import hookimpl
 
 
-class NcclCommunicator(MpiCommunicator):
+class NcclCommunicator(Communicator):
     name = "nccl"
     description = "NCCL via cupy.cuda.nccl, bootstrapped over MPI; device buffers, one GPU per rank"
+    accepts_device_buffers = True
 
     @classmethod
     def availability(cls):
@@ -37,10 +40,34 @@ class NcclCommunicator(MpiCommunicator):
             return False, f"NCCL library not usable: {exc}"
         return True, f"NCCL {version // 10000}.{version // 100 % 100}.{version % 100}"
 
-    def __init__(self, world=None):
-        super().__init__(world)
-        self.accepts_device_buffers = True
+    def __init__(self, options: CommOptions | None = None, world=None):
+        super().__init__(options)
+        # the host side never sees a device buffer, whatever the options say
+        self.host = MpiCommunicator(dataclasses.replace(self.options, cuda_aware_mpi=False), world)
+        self.rank, self.size = self.host.rank, self.host.size
+        self.local_rank, self.local_size = self.host.local_rank, self.host.local_size
+        self.backend = None
         self.nccl_comm = None
+
+    # The launcher's world is MPI's.
+    wait_for_launched_ranks = MpiCommunicator.wait_for_launched_ranks
+    abort_launched_job = MpiCommunicator.abort_launched_job
+
+    # ------------------------------------------------------------ host collectives: MPI's
+    def allreduce_host_inplace(self, values):
+        self.host.allreduce_host_inplace(values)
+
+    def bcast(self, obj, root=0):
+        return self.host.bcast(obj, root)
+
+    def allgather(self, obj):
+        return self.host.allgather(obj)
+
+    def barrier(self):
+        self.host.barrier()
+
+    def unwatched(self):
+        return self.host.unwatched()
 
     def bind_backend(self, backend):
         """Create the NCCL communicator on the backend's device (collective over all ranks)."""
@@ -66,7 +93,7 @@ class NcclCommunicator(MpiCommunicator):
         self._dtype = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}[backend.dtype.name]
         self._sum = nccl.NCCL_SUM
         uid = self.bcast(nccl.get_unique_id() if self.rank == 0 else None)
-        with cupy.cuda.Device(backend.device_index or 0), self._watch("nccl init"):
+        with cupy.cuda.Device(backend.device_index or 0), self.host.watch("nccl init"):
             self.nccl_comm = nccl.NcclCommunicator(self.size, uid, self.rank)
             # A stream of our own lets a reduction run beside the backend's computation; events
             # (raw handles, so pycuda's stream works too) order the two streams.
@@ -78,7 +105,7 @@ class NcclCommunicator(MpiCommunicator):
 
     def allreduce_sum(self, buf):
         if self.nccl_comm is None or isinstance(buf, np.ndarray):
-            super().allreduce_sum(buf)  # host buffers (never in training) go through MPI
+            self.host.allreduce_sum(buf)  # host buffers (never in training) go through MPI
             return
         pointer = self.backend.device_pointer(buf)
         self.nccl_comm.allReduce(pointer, pointer, int(buf.shape[0]), self._dtype, self._sum,
@@ -87,7 +114,7 @@ class NcclCommunicator(MpiCommunicator):
     def drain(self):
         """Wait, under the hang watchdog, for the queued device work and reductions. NCCL calls
         return at once; a peer that never arrives shows up here as a stream that never drains."""
-        with self._watch("nccl allreduce"):
+        with self.host.watch("nccl allreduce"):
             self.backend.synchronize()
             self._rt.streamSynchronize(self._comm_stream)
 
@@ -95,7 +122,7 @@ class NcclCommunicator(MpiCommunicator):
         """Queue the reduction on the communication stream once the compute stream has produced
         ``buf``; the compute stream goes on with what is queued next."""
         if self.nccl_comm is None or isinstance(buf, np.ndarray):
-            return super().allreduce_sum_start(buf)
+            return self.host.allreduce_sum_start(buf)
         rt, compute = self._rt, self.backend.stream_handle()
         rt.eventRecord(self._ready, compute)
         rt.streamWaitEvent(self._comm_stream, self._ready, 0)
@@ -110,7 +137,7 @@ class NcclCommunicator(MpiCommunicator):
                 self.nccl_comm.abort()
             except Exception:  # noqa: BLE001 - aborting anyway
                 pass
-        super().abort(code)
+        self.host.abort(code)
 
     def _destroy_nccl(self):
         if self.nccl_comm is not None:
@@ -124,7 +151,7 @@ class NcclCommunicator(MpiCommunicator):
 
     def finalize(self):
         self._destroy_nccl()
-        super().finalize()
+        self.host.finalize()
 
 
 class _NcclPending(Pending):

@@ -19,16 +19,6 @@ import threading
 import time
 
 _QUERY, _REPLY = 7301, 7302
-DEFAULT_TIMEOUT = 300.0
-
-
-def timeout_from_env() -> float:
-    """Seconds a collective may take before the job is aborted (DPMLP_COLLECTIVE_TIMEOUT, 0 = off)."""
-    text = os.environ.get("DPMLP_COLLECTIVE_TIMEOUT", "")
-    try:
-        return float(text) if text else DEFAULT_TIMEOUT
-    except ValueError:
-        return DEFAULT_TIMEOUT
 
 
 class Watchdog:
@@ -90,7 +80,7 @@ class Watchdog:
                else "could not tell which ranks did not arrive")
         print(f"dpmlp: error on rank {self.rank}: collective {name} (#{number}) did not complete "
               f"within {self.timeout:g} s; {who}; aborting the job "
-              f"(DPMLP_COLLECTIVE_TIMEOUT sets the limit)", file=sys.stderr, flush=True)
+              f"(--collective-timeout sets the limit)", file=sys.stderr, flush=True)
         self._mpi.COMM_WORLD.Abort(3)
         os._exit(3)
 

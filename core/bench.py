@@ -21,9 +21,8 @@ import time
 
 import numpy as np
 
-from core.job import launched_size
+from core.job import Job, device_for, run_with_error_policy
 from core.model import CLASSES, INPUTS, init_params
-from core.plugins import Registry
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 
 
@@ -88,8 +87,7 @@ def _max_over_ranks(comm, values):
 
 
 def bench_training(backend_cls, comm, args, x, y, hidden, batch) -> dict:
-    count = backend_cls.device_count()
-    backend = backend_cls(args.dtype, comm.local_rank % count if count else None)
+    backend = backend_cls(args.dtype, device_for(backend_cls, comm.local_rank))
     comm.bind_backend(backend)
     config = TrainConfig(hidden=hidden, batch_size=batch, lr=0.1, reg=1e-4, epochs=1,
                          dtype=args.dtype)
@@ -222,10 +220,8 @@ def _torch_step(dtype, x, y, hidden, batch):
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = _args(argv)
-    registry = Registry.load()
-    comm_name = args.comm if args.comm != "auto" else ("mpi" if launched_size() > 1 else "single")
-    comm = registry.communicator(comm_name).cls()
-    say = print if comm.rank == 0 else (lambda *a, **k: None)
+    job = Job.start(args.comm)
+    registry, comm, say = job.registry, job.comm, job.say
     entries = [e for e in registry.backends() if e.available]
     if args.backends:
         wanted = args.backends.split(",")
@@ -256,7 +252,7 @@ def main(argv=None) -> int:
                     say(_fmt_training(row), flush=True)
     if comm.size == 1:
         for entry in entries:
-            backend = entry.cls(args.dtype, 0 if entry.cls.device_count() else None)
+            backend = entry.cls(args.dtype, device_for(entry.cls, 0))
             for hidden in hiddens:
                 gemms += bench_gemm(backend, model_gemm_shapes(hidden, batches[0]))
         if not args.no_reference:
@@ -271,7 +267,7 @@ def main(argv=None) -> int:
             json.dump({"machine": _machine(), "dtype": args.dtype, "samples": int(x.shape[1]),
                        "data": source, "training": training, "gemm": gemms}, fh, indent=1)
         say(f"\nwrote {args.json}")
-    comm.finalize()
+    job.finish()
     return 0
 
 
@@ -316,4 +312,4 @@ def _machine() -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_with_error_policy(main))

@@ -1,5 +1,8 @@
 """The communicator contract: what the trainer needs from MPI, NCCL or a single process.
 
+A communicator is constructed with ``CommOptions`` (the job reads flags and environment once, in
+core/job.py, and hands them over); it never reads the environment itself.
+
 The trainer calls these on every rank in the same order. Buffers are 1-D and summed in place.
 A communicator with ``accepts_device_buffers`` False only ever receives host (NumPy) buffers: the
 trainer stages device gradients through a pinned host buffer first, because handing a device pointer
@@ -10,9 +13,24 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
 
 import numpy as np
+
+#: seconds a collective may take before the job is aborted, when nobody says otherwise
+DEFAULT_COLLECTIVE_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class CommOptions:
+    """What a job tells its communicator. Communicators ignore what does not concern them."""
+
+    #: hand device buffers to MPI directly (only for a CUDA-aware MPI; any other crashes)
+    cuda_aware_mpi: bool = False
+    #: seconds before a collective that has not completed aborts the job (0 = never)
+    collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT
+
 
 class Pending:
     """A started reduction; ``wait()`` returns once the result may be used (on the device: once
@@ -36,11 +54,25 @@ class Communicator(abc.ABC):
     rank: int = 0
     size: int = 1
     local_rank: int = 0  # rank among the processes of this node: picks the GPU
+    local_size: int = 1  # processes on this node (BLAS threads are shared among them)
+
+    def __init__(self, options: CommOptions | None = None):
+        self.options = options or CommOptions()
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
         """Return (available, reason); must not raise."""
         return True, ""
+
+    # Before any communicator exists (a flag mistake found on every rank alike), the job still
+    # needs two things of the launcher's world. The defaults suit a job of one process.
+    @classmethod
+    def wait_for_launched_ranks(cls, patience: float) -> None:
+        """Wait, at most ``patience`` seconds, until every launched rank has reached this call."""
+
+    @classmethod
+    def abort_launched_job(cls, code: int) -> None:
+        """End every launched rank now, if this process belongs to a started multi-rank job."""
 
     def bind_backend(self, backend: Any) -> None:
         """Called once the compute backend exists (device communicators need its stream)."""

@@ -2,7 +2,8 @@
 
 Errors that are the user's (flags, files, environment) are one line on stderr and exit code 2.
 Setup runs on every rank and the ranks agree on the outcome before training, so a bad file on one
-rank ends all of them cleanly; a failure during training aborts the whole job naming the rank.
+rank ends all of them cleanly; a failure during training aborts the whole job naming the rank
+(the job's lifecycle is core/job.py).
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import argparse
 import os
 import sys
 import time
-import traceback
 
 import numpy as np
 
-from core.job import launched_rank, launched_size
 from core.errors import UserError
+from core.job import Job, comm_options, run_with_error_policy
 from core.plugins import Registry
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 
@@ -117,18 +117,6 @@ def list_backends(registry: Registry) -> str:
 
 
 # ---------------------------------------------------------------------------- setup
-def make_communicator(registry: Registry, name: str):
-    if name == "auto":
-        size = launched_size()
-        try:
-            entry = registry.communicator("mpi" if size > 1 else "single")
-        except UserError as exc:
-            raise UserError(f"--comm auto: launched with {size} ranks, but {exc}") from None
-    else:
-        entry = registry.communicator(name)
-    return entry.cls()
-
-
 def check_save_path(path: str | None) -> None:
     """Fail before training, not after it, when --save cannot be written."""
     if path is None:
@@ -167,31 +155,6 @@ def split_data(data, args):
             data.train_images[total - val_size:], data.train_labels[total - val_size:])
 
 
-def agree_on_setup(comm, setup):
-    """Run ``setup()`` on every rank, then agree: if any rank failed, every rank exits 2 (or 1 for a
-    bug) after rank 0 has printed each distinct failure once, naming the rank where they differ."""
-    result, error, code = None, None, 0
-    try:
-        result = setup()
-    except UserError as exc:
-        error, code = str(exc), exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - reported below with the rank
-        traceback.print_exc()
-        error, code = f"{type(exc).__name__}: {exc}", 1
-    outcomes = comm.allgather((error, code))
-    failed = [(rank, msg, c) for rank, (msg, c) in enumerate(outcomes) if msg]
-    if failed:
-        if comm.rank == 0:
-            messages = {msg for _, msg, _ in failed}
-            if len(failed) == comm.size and len(messages) == 1:
-                print(f"dpmlp: error: {failed[0][1]}", file=sys.stderr)
-            else:
-                for rank, msg, _ in failed:
-                    print(f"dpmlp: error on rank {rank}: {msg}", file=sys.stderr)
-        raise SystemExit(max(c for _, _, c in failed))
-    return result
-
-
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
@@ -200,32 +163,26 @@ def main(argv=None) -> int:
         print(list_backends(registry))
         return 0
     check_save_path(args.save)
-    if args.cuda_aware_mpi:
-        os.environ["DPMLP_CUDA_AWARE_MPI"] = "1"
-    if args.collective_timeout is not None:
-        os.environ["DPMLP_COLLECTIVE_TIMEOUT"] = str(args.collective_timeout)
-    comm = make_communicator(registry, args.comm)
-    say = print if comm.rank == 0 else (lambda *a, **k: None)
+    job = Job.start(args.comm, comm_options(args.cuda_aware_mpi or None, args.collective_timeout),
+                    registry)
+    comm, say = job.comm, job.say
 
     def setup():
         from core.data import locate_and_load  # imported late: only needed once flags are valid
 
-        entry = registry.backend(args.backend)
-        count = entry.cls.device_count()
-        device = comm.local_rank % count if count else None
-        backend = entry.cls(args.dtype, device)
+        entry, backend = job.make_backend(args.backend, args.dtype)
         data = locate_and_load(args.data_dir, args.download, log=say)
         train_img, train_lab, val_img, val_lab = split_data(data, args)
         dtype = np.dtype(args.dtype).type
         return entry, backend, data, (scale_images(train_img, args.scale, dtype), train_lab,
                                       scale_images(val_img, args.scale, dtype), val_lab)
 
-    entry, backend, data, (train_x, train_y, val_x, val_y) = agree_on_setup(comm, setup)
-    agree_on_setup(comm, lambda: comm.bind_backend(backend))  # NCCL: collective, so after agreement
-    if comm.name == "mpi" and comm.accepts_device_buffers and comm.rank == 0:
-        print("dpmlp: warning: CUDA-aware MPI requested: device buffers go to MPI directly; if this "
-              "MPI is not CUDA-aware the job will crash (segfault). Leave it off to stage through "
-              "pinned host memory.", file=sys.stderr)
+    entry, backend, data, (train_x, train_y, val_x, val_y) = job.agree(setup)
+    job.agree(lambda: comm.bind_backend(backend))  # NCCL: collective, so after agreement
+    if comm.name == "mpi" and comm.accepts_device_buffers:
+        say("dpmlp: warning: CUDA-aware MPI requested: device buffers go to MPI directly; if this "
+            "MPI is not CUDA-aware the job will crash (segfault). Leave it off to stage through "
+            "pinned host memory.", file=sys.stderr)
     config = TrainConfig(hidden=args.hidden, reg=args.reg, lr=args.lr, epochs=args.epochs,
                          batch_size=args.batch_size, seed=args.seed, dtype=args.dtype)
     say(f"dpmlp: backend {entry.name} ({args.dtype}, {backend.describe_device()}), comm {comm.name}, "
@@ -236,15 +193,15 @@ def main(argv=None) -> int:
         say(f"dpmlp: note: batch size {config.batch_size} < {comm.size} ranks: "
             f"ranks {config.batch_size}..{comm.size - 1} get no samples but still take part")
 
-    trainer = agree_on_setup(comm, lambda: DataParallelTrainer(
+    trainer = job.agree(lambda: DataParallelTrainer(
         backend, comm, config, train_x, train_y, val_x, val_y))
     try:
         status = train_and_report(args, comm, trainer, data, train_x, train_y, say)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - one rank failing must end every rank
-        abort_job(comm, exc)
-    comm.finalize()
+        job.abort(exc)
+    job.finish()
     return status
 
 
@@ -266,23 +223,6 @@ def train_and_report(args, comm, trainer, data, train_x, train_y, say) -> int:
         with comm.unwatched():  # the other ranks wait while rank 0 runs the reference
             status = comm.bcast(verify(params, config, train_x, train_y, say) if comm.rank == 0 else None)
     return status
-
-
-def abort_job(comm, exc: BaseException):
-    """Report a failure during training with this rank's number, then end every rank."""
-    if isinstance(exc, UserError):
-        code = exc.exit_code
-    elif isinstance(exc, KeyboardInterrupt):
-        code = 130
-    else:
-        traceback.print_exc()
-        code = 1
-    print(f"dpmlp: error on rank {comm.rank}: "
-          + (str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"),
-          file=sys.stderr, flush=True)
-    if comm.size > 1:
-        comm.abort(code)
-    raise SystemExit(code)
 
 
 def verify(params, config, train_x, train_y, say) -> int:
@@ -315,51 +255,8 @@ def relative_max_error(expected: np.ndarray, actual: np.ndarray) -> float:
 
 
 def run(argv=None) -> int:
-    """main() with the error policy: one line for user errors, the rank named for the rest, and a
-    failure on one rank during training ends every rank."""
-    try:
-        return main(argv)
-    except UserError as exc:
-        _report_before_setup(exc)
-        return exc.exit_code
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # noqa: BLE001
-        traceback.print_exc()
-        rank = launched_rank()
-        print(f"dpmlp: error on rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        _abort_all(1)
-        return 1
-
-
-def _report_before_setup(exc: UserError, patience: float = 10.0) -> None:
-    """A mistake found before the communicator exists (a flag, --save, --comm) is the same on
-    every rank: rank 0 prints it once. The other ranks must not exit before it has printed, or the
-    launcher may kill rank 0 first and the line is lost; so they meet in a barrier (bounded, in
-    case the mistake was on some ranks only)."""
-    if launched_rank() == 0:
-        print(f"dpmlp: error: {exc}", file=sys.stderr, flush=True)
-    if launched_size() == 1:
-        return
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        if launched_rank() != 0:
-            time.sleep(1.0)  # no MPI to meet in: give rank 0 a moment to print
-        return
-    request = MPI.COMM_WORLD.Ibarrier()
-    deadline = time.monotonic() + patience
-    while not request.Test() and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
-def _abort_all(code: int) -> None:
-    """End every rank of an MPI job from a failing one (no-op without MPI)."""
-    if launched_size() > 1 and "mpi4py.MPI" in sys.modules:
-        sys.stderr.flush()
-        sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(code)
+    """main() with the job's error policy (core/job.py)."""
+    return run_with_error_policy(lambda: main(argv))
 
 
 if __name__ == "__main__":

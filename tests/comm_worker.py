@@ -18,8 +18,8 @@ import time
 import numpy as np
 
 from backends.ops_numpy import NumpyBackend
-from comm.mpi import MpiCommunicator
 from core.data_parallel import DataParallelTrainer
+from core.job import Job
 from mpi_worker import config_of, dataset
 
 CASE = dict(hidden=16, n=300, batch=67, epochs=2, reg=0.1, lr=0.5, seed=1)
@@ -45,7 +45,7 @@ class StallingNumpy(NumpyBackend):
 
 
 def staged(outdir: str) -> None:
-    comm = MpiCommunicator()
+    comm = Job.start("mpi").comm
     backend = StagedNumpy("float64")
     comm.bind_backend(backend)
     x, y = dataset(CASE["n"])
@@ -64,7 +64,7 @@ def long(outdir: str) -> None:
     """Train for a long time, after writing this rank's pid (the test kills one rank)."""
     import os
 
-    comm = MpiCommunicator()
+    comm = Job.start("mpi").comm
     with open(f"{outdir}/rank{comm.rank}.pid", "w") as fh:
         fh.write(str(os.getpid()))
     x, y = dataset(CASE["n"])
@@ -73,7 +73,7 @@ def long(outdir: str) -> None:
 
 
 def hang() -> None:
-    comm = MpiCommunicator()
+    comm = Job.start("mpi").comm
     backend = StallingNumpy("float64")
     backend.stall = comm.rank == comm.size - 1
     x, y = dataset(CASE["n"])

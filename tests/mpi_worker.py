@@ -8,7 +8,7 @@
 
     mpirun -n P python tests/mpi_worker.py fail OUTDIR
         Train with a backend whose gemm raises on rank $DPMLP_TEST_FAIL_RANK at training step
-        $DPMLP_TEST_FAIL_STEP, handled the way the CLI does it (core.train.abort_job): the whole
+        $DPMLP_TEST_FAIL_STEP, handled the way the CLI does it (core.job.Job.abort): the whole
         job must end promptly, naming the rank.
 
 The same data and training function serve the test's single-process reference (``train_params``).
@@ -26,6 +26,7 @@ import numpy as np
 from backends.ops_numpy import NumpyBackend
 from core import data
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
+from core.job import Job
 
 _SUBSET = None
 
@@ -71,9 +72,8 @@ class FailingBackend(NumpyBackend):
 
 
 def main(argv: list[str]) -> int:
-    from comm.mpi import MpiCommunicator
-
-    comm = MpiCommunicator()
+    job = Job.start("mpi")
+    comm = job.comm
     mode = argv[0]
     if mode == "train":
         cases = json.loads(Path(argv[1]).read_text())
@@ -85,8 +85,6 @@ def main(argv: list[str]) -> int:
         comm.finalize()
         return 0
     if mode == "fail":
-        from core.train import abort_job
-
         backend = FailingBackend("float64")
         backend.rank = comm.rank
         backend.fail_rank = int(os.environ.get("DPMLP_TEST_FAIL_RANK", "1"))
@@ -96,7 +94,7 @@ def main(argv: list[str]) -> int:
         try:
             train_params(case, comm, backend)
         except BaseException as exc:  # noqa: BLE001 - exactly what core.train.main does
-            abort_job(comm, exc)
+            job.abort(exc)
         # Reaching this line means the failure did not end the job.
         Path(argv[1], f"finished.rank{comm.rank}").write_text("finished\n")
         return 0

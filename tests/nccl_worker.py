@@ -10,14 +10,13 @@ import sys
 
 import numpy as np
 
-from comm.nccl import NcclCommunicator
-from core.plugins import Registry
+from core.job import Job
 
 
 def main(backend_name: str, dtype: str) -> int:
-    comm = NcclCommunicator()
-    cls = Registry.load().backend(backend_name).cls
-    backend = cls(dtype, comm.local_rank % cls.device_count())
+    job = Job.start("nccl")
+    comm = job.comm
+    _, backend = job.make_backend(backend_name, dtype)
     comm.bind_backend(backend)
     n = 1013
     base = np.arange(n, dtype=np.float64)

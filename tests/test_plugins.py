@@ -36,8 +36,6 @@ def by_name(entries):
 # ------------------------------------------------------------------ built-ins, in-process
 def test_builtins_registered_in_process_without_any_entry_point(monkeypatch):
     """A fresh clone (nothing installed, so no entry points at all) still has every built-in."""
-    from core import plugins
-
     monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: [])
     registry = Registry.load()
     backends = by_name(registry.backends())
