@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from core.job import Job, device_for, run_with_error_policy
-from core.model import CLASSES, INPUTS, init_params
+from core.model import CLASSES, INPUTS, ParamLayout, init_params
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 
 
@@ -108,11 +108,7 @@ def bench_training(backend_cls, comm, args, x, y, hidden, batch) -> dict:
 # ---------------------------------------------------------------------------- GEMM GFLOP/s
 def model_gemm_shapes(hidden: int, n: int):
     """(name, M, N, K, trans_a, trans_b) of the GEMMs of one training step on n samples."""
-    return [("z1=W1 x", hidden, n, INPUTS, False, False),
-            ("z2=W2 a1", CLASSES, n, hidden, False, False),
-            ("dW2=diff a1^T", CLASSES, hidden, n, False, True),
-            ("da1=W2^T diff", hidden, n, CLASSES, True, False),
-            ("dW1=dz1 x^T", hidden, INPUTS, n, False, True)]
+    return [(g.name, g.m, g.n, g.k, g.trans_a, g.trans_b) for g in ParamLayout(hidden).gemm_shapes(n)]
 
 
 def median_seconds(run, repeats: int) -> float:

@@ -13,6 +13,9 @@ once, for the largest per-rank slice; the training step allocates nothing.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
 from core.ops import Backend
@@ -22,8 +25,83 @@ CLASSES = 10
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 
 
+@dataclass(frozen=True)
+class Param:
+    """One parameter's place in the flat buffer."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """One GEMM of a training step on n samples: C (m x n) = op(A) (m x k) op(B) (k x n)."""
+
+    name: str
+    m: int
+    n: int
+    k: int
+    trans_a: bool
+    trans_b: bool
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """The one description of the parameters: names, shapes and offsets in the flat buffer
+    (W1, b1, W2, b2 back to back, each column-major). Everything derived from the parameters'
+    shapes (sizes, the output layer's offset, the step's GEMM shapes) is derived from this."""
+
+    hidden: int
+
+    @property
+    def params(self) -> tuple[Param, ...]:
+        shapes = ((self.hidden, INPUTS), (self.hidden,), (CLASSES, self.hidden), (CLASSES,))
+        offsets = np.cumsum([0] + [math.prod(s) for s in shapes[:-1]])
+        return tuple(Param(n, s, int(o)) for n, s, o in zip(PARAM_NAMES, shapes, offsets))
+
+    def __getitem__(self, name: str) -> Param:
+        return next(p for p in self.params if p.name == name)
+
+    @property
+    def size(self) -> int:
+        last = self.params[-1]
+        return last.offset + last.size
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [p.shape for p in self.params]
+
+    @property
+    def output_layer_offset(self) -> int:
+        """Where W2, b2 (and dW2, db2) start: the hidden layer's parameters come first."""
+        return self["W2"].offset
+
+    def pack(self, params: dict[str, np.ndarray]) -> np.ndarray:
+        """Concatenate parameters column-major into one flat float64 vector."""
+        return np.concatenate([np.ravel(params[p.name], order="F") for p in self.params])
+
+    def unpack(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Copies of each parameter out of a flat host vector (column-major)."""
+        return {p.name: flat[p.offset:p.offset + p.size].reshape(p.shape, order="F").copy(order="F")
+                for p in self.params}
+
+    def gemm_shapes(self, n: int) -> list[GemmShape]:
+        """The five GEMMs of one training step on n samples, from W1's and W2's shapes."""
+        (h, inputs), (classes, _) = self["W1"].shape, self["W2"].shape
+        return [GemmShape("z1=W1 x", h, n, inputs, False, False),
+                GemmShape("z2=W2 a1", classes, n, h, False, False),
+                GemmShape("dW2=diff a1^T", classes, h, n, False, True),
+                GemmShape("da1=W2^T diff", h, n, classes, True, False),
+                GemmShape("dW1=dz1 x^T", h, inputs, n, False, True)]
+
+
 def param_shapes(hidden: int) -> list[tuple[int, ...]]:
-    return [(hidden, INPUTS), (hidden,), (CLASSES, hidden), (CLASSES,)]
+    return ParamLayout(hidden).shapes
 
 
 def init_params(hidden: int, seed: int) -> dict[str, np.ndarray]:
@@ -38,7 +116,8 @@ def init_params(hidden: int, seed: int) -> dict[str, np.ndarray]:
 
 def pack(params: dict[str, np.ndarray]) -> np.ndarray:
     """Concatenate parameters column-major into one flat float64 vector (the flat-buffer layout)."""
-    return np.concatenate([np.ravel(params[name], order="F") for name in PARAM_NAMES])
+    hidden = params["W1"].shape[0]
+    return ParamLayout(hidden).pack(params)
 
 
 class MLP:
@@ -48,10 +127,11 @@ class MLP:
         self.backend = backend
         self.hidden = hidden
         self.max_cols = max(1, max_cols)
-        shapes = param_shapes(hidden)
-        self.size = sum(int(np.prod(s)) for s in shapes)
+        self.layout = ParamLayout(hidden)
+        shapes = self.layout.shapes
+        self.size = self.layout.size
 
-        self.flat_params = backend.from_host(pack(params))
+        self.flat_params = backend.from_host(self.layout.pack(params))
         self.W1, self.b1, self.W2, self.b2 = backend.flat_views(self.flat_params, shapes)
         self.flat_grads = backend.zeros((self.size,))
         self.dW1, self.db1, self.dW2, self.db2 = backend.flat_views(self.flat_grads, shapes)
@@ -106,7 +186,7 @@ class MLP:
     @property
     def output_layer_offset(self) -> int:
         """Where dW2, db2 start in the flat buffer (W1, b1 come first)."""
-        return self.hidden * (INPUTS + 1)
+        return self.layout.output_layer_offset
 
     def add_regularisation(self, reg: float) -> None:
         """dW += reg W, applied once to the summed gradient (identically on every rank)."""
@@ -120,13 +200,7 @@ class MLP:
 
     # ------------------------------------------------------------------ host views
     def params_to_host(self) -> dict[str, np.ndarray]:
-        flat = self.backend.to_host(self.flat_params)
-        out, offset = {}, 0
-        for name, shape in zip(PARAM_NAMES, param_shapes(self.hidden)):
-            size = int(np.prod(shape))
-            out[name] = flat[offset:offset + size].reshape(shape, order="F").copy(order="F")
-            offset += size
-        return out
+        return self.layout.unpack(self.backend.to_host(self.flat_params))
 
     def reg_loss(self, reg: float) -> float:
         """(reg / 2) (||W1||_F^2 + ||W2||_F^2)."""
