@@ -18,6 +18,7 @@ import operator
 import numpy as np
 
 from backends import cuda_source as cs
+from backends import cuda_graphs
 from backends.cuda_backend import CudaBackend
 from core.hookspecs import hookimpl
 
@@ -146,6 +147,15 @@ class CupyBackend(CudaBackend):
 
     def stream_handle(self):
         return int(self._stream.ptr)
+
+    def graph_support(self):
+        return True, ""
+
+    def begin_capture(self):
+        cuda_graphs.begin_cupy_capture(self._stream)
+
+    def end_capture(self):
+        return cuda_graphs.end_cupy_capture(self._stream)
 
 
 @hookimpl

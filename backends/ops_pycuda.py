@@ -20,6 +20,7 @@ import operator
 import numpy as np
 
 from backends import cuda_source as cs
+from backends import cuda_graphs
 from backends.cuda_backend import CudaBackend
 from core.hookspecs import hookimpl
 
@@ -247,6 +248,15 @@ class PycudaBackend(CudaBackend):
 
     def stream_handle(self):
         return int(self._stream.handle)
+
+    def graph_support(self):
+        return cuda_graphs.driver_available()
+
+    def begin_capture(self):
+        cuda_graphs.begin_driver_capture(self.stream_handle())
+
+    def end_capture(self):
+        return cuda_graphs.end_driver_capture(self.stream_handle())
 
 
 @hookimpl

@@ -37,6 +37,8 @@ def _args(argv):
     p.add_argument("--samples", type=int, default=60000, help="samples per epoch (60000)")
     p.add_argument("--data-dir", default=None, help="MNIST directory (default: synthetic data)")
     p.add_argument("--comm", default="auto", help="communicator under mpirun (auto = mpi)")
+    p.add_argument("--cuda-graphs", default="auto",
+                   help="comma-separated --cuda-graphs settings to time, each a row (auto)")
     p.add_argument("--no-reference", action="store_true", help="skip the cuBLAS/PyTorch rows")
     p.add_argument("--json", default="bench.json", help="where to write the results (bench.json)")
     return p.parse_args(argv)
@@ -86,18 +88,21 @@ def _max_over_ranks(comm, values):
     return np.max(np.array(gathered), axis=0)
 
 
-def bench_training(backend_cls, comm, args, x, y, hidden, batch) -> dict:
+def bench_training(backend_cls, comm, args, x, y, hidden, batch, graphs="auto") -> dict:
     backend = backend_cls(args.dtype, device_for(backend_cls, comm.local_rank))
     comm.bind_backend(backend)
     config = TrainConfig(hidden=hidden, batch_size=batch, lr=0.1, reg=1e-4, epochs=1,
                          dtype=args.dtype)
-    trainer = DataParallelTrainer(backend, comm, config, x, y, params=init_params(hidden, 0))
+    trainer = DataParallelTrainer(backend, comm, config, x, y, params=init_params(hidden, 0),
+                                  cuda_graphs=graphs)
     total = statistics.median(time_epochs(trainer, args.epochs))
-    row = {"backend": backend_cls.name, "comm": comm.name, "ranks": comm.size, "H": hidden,
+    row = {"backend": backend_cls.name + (" +graph" if trainer.use_graphs else ""),
+           "comm": comm.name, "ranks": comm.size, "H": hidden,
            "B": batch, "epoch_ms": 1e3 * total, "samples_per_s": x.shape[1] / total,
-           "exchange": trainer.exchange.mode}
+           "exchange": trainer.exchange.mode, "cuda_graphs": trainer.use_graphs}
     if comm.size > 1:
         trainer.exchange = _NoExchange()
+        trainer._epoch_graph = None  # captured with the exchange: capture again without it
         compute = statistics.median(time_epochs(trainer, args.epochs))
         row["compute_ms"] = 1e3 * compute
         row["comm_share"] = max(0.0, (total - compute) / total)
@@ -151,7 +156,8 @@ def bench_gemm(backend, shapes, repeats=20) -> list[dict]:
 def reference_rows(args, x, y, hidden, batch) -> list[dict]:
     """The same MLP step written with cupy.matmul (cuBLAS) and with PyTorch eager."""
     rows = []
-    for name, make in (("cupy.matmul (cuBLAS)", _cupy_step), ("pytorch eager", _torch_step)):
+    for name, make in (("cupy.matmul (cuBLAS)", _cupy_step), ("pytorch eager", _torch_step),
+                       ("pytorch cuda graph", _torch_graph_epoch)):
         try:
             run_epoch = make(args.dtype, x, y, hidden, batch)
         except ImportError:
@@ -168,7 +174,7 @@ def _mlp_epoch(ops, X, Y1h, params, batch, lr=0.1, reg=1e-4):
     W1, b1, W2, b2 = params
     mm, exp, tsum, tmax = ops["mm"], ops["exp"], ops["sum"], ops["max"]
 
-    def epoch():
+    def epoch(sync=True):
         for s in range(0, X.shape[1], batch):
             x, y = X[:, s:s + batch], Y1h[:, s:s + batch]
             a1 = 1 / (1 + exp(-(mm(W1, x) + b1)))
@@ -180,7 +186,8 @@ def _mlp_epoch(ops, X, Y1h, params, batch, lr=0.1, reg=1e-4):
             b2[...] -= lr * tsum(diff, 1)
             W1[...] -= lr * (mm(dz1, x.T) + reg * W1)
             b1[...] -= lr * tsum(dz1, 1)
-        ops["sync"]()
+        if sync:
+            ops["sync"]()
     return epoch
 
 
@@ -213,6 +220,27 @@ def _torch_step(dtype, x, y, hidden, batch):
     return _mlp_epoch(ops, X, Y, params, batch)
 
 
+def _torch_graph_epoch(dtype, x, y, hidden, batch):
+    """The PyTorch step with the whole epoch captured as one CUDA graph (torch.cuda.graph),
+    replayed per epoch: PyTorch's own answer to launch overhead."""
+    import torch
+
+    eager = _torch_step(dtype, x, y, hidden, batch)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # PyTorch asks for warm-up iterations on a side stream
+        eager()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        eager(sync=False)
+
+    def epoch():
+        graph.replay()
+        torch.cuda.synchronize()
+    return epoch
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = _args(argv)
@@ -233,15 +261,17 @@ def main(argv=None) -> int:
     training, gemms = [], []
     # A throwaway row first: GPU clocks ramp up and kernels load on first use, which would
     # otherwise be charged to whichever row happens to come first.
+    graph_settings = args.cuda_graphs.split(",")
     for entry in entries:
         bench_training(entry.cls, comm, argparse.Namespace(**{**vars(args), "epochs": 1}), x, y,
                        hiddens[0], batches[0])
     for hidden in hiddens:
         for batch in batches:
             for entry in entries:
-                row = bench_training(entry.cls, comm, args, x, y, hidden, batch)
-                training.append(row)
-                say(_fmt_training(row), flush=True)
+                for graphs in graph_settings:
+                    row = bench_training(entry.cls, comm, args, x, y, hidden, batch, graphs)
+                    training.append(row)
+                    say(_fmt_training(row), flush=True)
             if comm.size == 1 and not args.no_reference:
                 for row in reference_rows(args, x, y, hidden, batch):
                     training.append(row)

@@ -16,8 +16,11 @@ from typing import Callable
 import numpy as np
 
 from core.communicator import Communicator
+from core.errors import UserError
 from core.model import MLP, init_params
 from core.ops import Backend
+
+CUDA_GRAPH_CHOICES = ("auto", "on", "off")
 
 
 def split_counts(batch: int, ranks: int) -> list[int]:
@@ -121,7 +124,7 @@ class DataParallelTrainer:
     def __init__(self, backend: Backend, comm: Communicator, config: TrainConfig,
                  train_x: np.ndarray, train_y: np.ndarray,
                  val_x: np.ndarray | None = None, val_y: np.ndarray | None = None,
-                 params: dict[str, np.ndarray] | None = None):
+                 params: dict[str, np.ndarray] | None = None, cuda_graphs: str = "off"):
         self.backend, self.comm, self.config = backend, comm, config
         self.n_train = int(train_x.shape[1])
         # The data set goes to the device once; each step only takes column views of it.
@@ -137,6 +140,34 @@ class DataParallelTrainer:
                                          self.model.output_layer_offset)
         self._nll = backend.zeros((1,))
         self._correct = backend.zeros((1,))
+        self.use_graphs, self.graph_note = self._decide_graphs(cuda_graphs)
+        self._epoch_graph = None
+        self._eval_graphs: dict[int, object] = {}  # id of the device data set -> its graph
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def _decide_graphs(self, requested: str) -> tuple[bool, str]:
+        """Whether epochs replay one captured graph, and why not when they do not ("" when they
+        do). "on" where it cannot work is the user's mistake; "auto" falls back to eager."""
+        if requested not in CUDA_GRAPH_CHOICES:
+            raise ValueError(f"cuda_graphs must be one of {CUDA_GRAPH_CHOICES}, not {requested!r}")
+        if requested == "off":
+            return False, "off as asked"
+        ok, why = self.backend.graph_support()
+        if ok and self.exchange.mode == "staged":
+            ok, why = False, ("the gradient exchange is staged through host memory (MPI): the host "
+                              "allreduce cannot be part of a graph; use --comm nccl for graphs")
+        if not ok and requested == "on":
+            raise UserError(f"--cuda-graphs on: {why}")
+        return ok, why
+
+    def _captured(self, queue_work: Callable[[], None]):
+        """A graph of the work ``queue_work()`` queues on the backend's stream."""
+        self.backend.begin_capture()
+        try:
+            queue_work()
+        finally:
+            graph = self.backend.end_capture()  # also on failure: the stream leaves capture mode
+        return graph
 
     # ------------------------------------------------------------------ training
     def step(self, start: int, batch: int) -> None:
@@ -155,13 +186,26 @@ class DataParallelTrainer:
         model.add_regularisation(self.config.reg)
         model.sgd_step(self.config.lr)
 
-    def train_epoch(self) -> float:
-        """One pass over the training set in file order; returns the epoch's training loss
-        (mean cross-entropy over the epoch's samples, as seen during training, plus the reg term)."""
+    def queue_epoch(self) -> None:
+        """Queue one pass over the training set in file order (the loss sum restarts at 0)."""
         cfg = self.config
         self.backend.fill(self._nll, 0.0)
         for start in range(0, self.n_train, cfg.batch_size):
             self.step(start, min(cfg.batch_size, self.n_train - start))
+
+    def train_epoch(self) -> float:
+        """One pass over the training set in file order; returns the epoch's training loss
+        (mean cross-entropy over the epoch's samples, as seen during training, plus the reg term).
+
+        With CUDA graphs the first epoch is captured (every step, the smaller last batch and the
+        exchange included) and every epoch replays that one graph."""
+        cfg = self.config
+        if self.use_graphs:
+            if self._epoch_graph is None:
+                self._epoch_graph = self._captured(self.queue_epoch)
+            self._epoch_graph.launch()
+        else:
+            self.queue_epoch()
         self.comm.drain()
         nll = self.comm.allreduce_host(self.backend.to_host(self._nll).astype(np.float64))[0]
         return nll / max(self.n_train, 1) + self.model.reg_loss(cfg.reg)
@@ -183,16 +227,28 @@ class DataParallelTrainer:
     def evaluate(self, X, Y) -> float:
         """Argmax accuracy over the columns of device arrays X, Y, the work split over ranks by
         the course rule and the counts summed over ranks (true sample counts, not a mean of means)."""
-        be, model = self.backend, self.model
+        be = self.backend
         n = int(X.shape[1])
-        lo, hi = rank_slice(0, n, self.comm.size, self.comm.rank)
+        if self.use_graphs and self.val is not None and X is self.val[0]:
+            # the validation set is evaluated every epoch: one graph for its whole pass
+            graph = self._eval_graphs.get(id(X))
+            if graph is None:
+                graph = self._eval_graphs[id(X)] = self._captured(lambda: self._queue_count(X, Y))
+            graph.launch()
+        else:
+            self._queue_count(X, Y)
+        correct = self.comm.allreduce_host(be.to_host(self._correct).astype(np.float64))[0]
+        return correct / max(n, 1)
+
+    def _queue_count(self, X, Y) -> None:
+        """Queue the count of this rank's correctly classified columns into ``_correct``."""
+        be, model = self.backend, self.model
+        lo, hi = rank_slice(0, int(X.shape[1]), self.comm.size, self.comm.rank)
         be.fill(self._correct, 0.0)
         for start in range(lo, hi, model.max_cols):
             stop = min(start + model.max_cols, hi)
             _, yhat = model.forward(be.cols(X, start, stop))
             be.count_correct(yhat, be.cols(Y, start, stop), self._correct)
-        correct = self.comm.allreduce_host(be.to_host(self._correct).astype(np.float64))[0]
-        return correct / max(n, 1)
 
     def evaluate_host(self, x: np.ndarray, y: np.ndarray) -> float:
         """Accuracy on a host data set (e.g. the test set), uploaded once for this call."""

@@ -119,6 +119,21 @@ class Backend(abc.ABC):
         """Raw CUDA stream handle the backend queues work on (0 = default stream)."""
         return 0
 
+    # ----------------------------------------------------------------- CUDA graphs (optional)
+    def graph_support(self) -> tuple[bool, str]:
+        """(True, "") when ``begin_capture``/``end_capture`` work here, else (False, why)."""
+        return False, f"backend {self.name!r} has no CUDA graphs"
+
+    def begin_capture(self) -> None:
+        """Start recording the work queued from now on instead of running it. Between this and
+        ``end_capture`` nothing may allocate, copy to or from the host, or synchronise."""
+        raise NotImplementedError(self.graph_support()[1])
+
+    def end_capture(self) -> Any:
+        """Stop recording; return a graph whose ``launch()`` queues the recorded work again, with
+        the same arguments, on this backend's stream (bit-identical to running it eagerly)."""
+        raise NotImplementedError(self.graph_support()[1])
+
     # ----------------------------------------------------------------- math
     @abc.abstractmethod
     def fill(self, arr: Array, value: float) -> None:

@@ -18,7 +18,8 @@ import numpy as np
 from core.errors import UserError
 from core.job import Job, comm_options, run_with_error_policy
 from core.plugins import Registry
-from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
+from core.data_parallel import (CUDA_GRAPH_CHOICES, DataParallelTrainer, TrainConfig,
+                                scale_images)
 
 #: --verify fails above these relative max-norm errors (course thresholds: double 1e-7..1e-14,
 #: float 1e-6..2e-6; float32 gets headroom for the different summation order of GPU reductions).
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="SECONDS", help="abort the job, naming the ranks that did not arrive, "
                      "when a collective takes longer (default 300; 0 = off; "
                      "also DPMLP_COLLECTIVE_TIMEOUT)")
+    run.add_argument("--cuda-graphs", choices=CUDA_GRAPH_CHOICES, default="auto",
+                     help="replay each epoch as one captured CUDA graph: auto (wherever it works, "
+                          "else eager with one line saying why), on, off")
     run.add_argument("--list-backends", action="store_true",
                      help="list backends and communicators with availability, then exit")
     data = p.add_argument_group("data")
@@ -194,7 +198,10 @@ def main(argv=None) -> int:
             f"ranks {config.batch_size}..{comm.size - 1} get no samples but still take part")
 
     trainer = job.agree(lambda: DataParallelTrainer(
-        backend, comm, config, train_x, train_y, val_x, val_y))
+        backend, comm, config, train_x, train_y, val_x, val_y, cuda_graphs=args.cuda_graphs))
+    if not backend.host_resident or args.cuda_graphs == "on":
+        say("dpmlp: CUDA graphs " + ("on: each epoch replays one graph" if trainer.use_graphs
+                                     else f"off: {trainer.graph_note}"))
     try:
         status = train_and_report(args, comm, trainer, data, train_x, train_y, say)
     except SystemExit:
