@@ -1,4 +1,5 @@
-"""Run under mpirun by tests/test_comm.py (not a test module itself).
+"""Run under mpirun by tests/test_gradient_exchange.py and tests/test_job_failures.py (not a test
+module itself).
 
     mpirun -n P python tests/comm_worker.py staged OUTDIR
         Train with a NumPy backend that pretends to keep its arrays on a device, so the trainer
@@ -20,16 +21,7 @@ import numpy as np
 from backends.ops_numpy import NumpyBackend
 from core.data_parallel import DataParallelTrainer
 from core.job import Job
-from mpi_worker import config_of, dataset
-
-CASE = dict(hidden=16, n=300, batch=67, epochs=2, reg=0.1, lr=0.5, seed=1)
-
-
-class StagedNumpy(NumpyBackend):
-    """Host arrays, but declared device-resident: exercises the staging path of the exchange."""
-
-    name = "staged-numpy"
-    host_resident = False
+from subset_training import STAGED_CASE as CASE, StagedNumpy, config_of, dataset
 
 
 class StallingNumpy(NumpyBackend):

@@ -1,4 +1,5 @@
-"""Run under mpirun by tests/test_parallel.py (not a test module itself).
+"""Run under mpirun by tests/test_data_parallel_equivalence.py and tests/test_job_failures.py (not
+a test module itself).
 
     mpirun -n P python tests/mpi_worker.py train CASES.json OUTDIR
         For every case in CASES.json ({"name": {"hidden":..,"n":..,"batch":..,"epochs":..,
@@ -11,7 +12,8 @@
         $DPMLP_TEST_FAIL_STEP, handled the way the CLI does it (core.job.Job.abort): the whole
         job must end promptly, naming the rank.
 
-The same data and training function serve the test's single-process reference (``train_params``).
+The same data and training function serve the test's single-process reference
+(``train_params``, in subset_training.py).
 """
 
 from __future__ import annotations
@@ -24,35 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from backends.ops_numpy import NumpyBackend
-from core import data
-from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 from core.job import Job
-
-_SUBSET = None
-
-
-def dataset(n: int):
-    """First n images of the bundled subset, scaled to [0,1], as the 784 x n float64 matrix."""
-    global _SUBSET
-    if _SUBSET is None:
-        _SUBSET = data.load_split(data.BUNDLED_DIR, "train")
-    images, labels = _SUBSET
-    return scale_images(images[:n], "unit", np.float64), labels[:n].astype(np.int32)
-
-
-def config_of(case: dict) -> TrainConfig:
-    return TrainConfig(hidden=case["hidden"], reg=case["reg"], lr=case["lr"],
-                       epochs=case["epochs"], batch_size=case["batch"], seed=case["seed"],
-                       dtype="float64")
-
-
-def train_params(case: dict, comm, backend=None) -> dict[str, np.ndarray]:
-    x, y = dataset(case["n"])
-    backend = backend or NumpyBackend("float64")
-    comm.bind_backend(backend)
-    trainer = DataParallelTrainer(backend, comm, config_of(case), x, y)
-    trainer.train()
-    return trainer.params()
+from subset_training import train_params
 
 
 class FailingBackend(NumpyBackend):

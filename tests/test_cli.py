@@ -3,8 +3,9 @@
 Runs on the bundled subset (DPMLP_CACHE_DIR points at an empty directory and DPMLP_DATA_DIR is
 removed, so the search order falls through to core/data/). Every user mistake must end with exit
 code 2 and exactly one stderr line naming the flag or file, never a traceback. The accuracy test
-trains the defaults on full MNIST where it is available (/work/shared/data/mnist or
-$DPMLP_FULL_MNIST) and expects >= 97% test accuracy.
+trains the defaults on full MNIST where it is available (conftest's locator: $DPMLP_DATA_DIR or
+../shared/data/mnist beside the checkout) and expects >= 97% test accuracy. The same CLI under
+mpirun is tested in test_cli_mpirun.py.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import REPO
 from core import data
 
-REPO = Path(__file__).resolve().parent.parent
 TINY = ["--backend", "numpy", "--train-size", "500", "--val-size", "100", "-e", "1", "-n", "16"]
 
 
@@ -203,20 +203,10 @@ def test_bundled_copy_in_data_dir_works(env, tmp_path):
 
 
 # ------------------------------------------------------------------ accuracy on full MNIST
-def _full_mnist_dir():
-    env = os.environ.get("DPMLP_FULL_MNIST")
-    if env and os.path.isdir(env):
-        return Path(env)
-    shared = Path("/work/shared/data/mnist")
-    return shared if shared.is_dir() else None
-
-
-@pytest.mark.skipif(_full_mnist_dir() is None,
-                    reason="full MNIST not available (set DPMLP_FULL_MNIST to a directory holding it)")
-def test_defaults_reach_97_percent_on_full_mnist(env):
+def test_defaults_reach_97_percent_on_full_mnist(env, full_mnist_dir):
     """The default flags (H=256, lr=1, reg=1e-5, B=100, 10 epochs, float32) on 54k images.
     Takes about 15 s on 2 cores; allowed up to a few minutes on a loaded machine."""
-    proc = cli(["--data-dir", str(_full_mnist_dir()), "--backend", "numpy"], env, timeout=300)
+    proc = cli(["--data-dir", str(full_mnist_dir), "--backend", "numpy"], env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "54000 train / 6000 val" in proc.stdout
     m = re.search(r"^test accuracy (\S+)% \((\d+) images\)", proc.stdout, re.M)

@@ -8,6 +8,8 @@ Reproducible: the output bytes depend only on the input content. gzip gets mtime
 name in its header (gzip.GzipFile with fileobj and filename=""), and level 9.
 
     python tools/make_subset.py [SOURCE_DIR] [--out core/data] [--train 10000] [--test 2000]
+
+SOURCE_DIR defaults to $DPMLP_DATA_DIR, else ../shared/data/mnist beside the checkout.
 """
 
 import argparse
@@ -17,8 +19,10 @@ import os
 import struct
 import sys
 
-DEFAULT_SOURCE = "/work/shared/data/mnist"
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "core", "data")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_SOURCE = os.environ.get("DPMLP_DATA_DIR") or os.path.join(REPO, "..", "shared", "data",
+                                                                  "mnist")
+DEFAULT_OUT = os.path.join(REPO, "core", "data")
 
 
 def read_raw(path):

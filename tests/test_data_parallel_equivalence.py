@@ -7,31 +7,22 @@ max-norm error, at 1e-12. The cases are the known pitfalls of SPEC.md: B not div
 smaller last batch, B < P (ranks with no samples), and a large reg (0.1) under which counting reg
 once per rank could not hide. A negative control shows that such a bug would be caught.
 
-Then the CLI under mpirun (--verify, a bad flag, a bad data dir) and a failure on one rank during
-training, which must end the whole job within seconds, naming the rank.
+The CLI under mpirun is tested in test_cli_mpirun.py, failures during a job in test_job_failures.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import mpi_worker
 from comm.single import SingleCommunicator
+from conftest import relative_max_error, run_mpi
 from core.model import PARAM_NAMES, init_params
-from core.train import relative_max_error
+from subset_training import train_params
 
-REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "mpi_worker.py"
 TOLERANCE = 1e-12
 RANKS = [1, 2, 3, 4]
@@ -47,48 +38,7 @@ CASES = {
 }
 
 
-def _mpirun():
-    beside = Path(sys.executable).parent / "mpirun"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which("mpirun")
-
-
-MPIRUN = _mpirun()
-HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
-
-pytestmark = [
-    pytest.mark.mpi,
-    pytest.mark.skipif(MPIRUN is None, reason="mpirun not found next to sys.executable or on PATH"),
-    pytest.mark.skipif(not HAVE_MPI4PY, reason="mpi4py is not installed"),
-]
-
-
-def mpi_env(**extra):
-    env = dict(os.environ)
-    env.pop("DPMLP_DATA_DIR", None)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-    env.update(extra)
-    return env
-
-
-def run_mpi(ranks, args, timeout, env=None):
-    """mpirun -n ranks --oversubscribe python ARGS; returns (returncode, stdout, stderr, seconds).
-    On timeout the whole process group is killed and the test fails with what was printed."""
-    cmd = [MPIRUN, "--oversubscribe", "-n", str(ranks), sys.executable, *args]
-    began = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env or mpi_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} still running after {timeout} s\nstdout:\n{out}\n"
-                    f"stderr:\n{err}")
-    return proc.returncode, out, err, time.monotonic() - began
+pytestmark = pytest.mark.mpi
 
 
 # ------------------------------------------------------------------ results, computed once
@@ -135,7 +85,7 @@ def reference(case: dict) -> dict[str, np.ndarray]:
     """The single-process run (SingleCommunicator) of the same case, in this process."""
     key = tuple(sorted(case.items()))
     if key not in _REFERENCE:
-        _REFERENCE[key] = mpi_worker.train_params(case, SingleCommunicator())
+        _REFERENCE[key] = train_params(case, SingleCommunicator())
     return _REFERENCE[key]
 
 
@@ -196,76 +146,3 @@ def test_negative_control_local_normalisation_is_caught():
     right = reference(case)
     wrong = reference(dict(case, lr=4 * case["lr"], reg=case["reg"] / 4))
     assert max(errors(right, wrong).values()) > 1e6 * TOLERANCE
-
-
-# ------------------------------------------------------------------ the CLI under mpirun
-def cli_env(tmp_path):
-    empty_cache = tmp_path / "empty-cache"
-    empty_cache.mkdir(exist_ok=True)
-    return mpi_env(DPMLP_CACHE_DIR=str(empty_cache))  # -> the bundled subset
-
-
-def dpmlp_lines(stderr):
-    return [line for line in stderr.splitlines() if line.startswith("dpmlp:")]
-
-
-def test_cli_verify_under_mpirun(tmp_path):
-    code, out, err, _ = run_mpi(3, ["-m", "core.train", "--backend", "numpy", "--dtype",
-                                    "float64", "--train-size", "300", "--val-size", "100",
-                                    "-e", "1", "-b", "67", "--verify"],
-                                timeout=120, env=cli_env(tmp_path))
-    assert code == 0, out + err
-    assert "verify passed" in out
-    assert "3 rank(s)" in out and "comm mpi" in out
-    assert out.count("test accuracy") == 1  # rank 0 reports, the others stay quiet
-
-
-BAD_FLAG = ["--backend", "numpy", "-b", "0"]
-
-
-def test_cli_bad_flag_under_mpirun_is_one_line(tmp_path):
-    code, out, err, _ = run_mpi(2, ["-m", "core.train", *BAD_FLAG], timeout=60,
-                                env=cli_env(tmp_path))
-    assert code == 2, out + err
-    lines = dpmlp_lines(err)
-    assert len(lines) == 1, err
-    assert "-b" in lines[0] and "batch-size" in lines[0]
-    assert "Traceback" not in err
-
-
-def test_cli_bad_flag_reported_when_rank0_is_slow(tmp_path):
-    """Deterministic form of the race: rank 0 starts 1 s later than rank 1 (MPMD launch)."""
-    delayed = ("import runpy, sys, time; time.sleep(1); "
-               f"sys.argv = ['core.train'] + {BAD_FLAG!r}; "
-               "runpy.run_module('core.train', run_name='__main__')")
-    cmd = [MPIRUN, "--oversubscribe", "-n", "1", sys.executable, "-c", delayed,
-           ":", "-n", "1", sys.executable, "-m", "core.train", *BAD_FLAG]
-    proc = subprocess.run(cmd, cwd=REPO, env=cli_env(tmp_path), capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = dpmlp_lines(proc.stderr)
-    assert len(lines) == 1, proc.stderr
-    assert "--batch-size" in lines[0]
-
-
-def test_cli_bad_data_dir_under_mpirun_is_one_line(tmp_path):
-    empty = tmp_path / "nothing-here"
-    empty.mkdir()
-    code, out, err, _ = run_mpi(2, ["-m", "core.train", "--backend", "numpy", "--data-dir",
-                                    str(empty)], timeout=60, env=cli_env(tmp_path))
-    assert code == 2, out + err
-    lines = dpmlp_lines(err)
-    assert len(lines) == 1, err
-    assert "--data-dir" in lines[0] and str(empty) in lines[0]
-    assert "Traceback" not in err
-    assert "epoch" not in out
-
-
-def test_failure_on_one_rank_ends_the_job(tmp_path):
-    env = mpi_env(DPMLP_TEST_FAIL_RANK="1", DPMLP_TEST_FAIL_STEP="3")
-    code, out, err, seconds = run_mpi(3, [str(WORKER), "fail", str(tmp_path)], timeout=30, env=env)
-    assert code != 0, out + err
-    assert "dpmlp: error on rank 1" in err, err
-    assert "injected failure" in err
-    assert not list(tmp_path.glob("finished.rank*")), "some rank went on training"
-    assert seconds < 30

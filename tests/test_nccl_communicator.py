@@ -7,25 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from core.plugins import Registry
-from test_parallel import HAVE_MPI4PY, MPIRUN, mpi_env, run_mpi
+from conftest import backend_entry_or_skip, communicator_entry_or_skip, mpi_env, run_mpi
 
 WORKER = Path(__file__).resolve().parent / "nccl_worker.py"
-_REGISTRY = Registry.load()
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(MPIRUN is None or not HAVE_MPI4PY, reason="needs mpirun and mpi4py")]
+pytestmark = [pytest.mark.gpu, pytest.mark.mpi]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("backend", ["cupy", "pycuda"])
 def test_nccl_sums_device_buffers(backend, dtype):
-    entry = {e.name: e for e in _REGISTRY.backends()}[backend]
-    if not entry.available:
-        pytest.skip(f"backend {backend} unavailable: {entry.reason}")
-    nccl = {e.name: e for e in _REGISTRY.communicators()}["nccl"]
-    if not nccl.available:
-        pytest.skip(f"nccl unavailable: {nccl.reason}")
+    entry = backend_entry_or_skip(backend)
+    communicator_entry_or_skip("nccl")
     ranks = min(2, entry.cls.device_count())
     code, out, err, _ = run_mpi(ranks, [str(WORKER), backend, dtype], timeout=120, env=mpi_env())
     assert code == 0, out + err

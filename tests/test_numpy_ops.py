@@ -1,10 +1,6 @@
-"""The NumPy reference backend, the model's gradients and the minibatch split rule.
-
-(a) every op of backends/ops_numpy.py against a NumPy formula written independently here, in
-    float32 and float64, including zero-column inputs and the aliasing the contract allows;
-(b) a central finite-difference check, in float64, of the full loss J of SPEC.md w.r.t. sampled
-    entries of W1, b1, W2, b2, through MLP.forward / backward + add_regularisation;
-(c) split_counts / rank_slice (the course's rule for cutting a minibatch over ranks).
+"""The NumPy reference backend (backends/ops_numpy.py): every op against a NumPy formula written
+independently here, in float32 and float64, including zero-column inputs and the aliasing the
+contract (core/ops.py) allows.
 
 Expected values are computed in float64 from the very inputs the backend saw (cast to the dtype
 first), so the tolerance only has to absorb the backend's own rounding in its dtype.
@@ -16,8 +12,7 @@ import numpy as np
 import pytest
 
 from backends.ops_numpy import NumpyBackend
-from core.model import CLASSES, INPUTS, MLP, PARAM_NAMES, init_params, pack, param_shapes
-from core.data_parallel import rank_slice, split_counts
+from core.model import CLASSES
 
 # One tolerance table per dtype: (rtol, atol) for assert_allclose against the float64 formula.
 TOL = {
@@ -65,7 +60,6 @@ def ref_softmax(x, axis):
     return out
 
 
-# ================================================================== (a) ops vs formulas
 # ------------------------------------------------------------------ memory
 def test_empty_zeros_from_host_to_host(be):
     e = be.empty((3, 5))
@@ -433,175 +427,3 @@ def test_zero_column_inputs(be):
     be.gemm(z, be.empty((6, 0)), dw, trans_b=True)
     assert (dw == 0).all()
     assert be.sum_squares(z) == 0.0
-
-
-# ================================================================== (b) gradient check
-H, NS, REG = 7, 13, 0.1
-
-
-def _problem(seed=5):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, 1, size=(INPUTS, NS))
-    labels = rng.integers(0, CLASSES, size=NS)
-    # Weights larger than the reference 0.01 init so that every gradient entry is well above
-    # the rounding noise of the finite difference (and the sigmoid is off its linear part).
-    params = {
-        "W1": 0.05 * rng.standard_normal((H, INPUTS)),
-        "b1": 0.3 * rng.standard_normal(H),
-        "W2": 0.5 * rng.standard_normal((CLASSES, H)),
-        "b2": 0.3 * rng.standard_normal(CLASSES),
-    }
-    return x, labels, params
-
-
-def _loss(params, x, labels, reg):
-    """J of SPEC.md written out directly in float64: mean CE + reg/2 (||W1||^2 + ||W2||^2)."""
-    z1 = params["W1"] @ x + params["b1"][:, None]
-    a1 = 1.0 / (1.0 + np.exp(-z1))
-    z2 = params["W2"] @ a1 + params["b2"][:, None]
-    z2 = z2 - z2.max(axis=0, keepdims=True)
-    logp = z2 - np.log(np.exp(z2).sum(axis=0, keepdims=True))
-    ce = -logp[labels, np.arange(x.shape[1])].mean()
-    return ce + 0.5 * reg * (np.sum(params["W1"] ** 2) + np.sum(params["W2"] ** 2))
-
-
-def _model_gradient(params, x, labels, reg, split=None):
-    """Gradient from MLP.forward/backward + add_regularisation. With ``split``, the batch is cut
-    into contiguous pieces whose contributions are summed, the way ranks do it."""
-    be = NumpyBackend("float64")
-    model = MLP(be, H, NS, params)
-    total = np.zeros(model.size)
-    X, Y = be.from_host(x), be.from_host(labels)
-    pieces = split or [NS]
-    lo = 0
-    for count in pieces:
-        xs, ys = be.cols(X, lo, lo + count), be.cols(Y, lo, lo + count)
-        a1 = yhat = None
-        if count:
-            a1, yhat = model.forward(xs)
-        model.backward(xs, ys, a1, yhat, global_batch=NS)
-        total += model.flat_grads
-        lo += count
-    model.flat_grads[...] = total
-    model.add_regularisation(reg)
-    grads = {"W1": model.dW1.copy(), "b1": model.db1.copy(), "W2": model.dW2.copy(),
-             "b2": model.db2.copy()}
-    return grads, model
-
-
-def test_model_loss_matches_formula():
-    x, labels, params = _problem()
-    be = NumpyBackend("float64")
-    model = MLP(be, H, NS, params)
-    _, yhat = model.forward(be.from_host(x))
-    acc = be.zeros((1,))
-    be.nll_sum(yhat, be.from_host(labels), acc)
-    J = acc[0] / NS + model.reg_loss(REG)
-    assert J == pytest.approx(_loss(params, x, labels, REG), rel=1e-13)
-
-
-@pytest.mark.parametrize("reg", [REG, 0.0])
-def test_gradient_finite_differences(reg):
-    x, labels, params = _problem()
-    grads, _ = _model_gradient(params, x, labels, reg)
-    rng = np.random.default_rng(7)
-    h = 1e-5
-    worst = 0.0
-    for name in PARAM_NAMES:
-        p = params[name]
-        flat_idx = rng.choice(p.size, size=min(p.size, 25), replace=False)
-        for fi in flat_idx:
-            idx = np.unravel_index(fi, p.shape)
-            old = p[idx]
-            p[idx] = old + h
-            plus = _loss(params, x, labels, reg)
-            p[idx] = old - h
-            minus = _loss(params, x, labels, reg)
-            p[idx] = old
-            numeric = (plus - minus) / (2 * h)
-            analytic = grads[name][idx]
-            rel = abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-300)
-            worst = max(worst, rel)
-            assert rel < 1e-6, f"{name}{idx}: numeric {numeric!r} analytic {analytic!r} rel {rel:.2e}"
-    assert worst < 1e-6
-
-
-def test_split_contributions_sum_to_whole_batch_gradient():
-    """Normalising by the GLOBAL size and adding reg once makes the sum of the pieces' gradients
-    (including an empty piece) equal the whole batch's, to rounding."""
-    x, labels, params = _problem()
-    whole, _ = _model_gradient(params, x, labels, REG)
-    parts, _ = _model_gradient(params, x, labels, REG, split=[5, 0, 4, 4])
-    for name in PARAM_NAMES:
-        np.testing.assert_allclose(parts[name], whole[name], rtol=1e-12, atol=1e-15)
-
-
-def test_backward_with_no_samples_gives_zero_gradient():
-    _, _, params = _problem()
-    be = NumpyBackend("float64")
-    model = MLP(be, H, 4, params)
-    be.fill(model.flat_grads, np.nan)
-    model.backward(be.empty((INPUTS, 0)), be.from_host(np.zeros(0, np.int32)), None, None, 13)
-    assert (model.flat_grads == 0).all()
-    model.add_regularisation(REG)
-    np.testing.assert_array_equal(model.dW1, REG * params["W1"])
-    assert (model.db1 == 0).all() and (model.db2 == 0).all()
-
-
-def test_sgd_step_and_flat_layout():
-    x, labels, params = _problem()
-    grads, model = _model_gradient(params, x, labels, REG)
-    model.sgd_step(0.5)
-    after = model.params_to_host()
-    for name in PARAM_NAMES:
-        np.testing.assert_allclose(after[name], params[name] - 0.5 * grads[name], rtol=1e-15,
-                                   atol=1e-17)
-    assert model.size == sum(int(np.prod(s)) for s in param_shapes(H))
-    np.testing.assert_array_equal(model.flat_params, pack(after))
-
-
-def test_init_params_deterministic_and_reference_scale():
-    a, b = init_params(32, 3), init_params(32, 3)
-    for name in PARAM_NAMES:
-        np.testing.assert_array_equal(a[name], b[name])
-    assert a["W1"].shape == (32, INPUTS) and a["W2"].shape == (CLASSES, 32)
-    assert not a["b1"].any() and not a["b2"].any()
-    assert 0.008 < a["W1"].std() < 0.012
-    assert not np.array_equal(init_params(32, 4)["W1"], a["W1"])
-
-
-# ================================================================== (c) split rule
-def test_split_counts_course_example():
-    assert split_counts(800, 3) == [267, 267, 266]
-
-
-@pytest.mark.parametrize("batch,ranks", [(800, 3), (67, 3), (67, 4), (100, 1), (2, 3), (2, 4),
-                                         (1, 4), (0, 3), (5, 5), (13, 6)])
-def test_split_counts_rule(batch, ranks):
-    counts = split_counts(batch, ranks)
-    assert len(counts) == ranks and sum(counts) == batch
-    for r, c in enumerate(counts):
-        assert c == batch // ranks + (1 if r < batch % ranks else 0)
-    assert max(counts) - min(counts) <= 1
-    assert counts == sorted(counts, reverse=True)
-
-
-def test_split_counts_batch_smaller_than_ranks():
-    assert split_counts(2, 4) == [1, 1, 0, 0]
-    assert split_counts(2, 3) == [1, 1, 0]
-
-
-@pytest.mark.parametrize("start,batch,ranks", [(0, 800, 3), (268, 67, 3), (1000, 2, 4),
-                                               (5, 32, 4), (0, 1, 2), (10, 7, 7)])
-def test_rank_slice_contiguous_cover(start, batch, ranks):
-    slices = [rank_slice(start, batch, ranks, r) for r in range(ranks)]
-    assert slices[0][0] == start and slices[-1][1] == start + batch
-    for (lo, hi), (lo2, _) in zip(slices, slices[1:]):
-        assert hi == lo2  # contiguous, no gap and no overlap
-    for (lo, hi), count in zip(slices, split_counts(batch, ranks)):
-        assert hi - lo == count and lo <= hi
-
-
-def test_rank_slice_course_example():
-    assert [rank_slice(0, 800, 3, r) for r in range(3)] == [(0, 267), (267, 534), (534, 800)]
-    assert [rank_slice(10, 2, 4, r) for r in range(4)] == [(10, 11), (11, 12), (12, 12), (12, 12)]

@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import (backend_entry_or_skip, communicator_entry_or_skip, mpi_env,
+                      relative_max_error, run_mpi)
 from core.model import PARAM_NAMES
-from core.plugins import Registry
-from core.train import relative_max_error
-from test_parallel import HAVE_MPI4PY, MPIRUN, mpi_env, run_mpi
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 # Small but real: 1000 bundled-subset images, an odd B that splits unevenly, a smaller last batch
@@ -23,22 +22,7 @@ TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 TRAIN = ["--train-size", "1000", "--val-size", "100", "-e", "2", "-b", "67", "-n", "33",
          "-r", "0.1", "-l", "0.5", "--seed", "5"]
 
-_REGISTRY = Registry.load()
-
-
-def _backend_or_skip(name):
-    entry = {e.name: e for e in _REGISTRY.backends()}.get(name)
-    if entry is None:
-        pytest.skip(f"backend {name} is not registered")
-    if not entry.available:
-        pytest.skip(f"backend {name} unavailable: {entry.reason}")
-    return entry
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(MPIRUN is None or not HAVE_MPI4PY, reason="needs mpirun and mpi4py"),
-]
+pytestmark = [pytest.mark.gpu, pytest.mark.mpi]
 
 
 def _train(tmp_path, tag, ranks, extra, timeout=240):
@@ -72,7 +56,7 @@ def _worst(expected, actual):
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 @pytest.mark.parametrize("backend", ["cupy", "pycuda"])
 def test_gpu_backend_matches_numpy_reference(tmp_path, reference, backend, ranks, dtype):
-    _backend_or_skip(backend)
+    backend_entry_or_skip(backend)
     params, stdout = _train(tmp_path, backend, ranks, ["--backend", backend, "--dtype", dtype,
                                                        "--comm", "mpi" if ranks > 1 else "single"])
     worst = _worst(reference(dtype), params)
@@ -82,8 +66,8 @@ def test_gpu_backend_matches_numpy_reference(tmp_path, reference, backend, ranks
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_cupy_matches_pycuda(tmp_path, dtype):
-    _backend_or_skip("cupy")
-    _backend_or_skip("pycuda")
+    backend_entry_or_skip("cupy")
+    backend_entry_or_skip("pycuda")
     a, _ = _train(tmp_path, "cupy", 2, ["--backend", "cupy", "--dtype", dtype])
     b, _ = _train(tmp_path, "pycuda", 2, ["--backend", "pycuda", "--dtype", dtype])
     worst = _worst(a, b)
@@ -93,7 +77,7 @@ def test_cupy_matches_pycuda(tmp_path, dtype):
 
 @pytest.mark.parametrize("backend", ["cupy", "pycuda"])
 def test_verify_flag_passes(tmp_path, backend):
-    _backend_or_skip(backend)
+    backend_entry_or_skip(backend)
     code, stdout, stderr, _ = run_mpi(2, ["-m", "core.train", *TRAIN, "--backend", backend,
                                           "--dtype", "float64", "--verify"], timeout=240,
                                       env=mpi_env())
@@ -102,16 +86,15 @@ def test_verify_flag_passes(tmp_path, backend):
 
 
 def _gpu_count():
-    entry = _backend_or_skip("cupy")
+    entry = backend_entry_or_skip("cupy")
     return entry.cls.device_count()
 
 
 @pytest.mark.parametrize("backend", ["cupy", "pycuda"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_nccl_matches_numpy_reference(tmp_path, reference, backend, dtype):
-    _backend_or_skip(backend)
-    if not {e.name: e for e in _REGISTRY.communicators()}["nccl"].available:
-        pytest.skip("nccl communicator unavailable")
+    backend_entry_or_skip(backend)
+    communicator_entry_or_skip("nccl")
     if _gpu_count() < 2:
         pytest.skip("NCCL parity needs 2 GPUs (one per rank)")
     params, _ = _train(tmp_path, f"nccl_{backend}", 2, ["--backend", backend, "--dtype", dtype,
@@ -122,9 +105,8 @@ def test_nccl_matches_numpy_reference(tmp_path, reference, backend, dtype):
 
 
 def test_nccl_refuses_shared_gpu():
-    entry = _backend_or_skip("cupy")
-    if not {e.name: e for e in _REGISTRY.communicators()}["nccl"].available:
-        pytest.skip("nccl communicator unavailable")
+    entry = backend_entry_or_skip("cupy")
+    communicator_entry_or_skip("nccl")
     ranks = entry.cls.device_count() + 1  # one more rank than GPUs: two must share
     code, stdout, stderr, _ = run_mpi(ranks, ["-m", "core.train", *TRAIN, "--backend", "cupy",
                                               "--comm", "nccl"], timeout=120, env=mpi_env())

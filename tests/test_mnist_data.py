@@ -1,15 +1,14 @@
 """core.data: IDX reading and validation, the search order, the bundled subset, downloads.
 
 Bad files are built in tmp_path from small synthetic arrays; downloads go to a local HTTP server on
-127.0.0.1 serving the bundled subset. Needs no GPU, no network and no /work/shared (except the one
-full-MNIST test, which skips without it).
+127.0.0.1 serving the bundled subset. Needs no GPU, no network and no full MNIST (except the one
+full-MNIST test, which skips without it: see conftest's locator).
 """
 
 import gzip
 import hashlib
 import http.server
 import os
-import shutil
 import struct
 import threading
 from pathlib import Path
@@ -460,20 +459,8 @@ def test_all_mirrors_fail_names_file_and_mirrors(tmp_path, server):
 # --- full MNIST, where available ------------------------------------------------------------------
 
 
-def _full_mnist_dir():
-    env = os.environ.get("DPMLP_FULL_MNIST")
-    if env and os.path.isdir(env):
-        return Path(env)
-    shared = Path("/work/shared/data/mnist")
-    return shared if shared.is_dir() else None
-
-
-@pytest.mark.skipif(
-    _full_mnist_dir() is None,
-    reason="full MNIST not available (set DPMLP_FULL_MNIST to a directory holding it)",
-)
-def test_full_mnist():
-    directory = _full_mnist_dir()
+def test_full_mnist(full_mnist_dir):
+    directory = full_mnist_dir
     tr_x, tr_y = data.load_split(directory, "train")
     te_x, te_y = data.load_split(directory, "t10k")
     assert tr_x.shape == (60_000, 784) and tr_y.shape == (60_000,)

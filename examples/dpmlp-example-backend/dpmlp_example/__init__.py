@@ -1,0 +1,1 @@
+"""An example dpmlp backend plugin; the backend lives in dpmlp_example.ops_example."""
