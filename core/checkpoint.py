@@ -344,11 +344,8 @@ def validate_checkpoint(ckpt: Checkpoint, current: dict[str, Any], *,
     CheckpointError naming the file and the difference; differences that only change rounding
     (ranks, backend, comm) come back as one-line notes."""
     where = ckpt.path if ckpt.path is not None else "checkpoint"
-    saved = dict(ckpt.config)
-    saved.setdefault("hidden", ckpt.hidden)
-    saved.setdefault("dtype", ckpt.dtype)
-    for key in ("hidden", "dtype"):  # from the arrays themselves, whatever the config says
-        saved[key] = ckpt.hidden if key == "hidden" else ckpt.dtype
+    # hidden and dtype from the arrays themselves, whatever the stored config says
+    saved = dict(ckpt.config, hidden=ckpt.hidden, dtype=ckpt.dtype)
     for key, flag in MUST_MATCH.items():
         if key in current and key in saved and not _same(saved[key], current[key]):
             raise CheckpointError(f"{where}: was trained with {flag} {_show(saved[key])}, this run "
