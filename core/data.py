@@ -20,6 +20,7 @@ import hashlib
 import math
 import os
 import struct
+import sys
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -86,9 +87,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
     magic = struct.unpack(">I", raw[:4])[0]
     if magic not in _EXPECTED_NDIM:
+        kind = sniff_file_type(raw)
         raise DataError(
             f"{path}: bad magic number {magic} (0x{magic:08x}: data type 0x{raw[2]:02x}, "
-            f"{raw[3]} dims); expected {IMAGES_MAGIC} (images: 0x08 unsigned byte, 3 dims) "
+            f"{raw[3]} dims){'; it looks like ' + kind if kind else ''}; expected "
+            f"{IMAGES_MAGIC} (images: 0x08 unsigned byte, 3 dims) "
             f"or {LABELS_MAGIC} (labels: 0x08 unsigned byte, 1 dim)"
         )
     # Both accepted magics already fix the data-type byte (0x08 = unsigned byte) and the number
@@ -118,6 +121,34 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return arr.reshape(dims[0], ROWS * COLS)
 
 
+_SIGNATURES = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x93NUMPY", "a NumPy .npy file"), (b"%PDF", "a PDF document"), (b"BZh", "a bzip2 stream"),
+    (b"\xfd7zXZ", "an xz stream"), (b"\x28\xb5\x2f\xfd", "a zstd stream"),
+)
+
+
+def sniff_file_type(raw: bytes) -> str | None:
+    """What a file that is not IDX seems to be (for the error message), or None."""
+    for signature, kind in _SIGNATURES:
+        if raw.startswith(signature):
+            return kind
+    if len(raw) > 262 and raw[257:262] == b"ustar":
+        return "a tar archive"
+    head = raw[:512].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "an HTML page (an error page saved by a download?)"
+    if head and all(32 <= c < 127 or c in (9, 10, 13) for c in raw[:512]):
+        return "a text file"
+    return None
+
+
+def describe_idx(magic: int) -> str:
+    if magic == IMAGES_MAGIC:
+        return f"an MNIST images file (IDX magic {IMAGES_MAGIC}: N x 28 x 28 pixels)"
+    return f"an MNIST labels file (IDX magic {LABELS_MAGIC}: N labels)"
+
+
 def _find_file(directory: Path, gz_name: str) -> Path | None:
     """`name.gz`, or the gunzipped `name` (read_idx reads either)."""
     for candidate in (directory / gz_name, directory / gz_name[: -len(".gz")]):
@@ -138,9 +169,11 @@ def load_split(directory: str | os.PathLike, prefix: str) -> tuple[np.ndarray, n
     images, labels = read_idx(img_path), read_idx(lbl_path)
     # Swapped or misnamed files parse fine on their own; catch them here.
     if images.ndim != 2:
-        raise DataError(f"{img_path}: holds labels (magic {LABELS_MAGIC}), expected images")
+        raise DataError(f"{img_path}: is {describe_idx(LABELS_MAGIC)}, expected "
+                        f"{describe_idx(IMAGES_MAGIC)}; are the files swapped or misnamed?")
     if labels.ndim != 1:
-        raise DataError(f"{lbl_path}: holds images (magic {IMAGES_MAGIC}), expected labels")
+        raise DataError(f"{lbl_path}: is {describe_idx(IMAGES_MAGIC)}, expected "
+                        f"{describe_idx(LABELS_MAGIC)}; are the files swapped or misnamed?")
     if len(images) != len(labels):
         raise DataError(
             f"{img_path} has {len(images)} images but {lbl_path} has {len(labels)} labels"
@@ -199,6 +232,12 @@ def locate_and_load(
     for where, what in explicit:
         if where:
             directory = Path(where)
+            if not directory.exists():
+                raise DataError(f"{what} {directory} does not exist; add --download to fetch "
+                                f"MNIST into it")
+            if not directory.is_dir():
+                raise DataError(f"{what} {directory} is a file, not a directory (give the "
+                                f"directory holding the four MNIST files)")
             missing = _missing(directory)
             if missing:
                 raise DataError(
@@ -271,59 +310,131 @@ def _verify(path: Path, name: str, checksums: dict[str, str]) -> str | None:
     return None
 
 
+#: requests' (connect, read) timeouts in seconds: an unreachable mirror fails fast, a slow one
+#: still gets to send its file.
+CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0
+
+
+def short_reason(exc: BaseException) -> str:
+    """A few words on why one mirror failed (requests' messages run to several hundred chars)."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status is not None:
+        return f"HTTP {status}" + (f" {response.reason}" if getattr(response, "reason", "") else "")
+    name = type(exc).__name__
+    text = " ".join(str(exc).split())
+    lowered = text.lower()
+    if name == "ConnectTimeout" or "connecttimeout" in lowered:
+        return f"no connection within {CONNECT_TIMEOUT:g} s"
+    if name == "ReadTimeout" or "read timed out" in lowered:
+        return f"no data for {READ_TIMEOUT:g} s"
+    for needle, words in (("name or service not known", "host not found"),
+                          ("nodename nor servname", "host not found"),
+                          ("temporary failure in name resolution", "host not found (DNS)"),
+                          ("failed to resolve", "host not found"),
+                          ("connection refused", "connection refused"),
+                          ("network is unreachable", "network unreachable"),
+                          ("certificate verify failed", "TLS certificate rejected"),
+                          ("connection reset", "connection reset")):
+        if needle in lowered:
+            return words
+    return f"{name}: {text[:80]}{'...' if len(text) > 80 else ''}"
+
+
+def _create_dirs(dest: Path) -> list[Path]:
+    """mkdir -p dest; returns the directories created (deepest last), to undo on failure."""
+    created, probe = [], dest.absolute()
+    while not probe.exists():
+        created.append(probe)
+        probe = probe.parent
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{dest}: cannot create download directory: {e.strerror or e}") from None
+    return list(reversed(created))
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    for directory in reversed(created):  # deepest first
+        try:
+            directory.rmdir()
+        except OSError:
+            return  # not empty (or gone): leave it and its parents
+
+
 def download_mnist(
     dest_dir: str | os.PathLike,
     mirrors: Iterable[str] | None = None,
     checksums: dict[str, str] | None = None,
     log: Callable[[str], None] = print,
+    progress: bool | None = None,
 ) -> Path:
     """Download the four MNIST files into `dest_dir`, skipping those already there and valid.
 
     Mirrors are tried in order (`mirrors`, else $DPMLP_MNIST_MIRRORS, comma-separated, else
     DEFAULT_MIRRORS); `checksums` replaces STANDARD_MD5. Each file is fetched to a hidden
     temporary name in dest_dir, verified, then os.replace()d into place: an interrupted or bad
-    download never appears under the final name and is deleted.
+    download never appears under the final name and is deleted. A mirror that cannot be reached
+    fails within CONNECT_TIMEOUT seconds and is reported in one short line as it fails.
+    `progress` draws a byte-count bar on stderr (default: when stderr is a terminal). When the
+    download fails, directories it created and left empty are removed.
     """
     import pooch  # the HTTP side (requests, redirects, streaming) is pooch's, not ours
 
     dest = Path(dest_dir)
     urls = _mirror_list(mirrors)
     checksums = STANDARD_MD5 if checksums is None else checksums
+    if progress is None:
+        progress = _isatty(sys.stderr)
+    created = _create_dirs(dest)
+    downloader = pooch.HTTPDownloader(progressbar=bool(progress), chunk_size=1 << 20,
+                                      timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
     try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{dest}: cannot create download directory: {e.strerror or e}") from None
-    downloader = pooch.HTTPDownloader(progressbar=False, chunk_size=1 << 20, timeout=60)
-
-    for name in ALL_FILES:
-        final = dest / name
-        if final.is_file():
-            problem = _verify(final, name, checksums)
-            if problem is None:
-                continue
-            log(f"{final}: present but bad ({problem}); downloading it again")
-        failures = []
-        for base in urls:
-            url = base + name
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest)
-            os.close(fd)
-            try:
-                log(f"downloading {url}")
-                try:
-                    downloader(url, tmp, None)
-                except Exception as e:  # any failure of one mirror (HTTP, DNS, TLS, timeout)
-                    failures.append(f"{base} ({type(e).__name__}: {' '.join(str(e).split())})")
-                    continue
-                problem = _verify(Path(tmp), name, checksums)
-                if problem is not None:
-                    failures.append(f"{base} ({problem.replace(tmp, 'download')})")
-                    continue
-                os.replace(tmp, final)
-                break
-            finally:
-                # Runs on success too (tmp is gone then), on a bad mirror, and on Ctrl-C.
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-        else:
-            raise DataError(f"{final}: download failed from every mirror: {'; '.join(failures)}")
+        for name in ALL_FILES:
+            _download_one(dest, name, urls, checksums, downloader, log)
+    except BaseException:
+        _remove_if_empty(created)
+        raise
     return dest
+
+
+def _download_one(dest, name, urls, checksums, downloader, log) -> None:
+    final = dest / name
+    if final.is_file():
+        problem = _verify(final, name, checksums)
+        if problem is None:
+            return
+        log(f"{final}: present but bad ({problem}); downloading it again")
+    failures = []
+    for number, base in enumerate(urls, 1):
+        url = base + name
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest)
+        os.close(fd)
+        try:
+            log(f"downloading {url}")
+            try:
+                downloader(url, tmp, None)
+                problem = _verify(Path(tmp), name, checksums)
+            except Exception as e:  # any failure of one mirror (HTTP, DNS, TLS, timeout)
+                problem = short_reason(e)
+            else:
+                if problem is not None:
+                    problem = problem.replace(tmp, "download")
+            if problem is None:
+                os.replace(tmp, final)
+                return
+            failures.append(f"{base} ({problem})")
+            log(f"{url}: failed ({problem})"
+                + ("; trying the next mirror" if number < len(urls) else ""))
+        finally:
+            # Runs on success too (tmp is gone then), on a bad mirror, and on Ctrl-C.
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    raise DataError(f"{final}: download failed from every mirror: {'; '.join(failures)}")
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

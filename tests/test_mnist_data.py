@@ -181,7 +181,21 @@ def test_load_split_swapped_files(tmp_path):
     img, lbl = tmp_path / data.FILES["t10k"][0], tmp_path / data.FILES["t10k"][1]
     img.write_bytes(gzip.compress(idx_labels(some_labels(3))))
     lbl.write_bytes(gzip.compress(idx_images(some_images(3))))
-    assert_data_error(data.load_split, tmp_path, "t10k", names=[img, "expected images"])
+    msg = assert_data_error(data.load_split, tmp_path, "t10k",
+                            names=[img, "is an MNIST labels file", "expected an MNIST images file"])
+    assert "swapped" in msg
+
+
+@pytest.mark.parametrize("content,kind", [
+    (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "an HTML page"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(100), "a PNG image"),
+    (b"PK\x03\x04" + bytes(100), "a ZIP archive"),
+    (b"just,some,csv\n1,2,3\n", "a text file"),
+])
+def test_non_idx_file_names_its_type(tmp_path, content, kind):
+    p = tmp_path / data.FILES["train"][0]
+    p.write_bytes(content)
+    assert_data_error(data.read_idx, p, names=[p, "bad magic number", kind])
 
 
 def test_load_split_missing_label_file(tmp_path):
@@ -276,7 +290,11 @@ def test_data_dir_without_files_is_an_error(tmp_path):
     empty = tmp_path / "no-mnist-here"
     empty.mkdir()
     assert_data_error(load_quiet, str(empty), names=[empty, "--download"])
-    assert_data_error(load_quiet, str(tmp_path / "does-not-exist"), names=["--download"])
+    assert_data_error(load_quiet, str(tmp_path / "does-not-exist"),
+                      names=["--data-dir", "does not exist", "--download"])
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert_data_error(load_quiet, str(a_file), names=["--data-dir", a_file, "not a directory"])
 
 
 def test_env_dir_without_files_is_an_error(tmp_path, monkeypatch):
@@ -426,7 +444,7 @@ def test_interrupted_download_leaves_no_file(tmp_path, server, monkeypatch):
     dest = tmp_path / "dl"
     with pytest.raises(KeyboardInterrupt):
         download(dest, ["/good/"], server)
-    assert os.listdir(dest) == []
+    assert not dest.exists()  # created by the download, left empty: removed
 
 
 def test_mirrors_from_env_and_locate_and_load_download(tmp_path, server, monkeypatch):
@@ -453,7 +471,84 @@ def test_all_mirrors_fail_names_file_and_mirrors(tmp_path, server):
     msg = str(info.value)
     assert "\n" not in msg and NAMES[0] in msg
     assert "/nothing-1/" in msg and "/nothing-2/" in msg and "404" in msg
-    assert os.listdir(dest) == []
+    assert not dest.exists()
+
+
+def test_failed_download_leaves_no_empty_directories_but_keeps_existing_ones(tmp_path, server):
+    deep = tmp_path / "a" / "b" / "c"
+    with pytest.raises(DataError):
+        download(deep, ["/nothing/"], server)
+    assert os.listdir(tmp_path) == []  # a/b/c all created by it, all removed
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    with pytest.raises(DataError):
+        download(existing, ["/nothing/"], server)
+    assert existing.is_dir() and os.listdir(existing) == []
+
+
+def test_each_failed_mirror_is_one_short_line(tmp_path, server):
+    logged = download(tmp_path / "dl", ["/missing/", "/good/"], server)
+    failed = [line for line in logged if "failed" in line]
+    assert len(failed) == len(NAMES)
+    for name, line in zip(NAMES, failed):
+        assert line == f"{server.base}/missing/{name}: failed (HTTP 404 Not Found); trying the next mirror"
+
+
+def test_unreachable_mirror_fails_fast_in_one_short_line(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    logged = []
+    began = time.monotonic()
+    with pytest.raises(DataError) as info:
+        data.download_mnist(tmp_path / "dl", [f"http://127.0.0.1:{port}/"], BUNDLED_MD5,
+                            log=logged.append)
+    assert time.monotonic() - began < 30
+    assert "connection refused" in str(info.value) and len(str(info.value)) < 300
+    assert logged[-1] == f"http://127.0.0.1:{port}/{NAMES[0]}: failed (connection refused)"
+
+
+def test_download_uses_a_short_connect_timeout(tmp_path, monkeypatch):
+    import pooch
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+        def __call__(self, url, output_file, pooch_):
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(pooch, "HTTPDownloader", Recorder)
+    with pytest.raises(DataError):
+        data.download_mnist(tmp_path / "dl", ["http://127.0.0.1:9/"], log=lambda s: None,
+                            progress=False)
+    assert seen["timeout"] == (data.CONNECT_TIMEOUT, data.READ_TIMEOUT)
+    assert data.CONNECT_TIMEOUT <= 15 and seen["progressbar"] is False
+
+
+def test_download_progress_bar_on_request(tmp_path, server, capfd):
+    server.hits.clear()
+    data.download_mnist(tmp_path / "dl", [server.base + "/good/"], BUNDLED_MD5,
+                        log=lambda s: None, progress=True)
+    assert "100%" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("exc_name,text,expect", [
+    ("ConnectTimeout", "HTTPSConnectionPool(host='x', port=443): Max retries exceeded ... "
+     "(Caused by ConnectTimeoutError(...))", "no connection within"),
+    ("ConnectionError", "HTTPSConnectionPool(host='nosuch.invalid', port=443): Max retries "
+     "exceeded (Caused by NameResolutionError: Failed to resolve 'nosuch.invalid' ([Errno -2] "
+     "Name or service not known))", "host not found"),
+    ("ReadTimeout", "HTTPSConnectionPool: Read timed out. (read timeout=60)", "no data for"),
+])
+def test_short_reason(exc_name, text, expect):
+    exc = type(exc_name, (Exception,), {})(text)
+    assert data.short_reason(exc).startswith(expect)
 
 
 # --- full MNIST, where available ------------------------------------------------------------------
