@@ -62,8 +62,8 @@ class CudaBackend(Backend):
     gemm_tile: str | None = None
 
     # ----------------------------------------------------------------- what a subclass provides
-    #: how an argument of each kind of op_table.KERNEL_SIGNATURES (P pointer, i int, r real) is passed:
-    #: a function of the value the op holds (its array, int or float); set per instance
+    #: how an argument of each kind of op_table.KERNEL_SIGNATURES (P pointer, i int, r real) is
+    #: passed: a function of the value the op holds (its array, int or float); set per instance
     _ARG: dict[str, Callable[[Any], Any]]
     # _contiguous and _layout are plain callables of one array (operator.attrgetter), no methods:
     # the hot path calls them on every op.

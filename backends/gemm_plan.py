@@ -1,5 +1,5 @@
-"""GEMM launch planning for the GPU backends: the tiles of backends/gemm.cuh, which tile an M x N x K
-product gets, and the whole launch (kernel, grid, block, sizes) of one call's shapes.
+"""GEMM launch planning for the GPU backends: the tiles of backends/gemm.cuh, which tile an
+M x N x K product gets, and the whole launch (kernel, grid, block, sizes) of one call's shapes.
 
 Pure Python: importing this module never touches a GPU library. The GEMM is the one op whose launch
 is chosen per shape rather than computed from the operand sizes alone, so it is planned here once

@@ -77,7 +77,8 @@ TOLERANCE_KINDS = ("exact", "elementwise", "reduction", "gemm")
 def check_index_range(*sizes: int) -> None:
     for size in sizes:
         if size > MAX_ELEMENTS:
-            raise ValueError(f"{size} elements: kernels.cu indexes with 32-bit ints (max {MAX_ELEMENTS})")
+            raise ValueError(
+                f"{size} elements: kernels.cu indexes with 32-bit ints (max {MAX_ELEMENTS})")
 
 
 def leading_dim(shape, col_stride_elems: int | None) -> int:
@@ -322,7 +323,8 @@ class Launch:
         pairs = tuple(tuple(p.strip().split(":", 1)) for p in self.params.split(","))
         for pair in pairs:
             if len(pair) != 2 or pair[0] not in KINDS or not pair[1] or ":" in pair[1]:
-                raise ValueError(f"{self.kernel}: bad parameter {':'.join(pair)!r} (kinds: {sorted(KINDS)})")
+                raise ValueError(f"{self.kernel}: bad parameter {':'.join(pair)!r} "
+                                 f"(kinds: {sorted(KINDS)})")
         return pairs
 
     @property
@@ -464,10 +466,11 @@ def dispatch_source(op: Op) -> tuple[str, dict[str, Any]]:
     sizes = _names(op.sizes)
     shape_args = op.shape_args or ", ".join(op.param_names)
     target = sizes[0] if len(sizes) == 1 else "_sizes"
+    empty = "" if op.empty_result is None else f" {op.empty_result!r}"
     lines = [f"def {op.name}(self, {op.params}):",
              f"    {target} = _shape({shape_args})",
              f"    if {target} is None:",
-             f"        return {op.empty_result!r}" if op.empty_result is not None else "        return"]
+             f"        return{empty}"]
     if len(sizes) > 1:
         lines.append(f"    {', '.join(sizes)} = _sizes")
 

@@ -36,7 +36,8 @@ def _kernels_for(dtype: np.dtype, device: int):
             # RawKernel.kernel compiles (NVRTC, cached on disk by CuPy), loads on this device and
             # returns the cupy.cuda.Function, whose call takes the stream explicitly: no
             # `with stream:` (and its bookkeeping) around every launch.
-            _KERNELS[key] = {name: module.get_function(name).kernel for name in op_table.KERNEL_NAMES}
+            _KERNELS[key] = {name: module.get_function(name).kernel
+                             for name in op_table.KERNEL_NAMES}
     return _KERNELS[key]
 
 

@@ -74,7 +74,8 @@ def test_kernel_parameters_match_source(kernel):
     int, real)."""
     c_types = declared_kernels(cuda_compile.read_source())[kernel]
     params = op_table.KERNELS[kernel].parameters
-    assert len(params) == len(c_types), f"{kernel}: table {len(params)} params, source {len(c_types)}"
+    assert len(params) == len(c_types), (
+        f"{kernel}: table {len(params)} params, source {len(c_types)}")
     for pos, ((kind, expr), c_type) in enumerate(zip(params, c_types)):
         assert kind in _C_KINDS[c_type], f"{kernel} parameter {pos} ({expr}): {kind} vs C {c_type}"
 
