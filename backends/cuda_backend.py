@@ -1,8 +1,11 @@
 """The ops of core/ops.py for the CUDA backends, written once over the kernels of kernels.cu.
 
 CupyBackend (ops_cupy.py) and PycudaBackend (ops_pycuda.py) launch the same kernels with the same
-geometry (cuda_source.py) and differ only in the library underneath. Every op lives here; a
-subclass provides the library and nothing else (the abstract members below):
+geometry and differ only in the library underneath. Every op lives here: the GEMM is written out
+(its launches are planned per shape by gemm_plan.py); every other op is generated, when this module
+is imported, from its entry in op_table.py (shape rule, operand checks, kernels, launch geometry),
+so an op added to the table needs no method here. A subclass provides the library and nothing else
+(the abstract members below):
 
 * its ``__init__``: the device, a stream and the compiled kernels, handed on to ``_start``;
 * how a kernel is called: ``_call`` and ``_ARG`` (see ``_launcher``);
@@ -18,29 +21,49 @@ from __future__ import annotations
 
 import abc
 import importlib
+import linecache
 import math
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from backends import cuda_source as cs
+from backends import gemm_plan, op_table
 from core.ops import Backend
 
-_INT32 = np.dtype(np.int32)
-_BLOCK = cs.BLOCK_DIM
-# arguments 3 to 8 of every gemm_* kernel: M, N, K, lda, ldb, ldc (cs.KERNEL_SIGNATURES)
-_GEMM_SIZES = range(3, 9)
+
+def _table_method(op: op_table.Op):
+    """The method of `op`, compiled from op_table.dispatch_source; its source is registered with
+    linecache, so tracebacks and debuggers show the generated lines."""
+    source, env = op_table.dispatch_source(op)
+    filename = f"<op_table {op.name}>"
+    exec(compile(source, filename, "exec"), env)  # our own table's code, never input
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    method = env[op.name]
+    method.__module__ = __name__
+    method.__qualname__ = f"CudaBackend.{op.name}"
+    method.__doc__ = getattr(Backend, op.name).__doc__
+    return method
 
 
+def _add_table_ops(cls):
+    """Give `cls` the generated method of every op of op_table.OPS but the planned GEMM."""
+    for op in op_table.OPS:
+        if not op.planned:
+            setattr(cls, op.name, _table_method(op))
+    abc.update_abstractmethods(cls)
+    return cls
+
+
+@_add_table_ops
 class CudaBackend(Backend):
     host_resident = False
 
-    #: force one GEMM tile of cuda_source.GEMM_TILES (tests, tuning); None picks per shape
+    #: force one GEMM tile of gemm_plan.GEMM_TILES (tests, tuning); None picks per shape
     gemm_tile: str | None = None
 
     # ----------------------------------------------------------------- what a subclass provides
-    #: how an argument of each kind of cs.KERNEL_SIGNATURES (P pointer, i int, r real) is passed:
-    #: a function of the value the op holds (its array, int or float); set per instance
+    #: how an argument of each kind of op_table.KERNEL_SIGNATURES (P pointer, i int, r real) is
+    #: passed: a function of the value the op holds (its array, int or float); set per instance
     _ARG: dict[str, Callable[[Any], Any]]
     # _contiguous and _layout are plain callables of one array (operator.attrgetter), no methods:
     # the hot path calls them on every op.
@@ -127,24 +150,28 @@ class CudaBackend(Backend):
         `kernels` maps each kernel name to what the subclass's ``_call`` launches."""
         self._kernel_fns = kernels
         self._num_sms = num_sms
-        #: kernel name -> launch(grid, block, *args); the GEMM kernels launch through their plans
-        self._launch = {name: self._launcher(name) for name in cs.KERNEL_NAMES
-                        if not name.startswith("gemm_")}
+        #: kernel name -> launch(grid, block, *args), for the generated ops; the GEMM kernels
+        #: launch through their plans
+        self._launch = {launch.kernel: self._launcher(launch.kernel)
+                        for op in op_table.OPS if not op.planned for launch in op.all_launches}
         self._gemm_plans: dict[tuple, tuple | None] = {}
-        # sum_squares: per-block partial sums, then the total in the last slot
-        self._scratch = self.empty((cs.SUM_PARTIAL_BLOCKS + 1,))
+        # workspace of sum_squares (the W parameters of its launches): per-block partial sums,
+        # then the total in the last slot
+        self._scratch = self.empty((op_table.SUM_PARTIAL_BLOCKS + 1,))
+        self._total = self.cols(self._scratch, op_table.SUM_PARTIAL_BLOCKS,
+                                op_table.SUM_PARTIAL_BLOCKS + 1)
         self._scalar_host = self.host_buffer(1)
 
     def _launcher(self, kernel: str, fixed: dict[int, Any] | None = None) -> Callable:
         """``launch(grid, block, *args)`` for `kernel`, args in the kernel's order as the ops hold
         them (arrays, Python ints and floats), each converted by the subclass's ``_ARG`` function
-        for its kind in cs.KERNEL_SIGNATURES (P pointer, i int, r real).
+        for its kind in op_table.KERNEL_SIGNATURES (P pointer, i int, r real).
 
         Arguments in `fixed` (position -> value) are converted once, here, and are no parameters
         of the launcher: a GEMM plan fixes the sizes."""
         fixed = fixed or {}
         fn, call = self._kernel_fns[kernel], self._call
-        kinds = cs.KERNEL_SIGNATURES[kernel]
+        kinds = op_table.KERNEL_SIGNATURES[kernel]
         converters = [self._ARG[kind] for pos, kind in enumerate(kinds) if pos not in fixed]
         if not fixed:
             def launch(grid, block, *args):
@@ -158,23 +185,13 @@ class CudaBackend(Backend):
                                    for pos in range(len(kinds))])
         return launch_with_constants
 
-    def _check(self, *arrays, dtype=None):
-        """The element-wise kernels read each array as .size contiguous elements of the dtype."""
-        dtype = dtype or self.dtype
-        contiguous = self._contiguous
-        for arr in arrays:
-            if arr.dtype != dtype:
-                raise TypeError(f"expected {dtype} array, got {arr.dtype}")
-            if not contiguous(arr):
-                raise ValueError("element-wise kernels need contiguous (column-slice or flat) views")
-
     def _ld(self, arr) -> int:
         if arr.ndim != 2:
             raise ValueError(f"expected a matrix, got shape {arr.shape}")
         if arr.dtype != self.dtype:
             raise TypeError(f"expected {self.dtype} matrix, got {arr.dtype}")
         ld = self._leading_dim(arr)
-        cs.check_index_range(ld * max(arr.shape[1], 1))
+        op_table.check_index_range(ld * max(arr.shape[1], 1))
         return ld
 
     # ----------------------------------------------------------------- memory and transfers
@@ -200,26 +217,28 @@ class CudaBackend(Backend):
         self._stream.synchronize()
 
     # ----------------------------------------------------------------- math
-    # Hot path: each op checks shapes, then launches one kernel. GEMM launches are planned once
-    # per operand layout, so a training step only looks them up.
-    def fill(self, arr, value):
-        n = arr.size
-        if n == 0:
-            return
-        if arr.dtype == _INT32:
-            self._check(arr, dtype=_INT32)
-            self._launch["fill_int"](cs.elementwise_grid(n), _BLOCK, arr, n, int(value))
-        else:
-            self._check(arr)
-            self._launch["fill_real"](cs.elementwise_grid(n), _BLOCK, arr, n, value)
+    # Every op but the GEMM is generated from its entry in op_table.OPS (_add_table_ops, above):
+    # a shape check, then one prepared launch per kernel. These are the helpers it calls.
+    def _reject(self, arr, dtype):
+        """Raise for an operand the element-wise kernels cannot read as .size contiguous elements
+        of `dtype` (the generated ops call this only once a check has failed)."""
+        if arr.dtype != dtype:
+            raise TypeError(f"expected {dtype} array, got {arr.dtype}")
+        raise ValueError("element-wise kernels need contiguous (column-slice or flat) views")
 
+    def _read_total(self) -> float:
+        """The value sum_squares left in the workspace's last slot (synchronises)."""
+        self._d2h(self._total, self._scalar_host)
+        return float(self._scalar_host[0])
+
+    # GEMM launches are planned once per operand layout, so a training step only looks them up.
     def _plan_gemm(self, a, b, c, trans_a, trans_b):
         lda, ldb, ldc = self._ld(a), self._ld(b), self._ld(c)
-        plan = cs.plan_gemm(a.shape, b.shape, c.shape, trans_a, trans_b, self._num_sms,
-                            self.gemm_tile)
+        plan = gemm_plan.plan_gemm(a.shape, b.shape, c.shape, trans_a, trans_b, self._num_sms,
+                                   self.gemm_tile)
         if plan is None:
             return None
-        sizes = dict(zip(_GEMM_SIZES, (plan.m, plan.n, plan.k, lda, ldb, ldc)))
+        sizes = dict(zip(gemm_plan.GEMM_SIZE_POSITIONS, (plan.m, plan.n, plan.k, lda, ldb, ldc)))
         return self._launcher(plan.kernel, fixed=sizes), plan.grid, plan.block
 
     def gemm(self, a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
@@ -236,84 +255,3 @@ class CudaBackend(Backend):
             launch, grid, block = plan
             launch(grid, block, a, b, c, alpha, beta)
 
-    def bias_sigmoid(self, z, bias, out):
-        rows, n = cs.bias_shapes(z, bias, out)
-        if n:
-            self._check(z, bias, out)
-            self._launch["bias_sigmoid"](cs.elementwise_grid(n), _BLOCK, z, bias, out, rows, n)
-
-    def add_bias(self, z, bias):
-        rows, n = cs.bias_shapes(z, bias, z)
-        if n:
-            self._check(z, bias)
-            self._launch["add_bias"](cs.elementwise_grid(n), _BLOCK, z, bias, rows, n)
-
-    def sigmoid(self, x, out):
-        n = cs.same_size(x, out)
-        if n:
-            self._check(x, out)
-            self._launch["sigmoid"](cs.elementwise_grid(n), _BLOCK, x, out, n)
-
-    def softmax(self, x, out, axis=0):
-        nlines, length, line_stride, elem_stride = cs.softmax_lines(x, out, axis)
-        if nlines and length:
-            self._check(x, out)
-            self._launch["softmax_lines"](cs.softmax_grid(nlines), _BLOCK, x, out, nlines, length,
-                                          line_stride, elem_stride)
-
-    def sigmoid_backward(self, grad, a, out):
-        n = cs.same_size(grad, a, out)
-        if n:
-            self._check(grad, a, out)
-            self._launch["sigmoid_backward"](cs.elementwise_grid(n), _BLOCK, grad, a, out, n)
-
-    def reduce_cols(self, x, out, alpha=1.0):
-        rows, cols = cs.reduce_shapes(x, out)
-        if rows:
-            ld = self._ld(x)
-            self._check(out)
-            grid, block = cs.reduce_cols_launch(rows)
-            self._launch["reduce_cols"](grid, block, x, out, rows, cols, ld, alpha)
-
-    def softmax_xent_backward(self, yhat, labels, scale, out):
-        rows, cols = cs.label_shapes(yhat, labels)
-        n = cs.same_size(yhat, out)
-        if n:
-            self._check(yhat, out)
-            self._check(labels, dtype=_INT32)
-            self._launch["softmax_xent_backward"](cs.elementwise_grid(n), _BLOCK, yhat, labels, out,
-                                                  rows, n, scale)
-
-    def axpy(self, alpha, x, y):
-        n = cs.same_size(x, y)
-        if n:
-            self._check(x, y)
-            self._launch["axpy"](cs.elementwise_grid(n), _BLOCK, x, y, n, alpha)
-
-    def _label_reduction(self, kernel, scores, labels, acc):
-        """nll_sum and count_correct: one block adds a sum over the columns into acc[0]."""
-        rows, cols = cs.label_shapes(scores, labels)
-        if rows and cols:
-            ld = self._ld(scores)
-            self._check(labels, dtype=_INT32)
-            self._check(acc)
-            self._launch[kernel](cs.ONE_BLOCK, _BLOCK, scores, labels, acc, rows, cols, ld)
-
-    def nll_sum(self, yhat, labels, acc):
-        self._label_reduction("nll_sum", yhat, labels, acc)
-
-    def count_correct(self, scores, labels, acc):
-        self._label_reduction("count_correct", scores, labels, acc)
-
-    def sum_squares(self, x):
-        n = x.size
-        if n == 0:
-            return 0.0
-        self._check(x)
-        cs.check_index_range(n)
-        grid = cs.sum_squares_grid(n)
-        self._launch["sum_squares_partial"](grid, _BLOCK, x, self._scratch, n)
-        total = self.cols(self._scratch, cs.SUM_PARTIAL_BLOCKS, cs.SUM_PARTIAL_BLOCKS + 1)
-        self._launch["sum_partials"](cs.ONE_BLOCK, _BLOCK, self._scratch, grid[0], total)
-        self._d2h(total, self._scalar_host)
-        return float(self._scalar_host[0])

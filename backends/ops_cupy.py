@@ -17,8 +17,7 @@ import operator
 
 import numpy as np
 
-from backends import cuda_source as cs
-from backends import cuda_graphs
+from backends import cuda_compile, cuda_graphs, op_table
 from backends.cuda_backend import CudaBackend
 from core.hookspecs import hookimpl
 
@@ -32,11 +31,13 @@ def _kernels_for(dtype: np.dtype, device: int):
         import cupy
 
         with cupy.cuda.Device(device):
-            module = cupy.RawModule(code=cs.read_source(), options=cs.compile_options(dtype))
+            module = cupy.RawModule(code=cuda_compile.read_source(),
+                                    options=cuda_compile.compile_options(dtype))
             # RawKernel.kernel compiles (NVRTC, cached on disk by CuPy), loads on this device and
             # returns the cupy.cuda.Function, whose call takes the stream explicitly: no
             # `with stream:` (and its bookkeeping) around every launch.
-            _KERNELS[key] = {name: module.get_function(name).kernel for name in cs.KERNEL_NAMES}
+            _KERNELS[key] = {name: module.get_function(name).kernel
+                             for name in op_table.KERNEL_NAMES}
     return _KERNELS[key]
 
 
@@ -90,7 +91,7 @@ class CupyBackend(CudaBackend):
             return max(arr.shape[0], 1)
         if arr.shape[0] > 1 and arr.strides[0] != arr.itemsize:
             raise ValueError("matrices must be column-major (Fortran order)")
-        return cs.leading_dim(arr.shape, arr.strides[1] // arr.itemsize)
+        return op_table.leading_dim(arr.shape, arr.strides[1] // arr.itemsize)
 
     # ----------------------------------------------------------------- memory and transfers
     def empty(self, shape, dtype=None):

@@ -16,18 +16,29 @@ from __future__ import annotations
 import atexit
 import math
 import operator
+from dataclasses import dataclass
 
 import numpy as np
 
-from backends import cuda_source as cs
-from backends import cuda_graphs
+from backends import cuda_compile, cuda_graphs, op_table
 from backends.cuda_backend import CudaBackend
 from core.hookspecs import hookimpl
 
 # device index -> pycuda.driver.Context (the retained primary context)
 _CONTEXTS: dict[int, object] = {}
-# [device index of the context this module last pushed, pushes not yet popped]
-_STACK = [None, 0]
+
+
+@dataclass
+class _ContextStack:
+    """What this module has pushed onto PyCUDA's context stack."""
+
+    #: device index of the context this module pushed last (None: nothing pushed)
+    current: int | None = None
+    #: pushes not yet popped
+    pushes: int = 0
+
+
+_STACK = _ContextStack()
 # (dtype name, device index) -> {kernel name: prepared pycuda Function}; compiled once per process
 _KERNELS: dict[tuple[str, int], dict[str, object]] = {}
 
@@ -45,11 +56,11 @@ def _primary_context(index: int):
         import pycuda.driver as cuda
 
         ctx = _CONTEXTS[index] = cuda.Device(index).retain_primary_context()
-    if _STACK[0] != index:
+    if _STACK.current != index:
         ctx.push()
-        _STACK[0] = index
-        _STACK[1] += 1
-        if _STACK[1] == 1:
+        _STACK.current = index
+        _STACK.pushes += 1
+        if _STACK.pushes == 1:
             atexit.register(_pop_contexts)
     return ctx
 
@@ -59,13 +70,13 @@ def _pop_contexts():
 
     # Functions and modules first: unloading them needs their context.
     _KERNELS.clear()
-    while _STACK[1] > 0:
-        _STACK[1] -= 1
+    while _STACK.pushes > 0:
+        _STACK.pushes -= 1
         try:
             cuda.Context.pop()
         except Exception:
             break
-    _STACK[0] = None
+    _STACK.current = None
     _CONTEXTS.clear()
 
 
@@ -74,12 +85,14 @@ def _kernels_for(dtype: np.dtype, device: int):
     if key not in _KERNELS:
         from pycuda.compiler import SourceModule
 
-        module = SourceModule(cs.read_source(), nvcc=cs.find_nvcc() or "nvcc",
-                              options=list(cs.compile_options(dtype)), no_extern_c=True)
+        # the headers are expanded into the source (cuda_compile): nvcc runs in a temporary
+        # directory and needs no include path
+        module = SourceModule(cuda_compile.read_source(), nvcc=cuda_compile.find_nvcc() or "nvcc",
+                              options=list(cuda_compile.compile_options(dtype)), no_extern_c=True)
         kernels = {}
-        for name, signature in cs.KERNEL_SIGNATURES.items():
+        for name, signature in op_table.KERNEL_SIGNATURES.items():
             func = module.get_function(name)
-            func.prepare(cs.pycuda_format(signature, dtype))
+            func.prepare(op_table.pycuda_format(signature, dtype))
             kernels[name] = func
         kernels["_module"] = module  # keeps the module loaded while the functions live
         _KERNELS[key] = kernels
@@ -168,7 +181,7 @@ class PycudaBackend(CudaBackend):
 
     @classmethod
     def _missing(cls) -> str | None:
-        if cs.find_nvcc() is None:
+        if cuda_compile.find_nvcc() is None:
             return "nvcc not found (PyCUDA compiles kernels.cu with it): add it to PATH"
         return None
 
@@ -182,7 +195,7 @@ class PycudaBackend(CudaBackend):
         self._dev = cuda.Device(self.device_index)
         self._stream = cuda.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit sync with stream 0
         self._fns = _kernels_for(self.dtype, self.device_index)
-        self._start({name: self._fns[name].prepared_async_call for name in cs.KERNEL_NAMES},
+        self._start({name: self._fns[name].prepared_async_call for name in op_table.KERNEL_NAMES},
                     int(self._dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)))
 
     def _call(self, fn, grid, block, args):

@@ -1,15 +1,18 @@
 """Every op of the GPU backends (cupy, pycuda) against the NumPy reference backend, for float32 and
-float64, on awkward sizes (1, 7, 33, 100, 784, 1013, zero columns), all four GEMM transposes, column
-and flat views, aliasing, large softmax inputs and argmax ties. The reference itself is checked
-against direct NumPy formulas where that is cheap.
+float64. The ops come from the op table (backends/op_table.py): each entry is run on every backend
+and dtype, on awkward sizes (1, 7, 33, 100, 784, 1013, zero columns), with its own inputs
+(``cases``), in place where the contract allows aliasing, and on cupy and pycuda side by side (bit
+for bit). Hand-written tests add what a table entry cannot say: all four GEMM transposes and every
+tile, the course GEMM check, leading dimensions, column and flat views, large softmax inputs and
+argmax ties. The reference itself is checked against direct NumPy formulas where that is cheap.
 
 Error measure: relative max-norm, max|got - ref| / max|ref| (the course's measure), with the
-tolerances of TOLERANCES below. Why these numbers (measured on random N(0,1) data): a float32 dot
-product over K = 784..3200 terms accumulated in a different order than NumPy's BLAS differs by about
-1e-6 relative to max|C| (3e-6 seen at K = 3200 on an H100), float64 by about 1e-15; element-wise
-ops differ by the few ulps of exp/log implementations; sums (reductions, and softmax's
-normaliser over up to 1013 terms) by their summation order. Integer-valued GEMMs (the course check)
-must match exactly.
+tolerance of the entry's kind in TOLERANCES below. Why these numbers (on random N(0,1) data): a
+float32 dot product over K = 784..3200 terms accumulated in a different order than NumPy's BLAS
+differs by about 1e-6 relative to max|C|, float64 by about 1e-15; element-wise ops differ by the few
+ulps of exp/log implementations; sums (reductions, and softmax's normaliser over up to 1013 terms)
+by their summation order. "exact" ops (fill, count_correct) and integer-valued GEMMs (the course
+check) must match exactly.
 
 GPU tests skip with the backend's own availability() reason where it cannot run (CI: no GPU, no
 cupy, no pycuda).
@@ -22,14 +25,14 @@ import importlib
 import numpy as np
 import pytest
 
-from backends import cuda_source as cs
+from backends import gemm_plan, op_table
 from backends.ops_numpy import NumpyBackend
 
 # ------------------------------------------------------------------------------- tolerances
 #: relative max-norm error allowed, per dtype and kind of op
 TOLERANCES = {
-    "float64": {"gemm": 1e-12, "elementwise": 1e-14, "reduction": 1e-12},
-    "float32": {"gemm": 1e-5, "elementwise": 2e-6, "reduction": 1e-5},
+    "float64": {"exact": 0.0, "gemm": 1e-12, "elementwise": 1e-14, "reduction": 1e-12},
+    "float32": {"exact": 0.0, "gemm": 1e-5, "elementwise": 2e-6, "reduction": 1e-5},
 }
 
 DTYPES = ["float64", "float32"]
@@ -43,7 +46,7 @@ GEMM_SHAPES = [
     (1, 1013, 33), (10, 800, 1024), (10, 1024, 800), (1024, 800, 784), (1024, 800, 10),
     (7, 33, 0), (7, 0, 33), (0, 7, 33),
 ]
-# (rows, cols) for the element-wise ops and reductions
+# (rows, cols) handed to each entry's cases (the GEMM's: M x N, K = 33)
 EW_SHAPES = [(10, 1), (10, 33), (100, 1013), (784, 7), (7, 0), (1, 100), (1013, 10)]
 
 gpu_test = pytest.mark.gpu
@@ -61,6 +64,10 @@ def rel_err(got, ref) -> float:
 
 def assert_close(got, ref, dtype, kind):
     tol = TOLERANCES[str(dtype)][kind]
+    if kind == "exact":
+        got, ref = np.asarray(got), np.asarray(ref)
+        assert got.shape == ref.shape and np.array_equal(got, ref), f"not exact ({dtype})"
+        return 0.0
     err = rel_err(got, ref)
     assert err <= tol, f"{kind} relative max-norm error {err:.3e} > {tol:.0e} ({dtype})"
     return err
@@ -130,7 +137,7 @@ def test_gemm(gpu, ref, mnk, trans_a, trans_b):
 
 
 @gpu_test
-@pytest.mark.parametrize("tile", sorted(cs.GEMM_TILES))
+@pytest.mark.parametrize("tile", sorted(gemm_plan.GEMM_TILES))
 @pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES, ids=["nn", "nt", "tn", "tt"])
 def test_gemm_every_tile(gpu, ref, tile, trans_a, trans_b):
     """Each tile kernel on sizes that are no multiple of any tile (the heuristic alone would leave
@@ -275,86 +282,97 @@ def test_gemm_and_axpy_on_flat_views(gpu, ref):
     assert np.array_equal(gpu.to_host(w1), flat[:hidden * 784].reshape(hidden, 784, order="F"))
 
 
-# ------------------------------------------------------------------------------- element-wise
-def _ew_inputs(rng, rows, cols, dtype):
-    return {
-        "z": rand(rng, (rows, cols), dtype, 3.0),
-        "bias": rand(rng, (rows,), dtype),
-        "grad": rand(rng, (rows, cols), dtype),
-        "a": np.asfortranarray(rng.uniform(0.0, 1.0, (rows, cols))).astype(dtype, order="F"),
-        "labels": labels_for(rng, rows, cols),
-    }
+# ------------------------------------------------------------------------------- the op table
+TABLE_OPS = [pytest.param(op, id=op.name) for op in op_table.OPS]
+
+
+def _run(backend, op, case, device):
+    """Call `op` on `backend` with the case's arguments, arrays already on the backend."""
+    return getattr(backend, op.name)(*(device.get(p, case.get(p)) for p in op.param_names
+                                       if p in case))
+
+
+def _to_device(gpu, case, aliased=()):
+    """The case's arrays on the GPU; each (out, in) pair of `aliased` becomes one array."""
+    device = {k: gpu.from_host(v) for k, v in case.items() if isinstance(v, np.ndarray)}
+    for out, inp in aliased:
+        device[out] = device[inp]
+    return device
+
+
+def _host_copy(case, aliased=()):
+    copy = {k: (v.copy(order="F") if isinstance(v, np.ndarray) else v) for k, v in case.items()}
+    for out, inp in aliased:
+        copy[out] = copy[inp]
+    return copy
+
+
+def _reference(ref, op):
+    return op.reference or getattr(ref, op.name)
+
+
+def _check_against_reference(gpu, ref, op, case, aliased=()):
+    dt = gpu.dtype
+    expected = _host_copy(case, aliased)
+    ref_result = _reference(ref, op)(**expected)
+    device = _to_device(gpu, case, aliased)
+    result = _run(gpu, op, case, device)
+    for name, original in case.items():
+        if not isinstance(original, np.ndarray):
+            continue
+        got = gpu.to_host(device[name])
+        if name in op.writes or any(name == inp for _, inp in aliased):
+            assert_close(got, expected[name], dt, op.tolerance)
+        else:
+            assert np.array_equal(got, original), f"{op.name} changed its input {name}"
+    if op.result:
+        assert isinstance(result, float)
+        assert_close(result, ref_result, dt, op.tolerance)
+    else:
+        assert result is None
 
 
 @gpu_test
 @pytest.mark.parametrize("shape", EW_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_elementwise_ops(gpu, ref, shape):
-    rows, cols = shape
-    dt = gpu.dtype
-    v = _ew_inputs(np.random.default_rng(5), rows, cols, dt)
-    d = {k: gpu.from_host(x) for k, x in v.items()}
+@pytest.mark.parametrize("op", TABLE_OPS)
+def test_op_against_reference(gpu, ref, op, shape):
+    """Every entry of the op table on its own inputs. Outputs start as NaN (an element left
+    unwritten fails, e.g. reduce_cols over zero columns must write zeros), accumulators non-zero."""
+    for case in op.cases(np.random.default_rng(5), *shape, gpu.dtype):
+        _check_against_reference(gpu, ref, op, case)
 
-    def check(name, ref_fn, gpu_fn, kind="elementwise"):
-        expected = np.empty((rows, cols), dt, order="F")
-        ref_fn(expected)
-        out = gpu.empty((rows, cols))
-        gpu_fn(out)
-        err = assert_close(gpu.to_host(out), expected, dt, kind)
-        return name, err
 
-    check("bias_sigmoid", lambda o: ref.bias_sigmoid(v["z"], v["bias"], o),
-          lambda o: gpu.bias_sigmoid(d["z"], d["bias"], o))
-    check("sigmoid", lambda o: ref.sigmoid(v["z"], o), lambda o: gpu.sigmoid(d["z"], o))
-    check("sigmoid_backward", lambda o: ref.sigmoid_backward(v["grad"], v["a"], o),
-          lambda o: gpu.sigmoid_backward(d["grad"], d["a"], o))
-    for axis in (0, 1):  # normalised by a sum over up to 1013 terms: a reduction's tolerance
-        check(f"softmax{axis}", lambda o: ref.softmax(v["z"], o, axis),
-              lambda o: gpu.softmax(d["z"], o, axis), "reduction")
-    check("softmax_xent_backward",
-          lambda o: ref.softmax_xent_backward(v["a"], v["labels"], 0.125, o),
-          lambda o: gpu.softmax_xent_backward(d["a"], d["labels"], 0.125, o))
-
-    # in place: add_bias, axpy, fill
-    z = v["z"].copy(order="F")
-    ref.add_bias(z, v["bias"])
-    dz = gpu.from_host(v["z"])
-    gpu.add_bias(dz, d["bias"])
-    assert_close(gpu.to_host(dz), z, dt, "elementwise")
-
-    y = v["grad"].copy(order="F")
-    ref.axpy(-0.37, v["z"], y)
-    dy = gpu.from_host(v["grad"])
-    gpu.axpy(-0.37, d["z"], dy)
-    assert_close(gpu.to_host(dy), y, dt, "elementwise")
-
-    gpu.fill(dy, 2.5)
-    assert np.all(gpu.to_host(dy) == 2.5)
+ALIASING_OPS = [pytest.param(op, id=op.name) for op in op_table.OPS if op.aliases]
 
 
 @gpu_test
 @pytest.mark.parametrize("shape", [(10, 33), (100, 7)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_elementwise_in_place_aliasing(gpu, ref, shape):
-    """Every op whose docstring allows out to alias an input, run with out IS that input."""
-    rows, cols = shape
-    dt = gpu.dtype
-    v = _ew_inputs(np.random.default_rng(6), rows, cols, dt)
+@pytest.mark.parametrize("op", ALIASING_OPS)
+def test_op_in_place(gpu, ref, op, shape):
+    """Every op whose contract allows out to alias an input, run with out IS that input."""
+    for case in op.cases(np.random.default_rng(6), *shape, gpu.dtype):
+        for pair in op.aliases:
+            _check_against_reference(gpu, ref, op, case, aliased=(pair,))
 
-    cases = {
-        "bias_sigmoid": (lambda be, x, w: be.bias_sigmoid(x, w["bias"], x), "z"),
-        "sigmoid": (lambda be, x, w: be.sigmoid(x, x), "z"),
-        "softmax0": (lambda be, x, w: be.softmax(x, x, 0), "z"),
-        "softmax1": (lambda be, x, w: be.softmax(x, x, 1), "z"),
-        "sigmoid_backward": (lambda be, x, w: be.sigmoid_backward(x, w["a"], x), "grad"),
-        "xent": (lambda be, x, w: be.softmax_xent_backward(x, w["labels"], 0.5, x), "a"),
-    }
-    for name, (op, key) in cases.items():
-        host = v[key].copy(order="F")
-        op(ref, host, v)
-        dev = gpu.from_host(v[key])
-        op(gpu, dev, {k: gpu.from_host(x) for k, x in v.items()})
-        kind = "reduction" if name.startswith("softmax") else "elementwise"
-        err = rel_err(gpu.to_host(dev), host)
-        assert err <= TOLERANCES[dt.name][kind], f"{name}: {err:.3e}"
+
+@gpu_test
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", TABLE_OPS)
+def test_cupy_and_pycuda_agree_bitwise(op, dtype):
+    """Same source, same launches: NVRTC (CuPy) and nvcc (PyCUDA) builds give the same bits."""
+    be_cupy, be_pycuda = make_backend("cupy", dtype), make_backend("pycuda", dtype)
+    for shape in [(10, 33), (1013, 10), (784, 7)]:
+        for case in op.cases(np.random.default_rng(7), *shape, np.dtype(dtype)):
+            outputs = []
+            for be in (be_cupy, be_pycuda):
+                device = _to_device(be, case)
+                result = _run(be, op, case, device)
+                outputs.append(([be.to_host(device[w]) for w in op.writes], result))
+            (got_cupy, res_cupy), (got_pycuda, res_pycuda) = outputs
+            assert res_cupy == res_pycuda or (res_cupy is None and res_pycuda is None)
+            for name, a, b in zip(op.writes, got_cupy, got_pycuda):
+                assert np.array_equal(a, b), f"{op.name} {shape}: {name} differs"
+
 
 
 @gpu_test
@@ -399,41 +417,6 @@ def test_elementwise_on_column_views(gpu, ref):
 
 
 # ------------------------------------------------------------------------------- reductions
-@gpu_test
-@pytest.mark.parametrize("shape", EW_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_reductions(gpu, ref, shape):
-    rows, cols = shape
-    dt = gpu.dtype
-    rng = np.random.default_rng(8)
-    x = rand(rng, (rows, cols), dt)
-    labels = labels_for(rng, rows, cols)
-    yhat = np.empty((rows, cols), dt, order="F")
-    ref.softmax(x, yhat, 0)
-
-    out_ref = np.empty(rows, dt)
-    ref.reduce_cols(x, out_ref, 0.37)
-    out = gpu.from_host(np.full(rows, np.nan, dt))  # cols == 0 must still write zeros
-    gpu.reduce_cols(gpu.from_host(x), out, 0.37)
-    assert_close(gpu.to_host(out), out_ref, dt, "reduction")
-
-    nll_ref = np.array([1.5], dt)
-    ref.nll_sum(yhat, labels, nll_ref)
-    nll = gpu.from_host(np.array([1.5]))
-    gpu.nll_sum(gpu.from_host(yhat), gpu.from_host(labels), nll)
-    assert_close(gpu.to_host(nll), nll_ref, dt, "reduction")
-
-    cnt_ref = np.array([2.0], dt)
-    ref.count_correct(x, labels, cnt_ref)
-    cnt = gpu.from_host(np.array([2.0]))
-    gpu.count_correct(gpu.from_host(x), gpu.from_host(labels), cnt)
-    assert gpu.to_host(cnt)[0] == cnt_ref[0]
-
-    ss_ref = ref.sum_squares(x)
-    ss = gpu.sum_squares(gpu.from_host(x))
-    assert isinstance(ss, float)
-    assert_close(ss, ss_ref, dt, "reduction")
-
-
 @gpu_test
 def test_sum_squares_large(gpu, ref):
     """More elements than one pass of the partial-sum grid covers (the W1 of H=4096)."""
@@ -566,19 +549,19 @@ def test_backend_module_imports_and_reports_availability(name):
 
 
 def test_gemm_tile_choice():
-    """The picks that measured fastest on an H100 (132 SMs) at the model's shapes."""
-    assert cs.pick_gemm_tile(10, 800, 132, 1024) == "s16"        # z2 = W2 a1
-    assert cs.pick_gemm_tile(1024, 800, 132, 784) == "t64"       # z1 at H=1024, n=800
-    assert cs.pick_gemm_tile(1024, 784, 132, 3200) == "t64"      # dW1 at n=3200
-    assert cs.pick_gemm_tile(4096, 800, 132, 784) == "t128"      # z1 at H=4096
-    assert cs.pick_gemm_tile(1024, 3200, 132, 784) == "t128"     # z1 at n=3200
-    assert cs.pick_gemm_tile(4096, 3200, 132, 10) == "t64"       # da1: K = 10
-    plan = cs.plan_gemm((1024, 784), (784, 800), (1024, 800), False, False, 132)
+    """The picks at the model's shapes on an H100 (132 SMs); README: Performance."""
+    assert gemm_plan.pick_gemm_tile(10, 800, 132, 1024) == "s16"        # z2 = W2 a1
+    assert gemm_plan.pick_gemm_tile(1024, 800, 132, 784) == "t64"       # z1 at H=1024, n=800
+    assert gemm_plan.pick_gemm_tile(1024, 784, 132, 3200) == "t64"      # dW1 at n=3200
+    assert gemm_plan.pick_gemm_tile(4096, 800, 132, 784) == "t128"      # z1 at H=4096
+    assert gemm_plan.pick_gemm_tile(1024, 3200, 132, 784) == "t128"     # z1 at n=3200
+    assert gemm_plan.pick_gemm_tile(4096, 3200, 132, 10) == "t64"       # da1: K = 10
+    plan = gemm_plan.plan_gemm((1024, 784), (784, 800), (1024, 800), False, False, 132)
     assert plan.kernel == "gemm_t64_nn" and plan.grid == (16, 13, 1) and (plan.m, plan.n, plan.k) == (1024, 800, 784)
-    assert cs.plan_gemm((5, 0), (0, 7), (5, 7), False, False, 132).k == 0
-    assert cs.plan_gemm((5, 3), (3, 0), (5, 0), False, False, 132) is None
+    assert gemm_plan.plan_gemm((5, 0), (0, 7), (5, 7), False, False, 132).k == 0
+    assert gemm_plan.plan_gemm((5, 3), (3, 0), (5, 0), False, False, 132) is None
     with pytest.raises(ValueError):
-        cs.plan_gemm((5, 3), (4, 7), (5, 7), False, False, 132)
+        gemm_plan.plan_gemm((5, 3), (4, 7), (5, 7), False, False, 132)
 
 
 # ------------------------------------------------------------------------------- the reference

@@ -1,0 +1,86 @@
+"""The CUDA source of the GPU backends and how it is compiled: backends/kernels.cu with its headers
+expanded into one text, the compiler options per dtype, and where nvcc is.
+
+Pure Python (NumPy at most): importing this module never touches a GPU library.
+
+Why the headers are expanded here instead of passing an include path (``-I``) to the compilers:
+both backends cache compiled modules under a key made of the source TEXT and the options (CuPy's
+kernel cache, for NVRTC; PyCUDA's, for nvcc). With ``-I`` a change to a header alone would leave
+kernels.cu's text, and so the key, unchanged and load a stale binary; with the headers expanded,
+any change to any of them is a new text. The expanded text also needs no file system at compile
+time, which matters to PyCUDA, whose SourceModule runs nvcc in a temporary directory. ``#line``
+directives keep the compilers' messages pointing at the header and line they come from.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+SOURCE_DIR = Path(__file__).parent
+KERNELS_CU = SOURCE_DIR / "kernels.cu"
+#: the headers kernels.cu is made of, in the order it includes them
+HEADERS = ("common.cuh", "gemm.cuh", "elementwise.cuh", "reductions.cuh")
+
+#: C type that -DREAL names for each supported dtype
+REAL_CTYPE = {"float32": "float", "float64": "double"}
+
+# a quoted #include of one of this project's headers, alone on its line
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
+
+
+def _expand(path: Path, seen: set[str]) -> str:
+    """The text of `path` with each quoted #include replaced by that header's expanded text (each
+    header once: the headers carry include guards too, for a direct nvcc build)."""
+    text = path.read_text(encoding="utf-8")
+    pieces, pos = [], 0
+    for match in _INCLUDE.finditer(text):
+        name = match.group(1)
+        header = path.parent / name
+        if not header.is_file():
+            raise FileNotFoundError(f"{path.name} includes {name!r}, which is not in {path.parent}")
+        pieces.append(text[pos:match.start()])
+        if name not in seen:
+            seen.add(name)
+            resume = text.count("\n", 0, match.end()) + 2  # the line after the #include
+            pieces.append(f'#line 1 "{name}"\n{_expand(header, seen)}\n'
+                          f'#line {resume} "{path.name}"')
+        pos = match.end()
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
+@functools.lru_cache(maxsize=1)
+def read_source() -> str:
+    """kernels.cu with its headers expanded: the one text both backends compile (read once)."""
+    return _expand(KERNELS_CU, set())
+
+
+def real_ctype(dtype) -> str:
+    name = np.dtype(dtype).name
+    if name not in REAL_CTYPE:
+        raise ValueError(f"kernels.cu is built for float32 or float64, not {name}")
+    return REAL_CTYPE[name]
+
+
+def compile_options(dtype) -> tuple[str, ...]:
+    """Compiler options that select the precision of kernels.cu (same for NVRTC and nvcc)."""
+    return (f"-DREAL={real_ctype(dtype)}",)
+
+
+def find_nvcc() -> str | None:
+    """Path of nvcc: $PATH first, then $CUDA_HOME/bin, then /usr/local/cuda/bin; None if absent."""
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home:
+            candidate = Path(home) / "bin" / "nvcc"
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    return None

@@ -1,0 +1,113 @@
+"""GEMM launch planning for the GPU backends: the tiles of backends/gemm.cuh, which tile an
+M x N x K product gets, and the whole launch (kernel, grid, block, sizes) of one call's shapes.
+
+Pure Python: importing this module never touches a GPU library. The GEMM is the one op whose launch
+is chosen per shape rather than computed from the operand sizes alone, so it is planned here once
+per operand layout (CudaBackend caches the plans) instead of going through the generic dispatch of
+the op table; it still has its entry there (backends/op_table.py: signature, reference, tolerance).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GemmTile:
+    """One GEMM tile shape of gemm.cuh: a block computes bm x bn of C with `threads` threads."""
+
+    name: str
+    bm: int
+    bn: int
+    threads: int
+    #: relative throughput per multiply-add when the GPU is full (bigger tiles reuse more)
+    efficiency: float
+
+
+GEMM_TILES = {
+    "t128": GemmTile("t128", 128, 128, 256, 1.0),  # 8 x 8 per thread
+    "t64": GemmTile("t64", 64, 64, 256, 0.85),     # 8 x 8 per thread, K split over 4 groups (float)
+    "s16": GemmTile("s16", 16, 16, 256, 0.5),      # 4 x 4 per thread, K split over 16 groups
+}
+
+#: the skinny split-K tile is used for at most this many rows of C (the 10-class layer)
+SKINNY_MAX_M = 16
+#: at most this deep a product is all epilogue (da1 = W2^T diff has K = 10): more, smaller tiles
+SHORT_K = 64
+
+#: the transpose pairs, as they appear in the kernel names (n = as is, t = transposed)
+GEMM_OPS = ("nn", "nt", "tn", "tt")
+
+#: parameters of every gemm_* kernel (DEFINE_GEMM's GEMM_ARGS): kind:name, kinds as in op_table
+GEMM_PARAMS = "M:a, M:b, M:c, i:m, i:n, i:k, i:lda, i:ldb, i:ldc, r:alpha, r:beta"
+#: positions of the sizes in GEMM_PARAMS (m, n, k, lda, ldb, ldc): a plan fixes them
+GEMM_SIZE_POSITIONS = range(3, 9)
+
+
+def gemm_kernel_name(tile: str, trans_a: bool, trans_b: bool) -> str:
+    return f"gemm_{tile}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
+
+
+#: every GEMM kernel gemm.cuh defines (DEFINE_GEMM), one per tile and transpose pair
+GEMM_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(t, ops[0] == "t", ops[1] == "t")
+                                      for t in GEMM_TILES for ops in GEMM_OPS)
+
+
+def pick_gemm_tile(m: int, n: int, num_sms: int, k: int | None = None) -> str:
+    """Tile for an M x N (x K) product on a GPU with `num_sms` multiprocessors.
+
+    Model: blocks spread evenly over the multiprocessors, so the busiest one computes
+    ceil(blocks / SMs) tiles; its time is that many tiles' multiply-adds over the tile's efficiency.
+    Big tiles win on big products (H=4096), 64 x 64 on the model's mid-sized ones (H=1024, n=800,
+    where 128 x 128 would leave most of the GPU idle) and on short K, and the split-K tile on
+    M <= 16 rows. tests/test_kernel_parity.py pins the picks at the model's shapes on an H100.
+    """
+    if m <= SKINNY_MAX_M:
+        return "s16"
+    if k is not None and k <= SHORT_K:
+        return "t64"
+    best, best_cost = "t64", math.inf
+    for name in ("t128", "t64"):
+        tile = GEMM_TILES[name]
+        blocks = math.ceil(m / tile.bm) * math.ceil(n / tile.bn)
+        cost = math.ceil(blocks / max(num_sms, 1)) * tile.bm * tile.bn / tile.efficiency
+        if cost < best_cost:
+            best, best_cost = name, cost
+    return best
+
+
+def gemm_grid(tile: str, m: int, n: int) -> tuple[int, int, int]:
+    t = GEMM_TILES[tile]
+    return (math.ceil(m / t.bm), math.ceil(n / t.bn), 1)
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    kernel: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    m: int
+    n: int
+    k: int
+
+
+def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: int,
+              tile: str | None = None) -> GemmPlan | None:
+    """Check the shapes of C = op(A) op(B) and choose the launch; None when C is empty.
+
+    K = 0 still gets a plan (the kernel then writes beta * C). `tile` forces a tile (tests, tuning).
+    """
+    if len(a_shape) != 2 or len(b_shape) != 2 or len(c_shape) != 2:
+        raise ValueError(f"gemm takes matrices, got shapes {a_shape}, {b_shape}, {c_shape}")
+    m, k = (a_shape[1], a_shape[0]) if trans_a else (a_shape[0], a_shape[1])
+    kb, n = (b_shape[1], b_shape[0]) if trans_b else (b_shape[0], b_shape[1])
+    if k != kb or tuple(c_shape) != (m, n):
+        raise ValueError(
+            f"gemm shape mismatch: op(A) {m}x{k}, op(B) {kb}x{n}, C {c_shape[0]}x{c_shape[1]}")
+    if m == 0 or n == 0:
+        return None
+    tile = tile or pick_gemm_tile(m, n, num_sms, k)
+    threads = GEMM_TILES[tile].threads
+    return GemmPlan(gemm_kernel_name(tile, trans_a, trans_b), gemm_grid(tile, m, n),
+                    (threads, 1, 1), m, n, k)

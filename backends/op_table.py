@@ -1,0 +1,516 @@
+"""The op table: one entry per op of core.ops.Backend that the GPU backends compute with kernels.cu.
+
+An entry (``Op``) says everything the Python side knows about the op, in one place:
+
+* ``name`` and ``params``: the ``core.ops.Backend`` method and its parameters, defaults included;
+* ``shape``: the shape rule. It validates the operands and returns the sizes the kernels need
+  (named by ``sizes``), or None when there is nothing to launch (zero columns, say);
+* ``launches``: the kernel(s) it runs, in order, each a ``Launch``: the kernel's name, its
+  parameters as ``kind:expression`` (see ``KINDS``; expressions are the op's parameters, its sizes
+  and ``ld_<matrix>``) and its launch geometry (a function of some of the sizes);
+* ``tolerance``: the kind of error the op may show against the reference (see ``TOLERANCE_KINDS``);
+* ``cases``: inputs for the parity tests; ``writes``: the operands it writes; ``aliases``: the
+  (output, input) pairs the contract allows to be one array; ``reference``: the NumPy reference,
+  by default the ``NumpyBackend`` method of the same name.
+
+``backends/cuda_backend.py`` turns every entry into the GPU backends' method (``dispatch_source``
+below writes its code), ``tests/test_kernel_parity.py`` runs every entry against its reference on
+every GPU backend, and ``tests/test_op_table.py`` checks the table against core.ops and the .cu
+sources. Adding an op is adding its kernel to a .cuh header and its entry to ``OPS``.
+
+The GEMM is an entry too (its kernels, reference, tolerance and cases), but its launch is planned
+per shape by backends/gemm_plan.py and its method is written by hand (``planned=True``).
+
+Pure Python (NumPy at most): importing this module never touches a GPU library.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from backends import gemm_plan
+
+Dim3 = tuple[int, int, int]
+
+# ----------------------------------------------------------------------------- launch limits
+#: threads per block of the element-wise and single-block reduction kernels
+BLOCK = 256
+#: grid-stride kernels never need more blocks than this to saturate an H100-class GPU
+MAX_GRID = 4096
+#: blocks of sum_squares_partial, and so the size of each backend's device scratch buffer
+SUM_PARTIAL_BLOCKS = 256
+#: column groups of the reduce_cols kernel (RC_GROUPS in reductions.cuh): block = 32 rows x groups
+REDUCE_COLS_GROUPS = 16
+#: largest element count a kernel may index with its 32-bit ints (with headroom for a grid-stride
+#: loop's last step, idx + blocks*threads, to stay below 2^31 too)
+MAX_ELEMENTS = 2**31 - 1 - MAX_GRID * BLOCK
+
+ONE_BLOCK: Dim3 = (1, 1, 1)
+BLOCK_DIM: Dim3 = (BLOCK, 1, 1)
+
+#: kinds of kernel parameters. The first letter of each is how the kernel receives it (P pointer,
+#: i 32-bit int, r the REAL of the build); the rest is what the dispatch checks before launching.
+KINDS = {
+    "R": "pointer to the operand's elements: an array of the backend dtype, contiguous",
+    "L": "pointer to the operand's elements: an int32 array (labels), contiguous",
+    "M": "pointer to a matrix of the backend dtype read through its leading dimension, which the "
+         "dispatch computes as ld_<name> for a later i parameter",
+    "W": "pointer to the backend's workspace buffer _<name> (not an operand: no check)",
+    "i": "32-bit int",
+    "r": "real of the build (float or double)",
+}
+_KIND_LETTER = {"R": "P", "L": "P", "M": "P", "W": "P", "i": "i", "r": "r"}
+
+#: kinds of error an op may show against the NumPy reference; tests/test_kernel_parity.py gives
+#: each a relative max-norm tolerance per dtype
+TOLERANCE_KINDS = ("exact", "elementwise", "reduction", "gemm")
+
+
+# ------------------------------------------------------------------------------ shape rules
+# The ops' shape rules (they see only .shape and .size). Each returns the sizes its entry names, or
+# None when there is nothing to launch; each raises ValueError on operands that do not fit.
+def check_index_range(*sizes: int) -> None:
+    for size in sizes:
+        if size > MAX_ELEMENTS:
+            raise ValueError(
+                f"{size} elements: kernels.cu indexes with 32-bit ints (max {MAX_ELEMENTS})")
+
+
+def leading_dim(shape, col_stride_elems: int | None) -> int:
+    """Leading dimension of a column-major matrix; a matrix of <= 1 column may report any stride."""
+    rows = shape[0]
+    cols = shape[1] if len(shape) > 1 else 1
+    if cols <= 1 or col_stride_elems is None:
+        return max(rows, 1)
+    return max(int(col_stride_elems), 1)  # an empty matrix may report a stride of 0
+
+
+def same_size(*arrays) -> int:
+    """Common element count of same-shaped operands (an element-wise op over all of them)."""
+    shape = arrays[0].shape
+    for arr in arrays[1:]:
+        if arr.shape != shape:
+            raise ValueError(f"shape mismatch: {tuple(shape)} vs {tuple(arr.shape)}")
+    size = math.prod(shape)  # math.prod: np.prod costs microseconds on a small tuple
+    if size > MAX_ELEMENTS:
+        check_index_range(size)
+    return size
+
+
+def elementwise_size(*arrays) -> int | None:
+    """n of an element-wise op over same-shaped operands."""
+    return same_size(*arrays) or None
+
+
+def fill_size(arr) -> int | None:
+    n = arr.size
+    if n > MAX_ELEMENTS:
+        check_index_range(n)
+    return n or None
+
+
+def bias_sizes(z, bias, out) -> tuple[int, int] | None:
+    """(rows, elements) of z + bias 1^T."""
+    if len(z.shape) != 2:
+        raise ValueError(f"expected a matrix, got shape {tuple(z.shape)}")
+    rows = z.shape[0]
+    if tuple(bias.shape) != (rows,):
+        raise ValueError(f"bias of shape {tuple(bias.shape)} for {rows} rows")
+    n = same_size(z, out)
+    return (rows, n) if n else None
+
+
+def softmax_sizes(x, out, axis: int) -> tuple[int, int, int, int] | None:
+    """(lines, line length, line stride, element stride) of a contiguous column-major x."""
+    if len(x.shape) != 2:
+        raise ValueError(f"expected a matrix, got shape {tuple(x.shape)}")
+    same_size(x, out)
+    rows, cols = x.shape
+    if axis == 0:
+        sizes = (cols, rows, rows, 1)
+    elif axis == 1:
+        sizes = (rows, cols, 1, rows)
+    else:
+        raise ValueError(f"softmax axis must be 0 or 1, got {axis}")
+    return sizes if sizes[0] and sizes[1] else None
+
+
+def reduce_sizes(x, out) -> tuple[int, int] | None:
+    """(rows, cols) of a column sum; zero columns still launch (the sum over nothing is 0)."""
+    if len(x.shape) != 2 or tuple(out.shape) != (x.shape[0],):
+        raise ValueError(f"reduce_cols: x {tuple(x.shape)} into out {tuple(out.shape)}")
+    return (x.shape[0], x.shape[1]) if x.shape[0] else None
+
+
+def _label_shapes(scores, labels) -> tuple[int, int]:
+    if len(scores.shape) != 2 or tuple(labels.shape) != (scores.shape[1],):
+        raise ValueError(f"{tuple(labels.shape)} labels for scores of shape {tuple(scores.shape)}")
+    return scores.shape[0], scores.shape[1]
+
+
+def xent_sizes(yhat, labels, out) -> tuple[int, int] | None:
+    """(rows, elements) of scale * (yhat - onehot(labels))."""
+    rows, _ = _label_shapes(yhat, labels)
+    n = same_size(yhat, out)
+    return (rows, n) if n else None
+
+
+def label_sizes(scores, labels) -> tuple[int, int] | None:
+    """(rows, cols) of a per-column statistic of the output layer."""
+    rows, cols = _label_shapes(scores, labels)
+    return (rows, cols) if rows and cols else None
+
+
+def sum_squares_sizes(x) -> tuple[int, int] | None:
+    """(elements, blocks of the partial sums)."""
+    n = x.size
+    if n == 0:
+        return None
+    check_index_range(n)
+    return n, max(1, min(math.ceil(n / BLOCK), SUM_PARTIAL_BLOCKS))
+
+
+# --------------------------------------------------------------------------- launch geometry
+# (grid, block) from sizes. Cached: the ops ask on every launch, for the few sizes a run has.
+@functools.lru_cache(maxsize=1024)
+def elementwise_launch(n: int) -> tuple[Dim3, Dim3]:
+    """A grid-stride kernel over n > 0 elements."""
+    return (max(1, min(math.ceil(n / BLOCK), MAX_GRID)), 1, 1), BLOCK_DIM
+
+
+@functools.lru_cache(maxsize=1024)
+def softmax_launch(nlines: int) -> tuple[Dim3, Dim3]:
+    """One warp per line, BLOCK / 32 lines per block."""
+    per_block = BLOCK // 32
+    return (max(1, math.ceil(nlines / per_block)), 1, 1), BLOCK_DIM
+
+
+@functools.lru_cache(maxsize=1024)
+def reduce_cols_launch(rows: int) -> tuple[Dim3, Dim3]:
+    """32 rows per block, REDUCE_COLS_GROUPS column groups."""
+    return (max(1, math.ceil(rows / 32)), 1, 1), (32 * REDUCE_COLS_GROUPS, 1, 1)
+
+
+@functools.lru_cache(maxsize=1024)
+def blocks_launch(blocks: int) -> tuple[Dim3, Dim3]:
+    """`blocks` blocks of BLOCK threads (a kernel that writes one result per block)."""
+    return (blocks, 1, 1), BLOCK_DIM
+
+
+def one_block_launch() -> tuple[Dim3, Dim3]:
+    """A single block: a fixed reduction order over all of the work."""
+    return ONE_BLOCK, BLOCK_DIM
+
+
+# ------------------------------------------------------------------------- parity test inputs
+# cases(rng, rows, cols, dtype) -> list of {parameter: value}: host arrays (column-major) and
+# scalars, in the op's parameter names. Outputs start as NaN so that an element the op fails to
+# write shows up; accumulators start non-zero so that "+=" is checked, not "=".
+def _normal(rng, shape, dtype, scale=1.0):
+    return np.asfortranarray(scale * rng.standard_normal(shape)).astype(dtype, order="F")
+
+
+def _unit(rng, shape, dtype):
+    return np.asfortranarray(rng.uniform(0.0, 1.0, shape)).astype(dtype, order="F")
+
+
+def _nan(shape, dtype):
+    return np.full(shape, np.nan, dtype=dtype, order="F")
+
+
+def _labels(rng, rows, cols):
+    return rng.integers(0, rows, cols).astype(np.int32)
+
+
+def _softmax_columns(x):
+    e = np.exp(x - x.max(axis=0, keepdims=True))
+    return np.asfortranarray(e / e.sum(axis=0, keepdims=True)).astype(x.dtype, order="F")
+
+
+def _fill_cases(rng, rows, cols, dtype):
+    return [{"arr": _normal(rng, (rows, cols), dtype), "value": 2.5},
+            {"arr": _labels(rng, max(rows, 1), rows * cols), "value": 7}]
+
+
+def _gemm_cases(rng, rows, cols, dtype):
+    m, n, k = rows, cols, 33
+    cases = []
+    for trans_a in (False, True):
+        for trans_b in (False, True):
+            cases.append({"a": _normal(rng, (k, m) if trans_a else (m, k), dtype),
+                          "b": _normal(rng, (n, k) if trans_b else (k, n), dtype),
+                          "c": _normal(rng, (m, n), dtype), "alpha": 0.75, "beta": -1.25,
+                          "trans_a": trans_a, "trans_b": trans_b})
+    cases.append({"a": _normal(rng, (m, k), dtype), "b": _normal(rng, (k, n), dtype),
+                  "c": _nan((m, n), dtype), "alpha": 1.0, "beta": 0.0,  # C is never read
+                  "trans_a": False, "trans_b": False})
+    return cases
+
+
+def _bias_sigmoid_cases(rng, rows, cols, dtype):
+    return [{"z": _normal(rng, (rows, cols), dtype, 3.0), "bias": _normal(rng, (rows,), dtype),
+             "out": _nan((rows, cols), dtype)}]
+
+
+def _add_bias_cases(rng, rows, cols, dtype):
+    return [{"z": _normal(rng, (rows, cols), dtype, 3.0), "bias": _normal(rng, (rows,), dtype)}]
+
+
+def _sigmoid_cases(rng, rows, cols, dtype):
+    return [{"x": _normal(rng, (rows, cols), dtype, 3.0), "out": _nan((rows, cols), dtype)}]
+
+
+def _softmax_cases(rng, rows, cols, dtype):
+    return [{"x": _normal(rng, (rows, cols), dtype, 3.0), "out": _nan((rows, cols), dtype),
+             "axis": axis} for axis in (0, 1)]
+
+
+def _sigmoid_backward_cases(rng, rows, cols, dtype):
+    return [{"grad": _normal(rng, (rows, cols), dtype), "a": _unit(rng, (rows, cols), dtype),
+             "out": _nan((rows, cols), dtype)}]
+
+
+def _reduce_cols_cases(rng, rows, cols, dtype):
+    return [{"x": _normal(rng, (rows, cols), dtype), "out": _nan((rows,), dtype), "alpha": 0.37}]
+
+
+def _xent_cases(rng, rows, cols, dtype):
+    return [{"yhat": _unit(rng, (rows, cols), dtype), "labels": _labels(rng, rows, cols),
+             "scale": 0.125, "out": _nan((rows, cols), dtype)}]
+
+
+def _axpy_cases(rng, rows, cols, dtype):
+    return [{"alpha": -0.37, "x": _normal(rng, (rows, cols), dtype, 3.0),
+             "y": _normal(rng, (rows, cols), dtype)}]
+
+
+def _nll_cases(rng, rows, cols, dtype):
+    return [{"yhat": _softmax_columns(_normal(rng, (rows, cols), dtype)),
+             "labels": _labels(rng, rows, cols), "acc": np.array([1.5], dtype)}]
+
+
+def _count_correct_cases(rng, rows, cols, dtype):
+    return [{"scores": _normal(rng, (rows, cols), dtype), "labels": _labels(rng, rows, cols),
+             "acc": np.array([2.0], dtype)}]
+
+
+def _sum_squares_cases(rng, rows, cols, dtype):
+    return [{"x": _normal(rng, (rows, cols), dtype)}]
+
+
+# ----------------------------------------------------------------------------------- entries
+@dataclass(frozen=True)
+class Launch:
+    """One launch of a kernel of kernels.cu by an op."""
+
+    #: the extern "C" __global__'s name
+    kernel: str
+    #: its parameters in order, "kind:expression, ..." (kinds: KINDS; no commas in an expression)
+    params: str
+    #: (grid, block) from the sizes named by geometry_args; None: planned elsewhere (GEMM)
+    geometry: Callable[..., tuple[Dim3, Dim3]] | None
+    #: the op's sizes geometry takes, comma-separated ("" for none)
+    geometry_args: str = ""
+
+    @property
+    def parameters(self) -> tuple[tuple[str, str], ...]:
+        """((kind, expression), ...) of the kernel's parameters."""
+        pairs = tuple(tuple(p.strip().split(":", 1)) for p in self.params.split(","))
+        for pair in pairs:
+            if len(pair) != 2 or pair[0] not in KINDS or not pair[1] or ":" in pair[1]:
+                raise ValueError(f"{self.kernel}: bad parameter {':'.join(pair)!r} "
+                                 f"(kinds: {sorted(KINDS)})")
+        return pairs
+
+    @property
+    def signature(self) -> str:
+        """The kernel's argument kinds as the backends pass them: P pointer, i int, r real."""
+        return "".join(_KIND_LETTER[kind] for kind, _ in self.parameters)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of core.ops.Backend as the GPU backends compute it (see the module docstring)."""
+
+    #: the core.ops.Backend method
+    name: str
+    #: its parameters as the contract declares them, defaults included ("x, out, axis=0")
+    params: str
+    #: the shape rule: validates, returns the sizes (one value or a tuple) or None (no launch)
+    shape: Callable[..., Any] | None
+    #: the operands the shape rule takes, comma-separated; "" means all of params, in order
+    shape_args: str
+    #: names of the shape rule's results, comma-separated
+    sizes: str
+    #: the kernels it runs, in order (for a float array; see int_launches)
+    launches: tuple[Launch, ...]
+    #: tolerance kind (TOLERANCE_KINDS)
+    tolerance: str
+    #: parity-test inputs: (rng, rows, cols, dtype) -> [{parameter: value}, ...]
+    cases: Callable[..., list[dict[str, Any]]]
+    #: the array parameters the op writes
+    writes: tuple[str, ...] = ()
+    #: (output, input) pairs the contract allows to be the same array
+    aliases: tuple[tuple[str, str], ...] = ()
+    #: launches that replace `launches` when the parameter int_operand is an int32 array (fill)
+    int_launches: tuple[Launch, ...] = ()
+    int_operand: str = ""
+    #: the backend method whose value the op returns after its launches (sum_squares); with
+    #: empty_result, what it returns when there is nothing to launch
+    result: str = ""
+    empty_result: Any = None
+    #: NumPy reference (a backend-like callable of the params); None: NumpyBackend's method
+    reference: Callable[..., Any] | None = None
+    #: True for the GEMM: method written by hand, launches planned by backends/gemm_plan.py
+    planned: bool = False
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.split("=")[0].strip() for p in self.params.split(","))
+
+    @property
+    def all_launches(self) -> tuple[Launch, ...]:
+        return self.launches + self.int_launches
+
+
+def _elementwise(name, params, kernel_params, shape_args="", tolerance="elementwise", **fields):
+    """An op that runs one grid-stride kernel of the same name over its n elements."""
+    return Op(name, params, elementwise_size, shape_args, "n",
+              (Launch(name, kernel_params, elementwise_launch, "n"),), tolerance, **fields)
+
+
+OPS: tuple[Op, ...] = (
+    Op("fill", "arr, value", fill_size, "arr", "n",
+       (Launch("fill_real", "R:arr, i:n, r:value", elementwise_launch, "n"),), "exact",
+       _fill_cases, writes=("arr",), int_operand="arr",
+       int_launches=(Launch("fill_int", "L:arr, i:n, i:int(value)", elementwise_launch, "n"),)),
+    Op("gemm", "a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False", None, "", "",
+       tuple(Launch(kernel, gemm_plan.GEMM_PARAMS, None) for kernel in gemm_plan.GEMM_KERNELS),
+       "gemm", _gemm_cases, writes=("c",), planned=True),
+    Op("bias_sigmoid", "z, bias, out", bias_sizes, "", "rows, n",
+       (Launch("bias_sigmoid", "R:z, R:bias, R:out, i:rows, i:n", elementwise_launch, "n"),),
+       "elementwise", _bias_sigmoid_cases, writes=("out",), aliases=(("out", "z"),)),
+    Op("add_bias", "z, bias", bias_sizes, "z, bias, z", "rows, n",
+       (Launch("add_bias", "R:z, R:bias, i:rows, i:n", elementwise_launch, "n"),),
+       "elementwise", _add_bias_cases, writes=("z",)),
+    _elementwise("sigmoid", "x, out", "R:x, R:out, i:n", cases=_sigmoid_cases, writes=("out",),
+                 aliases=(("out", "x"),)),
+    # normalised by a sum over up to a line's length of terms: a reduction's tolerance
+    Op("softmax", "x, out, axis=0", softmax_sizes, "", "nlines, length, line_stride, elem_stride",
+       (Launch("softmax_lines", "R:x, R:out, i:nlines, i:length, i:line_stride, i:elem_stride",
+               softmax_launch, "nlines"),),
+       "reduction", _softmax_cases, writes=("out",), aliases=(("out", "x"),)),
+    _elementwise("sigmoid_backward", "grad, a, out", "R:grad, R:a, R:out, i:n",
+                 cases=_sigmoid_backward_cases, writes=("out",), aliases=(("out", "grad"),)),
+    Op("reduce_cols", "x, out, alpha=1.0", reduce_sizes, "x, out", "rows, cols",
+       (Launch("reduce_cols", "M:x, R:out, i:rows, i:cols, i:ld_x, r:alpha",
+               reduce_cols_launch, "rows"),),
+       "reduction", _reduce_cols_cases, writes=("out",)),
+    Op("softmax_xent_backward", "yhat, labels, scale, out", xent_sizes, "yhat, labels, out",
+       "rows, n",
+       (Launch("softmax_xent_backward", "R:yhat, L:labels, R:out, i:rows, i:n, r:scale",
+               elementwise_launch, "n"),),
+       "elementwise", _xent_cases, writes=("out",), aliases=(("out", "yhat"),)),
+    _elementwise("axpy", "alpha, x, y", "R:x, R:y, i:n, r:alpha", shape_args="x, y",
+                 cases=_axpy_cases, writes=("y",)),
+    Op("nll_sum", "yhat, labels, acc", label_sizes, "yhat, labels", "rows, cols",
+       (Launch("nll_sum", "M:yhat, L:labels, R:acc, i:rows, i:cols, i:ld_yhat",
+               one_block_launch),),
+       "reduction", _nll_cases, writes=("acc",)),
+    Op("count_correct", "scores, labels, acc", label_sizes, "scores, labels", "rows, cols",
+       (Launch("count_correct", "M:scores, L:labels, R:acc, i:rows, i:cols, i:ld_scores",
+               one_block_launch),),
+       "exact", _count_correct_cases, writes=("acc",)),
+    # two deterministic passes: a partial sum per block, then one block adds the partials in order
+    Op("sum_squares", "x", sum_squares_sizes, "", "n, parts",
+       (Launch("sum_squares_partial", "R:x, W:scratch, i:n", blocks_launch, "parts"),
+        Launch("sum_partials", "W:scratch, i:parts, W:total", one_block_launch)),
+       "reduction", _sum_squares_cases, result="_read_total", empty_result=0.0),
+)
+
+OP_BY_NAME: dict[str, Op] = {op.name: op for op in OPS}
+
+#: kernel name -> its Launch (parameters and geometry), over every op
+KERNELS: dict[str, Launch] = {launch.kernel: launch for op in OPS for launch in op.all_launches}
+KERNEL_NAMES: tuple[str, ...] = tuple(KERNELS)
+#: kernel name -> argument kinds (P pointer, i int, r real)
+KERNEL_SIGNATURES: dict[str, str] = {name: launch.signature for name, launch in KERNELS.items()}
+
+
+def pycuda_format(signature: str, dtype) -> str:
+    """prepare() format of a kernel signature: P stays, i stays, r becomes f or d."""
+    return signature.replace("r", "f" if np.dtype(dtype).itemsize == 4 else "d")
+
+
+# --------------------------------------------------------------------------------- dispatch
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def dispatch_source(op: Op) -> tuple[str, dict[str, Any]]:
+    """Python source of the GPU backends' method for `op`, and the globals it needs.
+
+    The method is what a hand-written one would be: the shape rule, then (unless there is nothing
+    to do) one check per array operand and one prepared launch per kernel, with no per-call loops
+    over the table. CudaBackend provides ``dtype``, ``_contiguous``, ``_reject``, ``_ld``, the
+    workspace buffers and ``_launch`` (kernel name -> launcher).
+    """
+    if op.planned:
+        raise ValueError(f"{op.name}: planned ops have a hand-written method")
+    env: dict[str, Any] = {"_shape": op.shape, "_INT32": np.dtype(np.int32)}
+    sizes = _names(op.sizes)
+    shape_args = op.shape_args or ", ".join(op.param_names)
+    target = sizes[0] if len(sizes) == 1 else "_sizes"
+    empty = "" if op.empty_result is None else f" {op.empty_result!r}"
+    lines = [f"def {op.name}(self, {op.params}):",
+             f"    {target} = _shape({shape_args})",
+             f"    if {target} is None:",
+             f"        return{empty}"]
+    if len(sizes) > 1:
+        lines.append(f"    {', '.join(sizes)} = _sizes")
+
+    def emit(launches: tuple[Launch, ...], indent: str) -> None:
+        kinds = {kind for launch in launches for kind, _ in launch.parameters}
+        if "R" in kinds:
+            lines.append(f"{indent}real = self.dtype")
+        if kinds & {"R", "L"}:
+            lines.append(f"{indent}contiguous = self._contiguous")
+        for launch in launches:
+            for kind, expr in launch.parameters:
+                if kind == "R":
+                    lines.append(f"{indent}if {expr}.dtype != real or not contiguous({expr}):")
+                    lines.append(f"{indent}    self._reject({expr}, real)")
+                elif kind == "L":
+                    lines.append(f"{indent}if {expr}.dtype != _INT32 or not contiguous({expr}):")
+                    lines.append(f"{indent}    self._reject({expr}, _INT32)")
+                elif kind == "M":
+                    lines.append(f"{indent}ld_{expr} = self._ld({expr})")
+        for launch in launches:
+            geometry = f"_geometry_{len(env)}"
+            env[geometry] = launch.geometry
+            args = ", ".join(f"self._{expr}" if kind == "W" else expr
+                             for kind, expr in launch.parameters)
+            lines.append(f"{indent}grid, block = {geometry}({launch.geometry_args})")
+            lines.append(f"{indent}self._launch[{launch.kernel!r}](grid, block, {args})")
+
+    if op.int_launches:
+        lines.append(f"    if {op.int_operand}.dtype == _INT32:")
+        emit(op.int_launches, " " * 8)
+        lines.append("    else:")
+        emit(op.launches, " " * 8)
+    else:
+        emit(op.launches, " " * 4)
+    if op.result:
+        lines.append(f"    return self.{op.result}()")
+    return "\n".join(lines) + "\n", env
+
+
+if __name__ == "__main__":  # python -m backends.op_table: the generated GPU methods, for reading
+    for _op in OPS:
+        if not _op.planned:
+            print(dispatch_source(_op)[0])
