@@ -4,9 +4,11 @@ inside functions) and check that every arrow points down the layers.
     python tools/import_graph.py            the graph, one line per module, then the verdict
 
 Layers, top to bottom (a module may import its own layer or lower ones only):
-    4  core.train, core.bench                   the entry points
+    5  core.cli                                 the `dpmlp` command, dispatching to the entry points
+    4  core.train, core.bench, core.plot        the entry points
     3  core.job                                 the job's lifecycle
-    2  core.data_parallel, core.model, core.data, core.plugins
+    2  core.data_parallel, core.model, core.data, core.plugins, core.checkpoint, core.rundir,
+       core.progress, core.threads              what a run is made of
     1  core.ops, core.communicator, core.hookspecs, core.errors, core (the package)   the contracts
 Backends (backends.*) and communicators (comm.*) stand beside the entry points' stack and may
 import the contracts (layer 1) and their own package only; core never imports them statically
@@ -25,8 +27,10 @@ PACKAGES = ("core", "backends", "comm")
 CORE_LAYER = {
     "core": 1, "core.ops": 1, "core.communicator": 1, "core.hookspecs": 1, "core.errors": 1,
     "core.data_parallel": 2, "core.model": 2, "core.data": 2, "core.plugins": 2,
+    "core.checkpoint": 2, "core.rundir": 2, "core.progress": 2, "core.threads": 2,
     "core.job": 3,
-    "core.train": 4, "core.bench": 4,
+    "core.train": 4, "core.bench": 4, "core.plot": 4,
+    "core.cli": 5,
 }
 CONTRACT_LAYER = 1
 
