@@ -70,4 +70,19 @@ extern "C" __global__ void axpy(const real* __restrict__ x, real* __restrict__ y
     GRID_STRIDE_LOOP(idx, n) y[idx] += alpha * x[idx];
 }
 
+// The regularised SGD step in one pass: the same two multiply-adds per element as axpy(reg, W, dW)
+// on the weights' ranges followed by axpy(-lr, grads, params), so the same bits.
+extern "C" __global__ void sgd_step(real* __restrict__ params, real* __restrict__ grads, int n,
+                                    int lo0, int hi0, int lo1, int hi1, real reg, real neg_lr)
+{
+    GRID_STRIDE_LOOP(idx, n) {
+        real g = grads[idx];
+        if ((idx >= lo0 && idx < hi0) || (idx >= lo1 && idx < hi1)) {
+            g += reg * params[idx];
+            grads[idx] = g;
+        }
+        params[idx] += neg_lr * g;
+    }
+}
+
 #endif  // DPMLP_ELEMENTWISE_CUH

@@ -107,6 +107,18 @@ def elementwise_size(*arrays) -> int | None:
     return same_size(*arrays) or None
 
 
+def sgd_sizes(params, grads, reg, reg_ranges) -> tuple[int, int, int, int, int] | None:
+    """n and the two regularised ranges (padded with empty ones; none at all when reg is 0)."""
+    n = same_size(params, grads)
+    if not n:
+        return None
+    ranges = [tuple(int(v) for v in r) for r in reg_ranges] if reg else []
+    if len(ranges) > 2 or any(not 0 <= lo <= hi <= n for lo, hi in ranges):
+        raise ValueError(f"sgd_step: at most two ranges within [0, {n}], got {reg_ranges}")
+    ranges += [(0, 0)] * (2 - len(ranges))
+    return (n, *ranges[0], *ranges[1])
+
+
 def fill_size(arr) -> int | None:
     n = arr.size
     if n > MAX_ELEMENTS:
@@ -289,6 +301,14 @@ def _axpy_cases(rng, rows, cols, dtype):
              "y": _normal(rng, (rows, cols), dtype)}]
 
 
+def _sgd_cases(rng, rows, cols, dtype):
+    n = rows * cols
+    params, grads = _normal(rng, (rows, cols), dtype), _normal(rng, (rows, cols), dtype, 3.0)
+    return [{"params": params, "grads": grads, "lr": 0.3, "reg": 0.1,
+             "reg_ranges": ((0, n // 3), (n // 2, n))},
+            {"params": params, "grads": grads, "lr": 0.7, "reg": 0.0, "reg_ranges": ()}]
+
+
 def _nll_cases(rng, rows, cols, dtype):
     return [{"yhat": _softmax_columns(_normal(rng, (rows, cols), dtype)),
              "labels": _labels(rng, rows, cols), "acc": np.array([1.5], dtype)}]
@@ -418,6 +438,11 @@ OPS: tuple[Op, ...] = (
        "elementwise", _xent_cases, writes=("out",), aliases=(("out", "yhat"),)),
     _elementwise("axpy", "alpha, x, y", "R:x, R:y, i:n, r:alpha", shape_args="x, y",
                  cases=_axpy_cases, writes=("y",)),
+    Op("sgd_step", "params, grads, lr, reg=0.0, reg_ranges=()", sgd_sizes,
+       "params, grads, reg, reg_ranges", "n, lo0, hi0, lo1, hi1",
+       (Launch("sgd_step", "R:params, R:grads, i:n, i:lo0, i:hi0, i:lo1, i:hi1, r:reg, r:-lr",
+               elementwise_launch, "n"),),
+       "elementwise", _sgd_cases, writes=("params", "grads")),
     Op("nll_sum", "yhat, labels, acc", label_sizes, "yhat, labels", "rows, cols",
        (Launch("nll_sum", "M:yhat, L:labels, R:acc, i:rows, i:cols, i:ld_yhat",
                one_block_launch),),

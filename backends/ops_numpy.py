@@ -89,6 +89,13 @@ class NumpyBackend(Backend):
     def axpy(self, alpha, x, y):
         y += alpha * x
 
+    def sgd_step(self, params, grads, lr, reg=0.0, reg_ranges=()):
+        p, g = params.reshape(-1, order="F"), grads.reshape(-1, order="F")  # views
+        if reg:
+            for lo, hi in reg_ranges:
+                g[lo:hi] += reg * p[lo:hi]
+        p += -lr * g
+
     def nll_sum(self, yhat, labels, acc):
         acc[0] += -np.log(yhat[labels, np.arange(labels.size)]).sum()
 

@@ -183,8 +183,7 @@ class DataParallelTrainer:
         self.exchange.start()   # output layer's sum travels while the hidden layer's is computed
         model.backward_hidden(x, a1, yhat)  # yhat now holds diff
         self.exchange.finish()
-        model.add_regularisation(self.config.reg)
-        model.sgd_step(self.config.lr)
+        model.update(self.config.reg, self.config.lr)  # reg once, on the summed gradient
 
     def queue_epoch(self) -> None:
         """Queue one pass over the training set in file order (the loss sum restarts at 0)."""

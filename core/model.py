@@ -189,14 +189,17 @@ class MLP:
         return self.layout.output_layer_offset
 
     def add_regularisation(self, reg: float) -> None:
-        """dW += reg W, applied once to the summed gradient (identically on every rank)."""
+        """dW += reg W on the gradient alone (the gradient checks; training uses ``update``)."""
         if reg:
             self.backend.axpy(reg, self.W1, self.dW1)
             self.backend.axpy(reg, self.W2, self.dW2)
 
-    def sgd_step(self, lr: float) -> None:
-        """p <- p - lr dp over the whole flat parameter buffer in one op."""
-        self.backend.axpy(-lr, self.flat_grads, self.flat_params)
+    def update(self, reg: float, lr: float) -> None:
+        """dW += reg W (applied once to the summed gradient, identically on every rank), then
+        p <- p - lr dp over the whole flat buffer: one fused op (``Backend.sgd_step``)."""
+        weights = [(p.offset, p.offset + p.size) for p in self.layout.params
+                   if p.name in ("W1", "W2")]
+        self.backend.sgd_step(self.flat_params, self.flat_grads, lr, reg, weights)
 
     # ------------------------------------------------------------------ host views
     def params_to_host(self) -> dict[str, np.ndarray]:

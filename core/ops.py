@@ -32,6 +32,11 @@ Array = Any  # the backend's own array type: numpy.ndarray, cupy.ndarray, a devi
 
 SUPPORTED_DTYPES = ("float32", "float64")
 
+#: Fused ops: each does the work of several contract ops in one pass. They are not abstract: the
+#: base class computes them from the contract's ops, so every backend has them, and a backend
+#: overrides one to do it in fewer launches. Each still has a NumPy reference and parity tests.
+FUSED_OPS = ("sgd_step",)
+
 
 class Backend(abc.ABC):
     """Abstract compute backend. Subclasses implement every abstract method below."""
@@ -192,6 +197,19 @@ class Backend(abc.ABC):
     def count_correct(self, scores: Array, labels: Array, acc: Array) -> None:
         """acc[0] += number of columns j whose argmax_i scores[i, j] equals labels[j]
         (first maximum on ties); ``acc`` is a 1-element array of the dtype."""
+
+    # ----------------------------------------------------------------- fused ops (FUSED_OPS)
+    def sgd_step(self, params: Array, grads: Array, lr: float, reg: float = 0.0,
+                 reg_ranges: Sequence[tuple[int, int]] = ()) -> None:
+        """The regularised SGD step over flat buffers: first grads[lo:hi] += reg * params[lo:hi]
+        for each of at most two element ranges [lo, hi) (the weights; biases are not penalised),
+        then params -= lr * grads over all elements. Both arrays are contiguous and same-shaped;
+        element indices count in column-major order. Equal to ``axpy(reg, ...)`` per range, then
+        ``axpy(-lr, grads, params)``, which is how this default computes it."""
+        if reg:
+            for lo, hi in reg_ranges:
+                self.axpy(reg, self.cols(params, lo, hi), self.cols(grads, lo, hi))
+        self.axpy(-lr, grads, params)
 
     @abc.abstractmethod
     def sum_squares(self, x: Array) -> float:

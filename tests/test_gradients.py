@@ -125,13 +125,25 @@ def test_backward_with_no_samples_gives_zero_gradient():
 def test_sgd_step_and_flat_layout():
     x, labels, params = _problem()
     grads, model = _model_gradient(params, x, labels, REG)
-    model.sgd_step(0.5)
+    model.update(0.0, 0.5)  # the gradient already holds the reg term
     after = model.params_to_host()
     for name in PARAM_NAMES:
         np.testing.assert_allclose(after[name], params[name] - 0.5 * grads[name], rtol=1e-15,
                                    atol=1e-17)
     assert model.size == sum(int(np.prod(s)) for s in param_shapes(H))
     np.testing.assert_array_equal(model.flat_params, pack(after))
+
+
+def test_fused_update_equals_regularisation_then_step_bitwise():
+    """update(reg, lr) is add_regularisation(reg) then p -= lr dp, bit for bit, biases unpenalised."""
+    x, labels, params = _problem()
+    _, fused = _model_gradient(params, x, labels, 0.0)
+    _, plain = _model_gradient(params, x, labels, 0.0)
+    fused.update(REG, 0.5)
+    plain.add_regularisation(REG)
+    plain.backend.axpy(-0.5, plain.flat_grads, plain.flat_params)
+    np.testing.assert_array_equal(fused.flat_params, plain.flat_params)
+    np.testing.assert_array_equal(fused.flat_grads, plain.flat_grads)
 
 
 def test_init_params_deterministic_and_reference_scale():
