@@ -54,6 +54,18 @@ class TrainConfig:
 
 
 @dataclass
+class StepInfo:
+    """What ``on_step`` is told after each SGD step: the step's summed gradient (reg included) is
+    in ``model.flat_grads`` and the updated parameters in ``model.flat_params``."""
+
+    epoch: int   # 1-based
+    index: int   # step within the epoch, 0-based
+    step: int    # steps since training began, 0-based
+    start: int   # first sample of the global minibatch
+    batch: int   # global size of the minibatch
+
+
+@dataclass
 class EpochStats:
     epoch: int
     loss: float
@@ -135,6 +147,7 @@ class DataParallelTrainer:
         self.model = MLP(backend, config.hidden, max_cols, params)
         self.exchange = GradientExchange(backend, comm, self.model.flat_grads,
                                          self.model.output_layer_offset)
+        self.steps_done = 0
         self._nll = backend.zeros((1,))
         self._correct = backend.zeros((1,))
 
@@ -155,22 +168,29 @@ class DataParallelTrainer:
         model.add_regularisation(self.config.reg)
         model.sgd_step(self.config.lr)
 
-    def train_epoch(self) -> float:
+    def train_epoch(self, on_step: Callable[[StepInfo], None] | None = None,
+                    epoch: int = 1) -> float:
         """One pass over the training set in file order; returns the epoch's training loss
-        (mean cross-entropy over the epoch's samples, as seen during training, plus the reg term)."""
+        (mean cross-entropy over the epoch's samples, as seen during training, plus the reg term).
+        ``on_step`` (every rank) is called after each step, e.g. by --verify to observe it."""
         cfg = self.config
         self.backend.fill(self._nll, 0.0)
-        for start in range(0, self.n_train, cfg.batch_size):
-            self.step(start, min(cfg.batch_size, self.n_train - start))
+        for index, start in enumerate(range(0, self.n_train, cfg.batch_size)):
+            batch = min(cfg.batch_size, self.n_train - start)
+            self.step(start, batch)
+            if on_step:
+                on_step(StepInfo(epoch, index, self.steps_done, start, batch))
+            self.steps_done += 1
         self.comm.drain()
         nll = self.comm.allreduce_host(self.backend.to_host(self._nll).astype(np.float64))[0]
         return nll / max(self.n_train, 1) + self.model.reg_loss(cfg.reg)
 
-    def train(self, on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+    def train(self, on_epoch: Callable[[EpochStats], None] | None = None,
+              on_step: Callable[[StepInfo], None] | None = None) -> list[EpochStats]:
         history = []
         for epoch in range(1, self.config.epochs + 1):
             began = time.perf_counter()
-            loss = self.train_epoch()
+            loss = self.train_epoch(on_step, epoch)
             seconds = time.perf_counter() - began  # train_epoch ends synchronised (to_host)
             val_acc = self.evaluate(*self.val) if self.val else None
             stats = EpochStats(epoch, loss, val_acc, seconds)
