@@ -269,6 +269,14 @@ class Lockstep:
                 f"the last one samples [{last_start}, {last_start + last_size}))")
 
     def _check_numbers(self, info):
+        """The verdict of one checked step on rank 0: None, or the one-line summary. Returns it
+        rather than raising, so that the other ranks (waiting in the broadcast) hear it too."""
+        try:
+            return self._compare_step(info)
+        except VerifyFailed as failure:
+            return str(failure)
+
+    def _compare_step(self, info):
         be, model = self.trainer.backend, self.trainer.model
         start, size = info.start, info.batch
         before = {k: v.astype(np.float64) for k, v in self.prev.items()}
