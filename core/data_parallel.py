@@ -57,6 +57,18 @@ class TrainConfig:
 
 
 @dataclass
+class StepInfo:
+    """What ``on_step`` is told after each SGD step: the step's summed gradient (reg included) is
+    in ``model.flat_grads`` and the updated parameters in ``model.flat_params``."""
+
+    epoch: int   # 1-based
+    index: int   # step within the epoch, 0-based
+    step: int    # steps since training began, 0-based
+    start: int   # first sample of the global minibatch
+    batch: int   # global size of the minibatch
+
+
+@dataclass
 class EpochStats:
     epoch: int
     loss: float
@@ -138,6 +150,7 @@ class DataParallelTrainer:
         self.model = MLP(backend, config.hidden, max_cols, params)
         self.exchange = GradientExchange(backend, comm, self.model.flat_grads,
                                          self.model.output_layer_offset)
+        self.steps_done = 0
         self._nll = backend.zeros((1,))
         self._correct = backend.zeros((1,))
         self.use_graphs, self.graph_note = self._decide_graphs(cuda_graphs)
@@ -185,35 +198,47 @@ class DataParallelTrainer:
         self.exchange.finish()
         model.update(self.config.reg, self.config.lr)  # reg once, on the summed gradient
 
-    def queue_epoch(self) -> None:
-        """Queue one pass over the training set in file order (the loss sum restarts at 0)."""
+    def queue_epoch(self, on_step: Callable[[StepInfo], None] | None = None,
+                    epoch: int = 1) -> None:
+        """Queue one pass over the training set in file order (the loss sum restarts at 0).
+        ``on_step`` (every rank) is called after each step, e.g. by --verify to observe it."""
         cfg = self.config
         self.backend.fill(self._nll, 0.0)
-        for start in range(0, self.n_train, cfg.batch_size):
-            self.step(start, min(cfg.batch_size, self.n_train - start))
+        for index, start in enumerate(range(0, self.n_train, cfg.batch_size)):
+            batch = min(cfg.batch_size, self.n_train - start)
+            self.step(start, batch)
+            if on_step:
+                on_step(StepInfo(epoch, index, self.steps_done, start, batch))
+            self.steps_done += 1
 
-    def train_epoch(self) -> float:
+    def train_epoch(self, on_step: Callable[[StepInfo], None] | None = None,
+                    epoch: int = 1) -> float:
         """One pass over the training set in file order; returns the epoch's training loss
         (mean cross-entropy over the epoch's samples, as seen during training, plus the reg term).
 
         With CUDA graphs the first epoch is captured (every step, the smaller last batch and the
-        exchange included) and every epoch replays that one graph."""
+        exchange included) and every epoch replays that one graph; an epoch observed step by step
+        (``on_step``) runs eagerly, the same kernels with the same bits."""
         cfg = self.config
-        if self.use_graphs:
+        if self.use_graphs and on_step is None:
             if self._epoch_graph is None:
+                steps_before = self.steps_done
                 self._epoch_graph = self._captured(self.queue_epoch)
+                self.steps_done = steps_before  # capturing ran no step
             self._epoch_graph.launch()
+            self.steps_done += math.ceil(self.n_train / cfg.batch_size)
         else:
-            self.queue_epoch()
+            self.queue_epoch(on_step, epoch)
         self.comm.drain()
         nll = self.comm.allreduce_host(self.backend.to_host(self._nll).astype(np.float64))[0]
         return nll / max(self.n_train, 1) + self.model.reg_loss(cfg.reg)
 
-    def train(self, on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+    def train(self, on_epoch: Callable[[EpochStats], None] | None = None,
+              on_step: Callable[[StepInfo], None] | None = None) -> list[EpochStats]:
         history = []
         for epoch in range(1, self.config.epochs + 1):
             began = time.perf_counter()
-            loss = self.train_epoch()
+            loss = self.train_epoch(on_step, epoch)
             seconds = time.perf_counter() - began  # train_epoch ends synchronised (to_host)
             val_acc = self.evaluate(*self.val) if self.val else None
             stats = EpochStats(epoch, loss, val_acc, seconds)

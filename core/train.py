@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -21,9 +20,6 @@ from core.plugins import Registry
 from core.data_parallel import (CUDA_GRAPH_CHOICES, DataParallelTrainer, TrainConfig,
                                 scale_images)
 
-#: --verify fails above these relative max-norm errors (course thresholds: double 1e-7..1e-14,
-#: float 1e-6..2e-6; float32 gets headroom for the different summation order of GPU reductions).
-VERIFY_TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,8 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output and checks")
     out.add_argument("--save", default=None, metavar="PATH.npz",
                      help="write the final W1, b1, W2, b2 (rank 0, atomically)")
-    out.add_argument("--verify", action="store_true",
-                     help="repeat the training with the NumPy reference in one process and compare")
+    out.add_argument("--verify", nargs="?", const="lockstep", choices=("lockstep", "final"),
+                     default=None,
+                     help="check every step against a float64 NumPy reference run beside the "
+                          "training (lockstep, the default; exit 4 naming the step, parameter and "
+                          "element on failure), or compare the final parameters with the "
+                          "reference trained from the seed (final: information for long runs)")
+    out.add_argument("--verify-every", type=_positive_int, default=1, metavar="K",
+                     help="with --verify: check every K-th step only (1)")
     return p
 
 
@@ -213,11 +215,27 @@ def main(argv=None) -> int:
 
 
 def train_and_report(args, comm, trainer, data, train_x, train_y, say) -> int:
+    from core import verify as checks
+
     config = trainer.config
-    trainer.train(on_epoch=lambda s: say(
-        f"epoch {s.epoch:3d}/{config.epochs}  loss {s.loss:.4f}  "
-        + (f"val acc {100 * s.val_accuracy:6.2f}%  " if s.val_accuracy is not None else "")
-        + f"time {s.seconds:.3f} s", flush=True))
+    lockstep, snapshots = None, []
+    try:
+        if args.verify == "lockstep":
+            lockstep = checks.lockstep_for(args, comm, trainer, data, train_x, train_y, say)
+
+        def on_epoch(s):
+            say(f"epoch {s.epoch:3d}/{config.epochs}  loss {s.loss:.4f}  "
+                + (f"val acc {100 * s.val_accuracy:6.2f}%  " if s.val_accuracy is not None else "")
+                + f"time {s.seconds:.3f} s", flush=True)
+            if args.verify == "final" and comm.rank == 0:
+                snapshots.append(trainer.params())  # to show how the difference grew
+
+        trainer.train(on_epoch=on_epoch, on_step=lockstep.on_step if lockstep else None)
+        if lockstep:
+            say(lockstep.end(), flush=True)
+    except checks.VerifyFailed as failure:
+        say(str(failure), flush=True)
+        return checks.VERIFY_FAILED_EXIT
     test_x = scale_images(data.test_images, args.scale, np.dtype(args.dtype).type)
     test_acc = trainer.evaluate_host(test_x, data.test_labels)
     say(f"test accuracy {100 * test_acc:.2f}% ({len(data.test_labels)} images)")
@@ -226,39 +244,20 @@ def train_and_report(args, comm, trainer, data, train_x, train_y, say) -> int:
         save_params(args.save, params)
         say(f"saved W1, b1, W2, b2 to {args.save}")
     status = 0
-    if args.verify:
+    if args.verify == "final":
         with comm.unwatched():  # the other ranks wait while rank 0 runs the reference
-            status = comm.bcast(verify(params, config, train_x, train_y, say) if comm.rank == 0 else None)
+            status = comm.bcast(verify(args, data, snapshots, config, say)
+                                if comm.rank == 0 else None)
     return status
 
 
-def verify(params, config, train_x, train_y, say) -> int:
-    """Train again with the NumPy reference in this one process; compare relative max-norms."""
-    from backends.ops_numpy import NumpyBackend
-    from comm.single import SingleCommunicator
+def verify(args, data, snapshots, config, say) -> int:
+    """--verify=final on rank 0: the reference trained from the seed for the whole run against
+    the parameters after each epoch (``snapshots``); see core/verify.py."""
+    from core import verify as checks
 
-    began = time.perf_counter()
-    reference = DataParallelTrainer(NumpyBackend(config.dtype), SingleCommunicator(), config,
-                                    train_x, train_y)
-    reference.train()
-    expected = reference.params()
-    tolerance = VERIFY_TOLERANCE[config.dtype]
-    worst = 0.0
-    for name, ref in expected.items():
-        err = relative_max_error(ref, params[name])
-        worst = max(worst, err)
-        say(f"verify {name:2s}: relative max-norm error {err:.3e}")
-    verdict = "passed" if worst <= tolerance else "FAILED"
-    say(f"verify {verdict}: worst {worst:.3e}, tolerance {tolerance:.0e} ({config.dtype}); "
-        f"reference took {time.perf_counter() - began:.1f} s")
-    return 0 if worst <= tolerance else 1
-
-
-def relative_max_error(expected: np.ndarray, actual: np.ndarray) -> float:
-    """||S - P||_inf / ||S||_inf over all elements (the course's check); 0 when both are zero."""
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    diff = float(np.max(np.abs(expected.astype(np.float64) - actual))) if expected.size else 0.0
-    return diff / scale if scale else diff
+    images, labels = checks.reference_data(args, data)
+    return checks.final(snapshots, images, labels, args.scale, config, say)
 
 
 def run(argv=None) -> int:
