@@ -429,7 +429,7 @@ class TrainingSession:
     def write_checkpoint(self, epoch: int, step: int) -> str | None:
         """Checkpoint after ``epoch`` completed epochs and ``step`` steps of the next (collective:
         the partial loss is summed over ranks); rank 0 writes. Returns the path on rank 0."""
-        if self.run is None:
+        if not self.args.run_dir:  # (self.run exists on rank 0 only)
             return None
         extras = {"epoch_nll_sum": self.trainer.partial_nll()} if step else {}
         if not self.root:
@@ -453,14 +453,14 @@ class TrainingSession:
                           first_step=first_step, on_step=self.on_step)
         self.progress.close()
         if trainer.stopped_at is None:
-            if self.run is not None and self.last_checkpoint_epoch != self.config.epochs:
+            if self.args.run_dir and self.last_checkpoint_epoch != self.config.epochs:
                 self.write_checkpoint(self.config.epochs, 0)  # the end of a run resumes nowhere
             return
         epoch, step = trainer.stopped_at
         self.write_checkpoint(epoch - 1, step)
         if self.args.save and self.root:
             save_params(self.args.save, trainer.params())
-        where = (f"resume with --resume {self.run.path}" if self.run is not None
+        where = (f"resume with --resume {self.args.run_dir}" if self.args.run_dir
                  else "no --run-dir, so no checkpoint to resume from")
         if self.root:
             print(f"dpmlp: interrupted at epoch {epoch} step {step}; {where}", file=sys.stderr,
@@ -474,7 +474,8 @@ def train_and_report(args, comm, trainer, data, train_x, train_y, say, session=N
         session = TrainingSession(args, comm, trainer, None, {}, None)
     session.train()
     test_x = scale_images(data.test_images, args.scale, np.dtype(args.dtype).type)
-    with session.progress.task("test", total=len(data.test_labels)) as task:
+    with session.progress.task("test", total=len(data.test_labels)) as task, \
+            np.errstate(all="ignore"):  # saturated sigmoids of a poor run are not news
         test_acc = trainer.evaluate_host(test_x, data.test_labels)
         task.update(len(data.test_labels))
     say(f"test accuracy {100 * test_acc:.2f}% ({len(data.test_labels)} images)")
