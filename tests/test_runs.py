@@ -256,6 +256,20 @@ def test_signal_checkpoints_exits_130_and_resume_is_bit_identical(env, tmp_path,
     assert [r["epoch"] for r in records] == list(range(1, 9))
 
 
+def test_second_signal_exits_at_once(monkeypatch):
+    from comm.single import SingleCommunicator
+    from core.train import StopRequest
+
+    exits = []
+    monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
+    with StopRequest(SingleCommunicator()) as stop:
+        stop._handle(signal.SIGINT, None)
+        assert stop.signum == signal.SIGINT and exits == []
+        stop._handle(signal.SIGINT, None)
+        assert exits == [130]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
 def test_divergence_exits_3_with_one_line(env, tmp_path):
     run = tmp_path / "run"
     proc = cli(["--backend", "numpy", "--train-size", "2000", "--val-size", "100", "-n", "16",
@@ -314,7 +328,7 @@ def test_issue_done_when_under_mpirun(env, tmp_path):
     done = subprocess.run(mpirun(2, args + ["--save", str(full), "--quiet"], env), cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("dpmlp: BLAS threads") <= 1
+    assert done.stdout.count("dpmlp: BLAS threads") == 1  # rank 0 only
     proc = subprocess.Popen(mpirun(2, args + ["--run-dir", str(run), "--checkpoint-every", "1"],
                                    env), cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
