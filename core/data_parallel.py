@@ -156,6 +156,8 @@ class DataParallelTrainer:
         self.use_graphs, self.graph_note = self._decide_graphs(cuda_graphs)
         self._epoch_graph = None
         self._eval_graphs: dict[int, object] = {}  # id of the device data set -> its graph
+        self._stop_after_epoch = False
+        self.stopped_at: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ CUDA graphs
     def _decide_graphs(self, requested: str) -> tuple[bool, str]:
@@ -211,6 +213,15 @@ class DataParallelTrainer:
                 on_step(StepInfo(epoch, index, self.steps_done, start, batch))
             self.steps_done += 1
 
+    def train_epoch_graph(self) -> None:
+        """Queue one epoch as the replay of its graph (captured on first use)."""
+        if self._epoch_graph is None:
+            steps_before = self.steps_done
+            self._epoch_graph = self._captured(self.queue_epoch)
+            self.steps_done = steps_before  # capturing ran no step
+        self._epoch_graph.launch()
+        self.steps_done += self.steps_per_epoch
+
     def train_epoch(self, on_step: Callable[[StepInfo], None] | None = None,
                     epoch: int = 1) -> float:
         """One pass over the training set in file order; returns the epoch's training loss
@@ -221,31 +232,106 @@ class DataParallelTrainer:
         (``on_step``) runs eagerly, the same kernels with the same bits."""
         cfg = self.config
         if self.use_graphs and on_step is None:
-            if self._epoch_graph is None:
-                steps_before = self.steps_done
-                self._epoch_graph = self._captured(self.queue_epoch)
-                self.steps_done = steps_before  # capturing ran no step
-            self._epoch_graph.launch()
-            self.steps_done += math.ceil(self.n_train / cfg.batch_size)
+            self.train_epoch_graph()
         else:
             self.queue_epoch(on_step, epoch)
         self.comm.drain()
         nll = self.comm.allreduce_host(self.backend.to_host(self._nll).astype(np.float64))[0]
         return nll / max(self.n_train, 1) + self.model.reg_loss(cfg.reg)
 
-    def train(self, on_epoch: Callable[[EpochStats], None] | None = None,
-              on_step: Callable[[StepInfo], None] | None = None) -> list[EpochStats]:
+    def train(self, on_epoch: Callable[[EpochStats], None] | None = None, *,
+              start_epoch: int = 1, first_step: int = 0,
+              on_step: Callable[[int, int], bool] | None = None,
+              observe: Callable[[StepInfo], None] | None = None) -> list[EpochStats]:
+        """Train epochs ``start_epoch``..``config.epochs``; the first of them from step
+        ``first_step`` (a resume inside an epoch: set its partial loss with set_partial_nll).
+
+        ``on_step(epoch, steps_done)`` is called after steps and returns True to stop; the
+        position reached is then ``self.stopped_at`` = (epoch, steps done in it) and no
+        EpochStats is made for an unfinished epoch. With CUDA graphs a whole epoch is one graph,
+        so on_step is called once per epoch (at its end, steps_done = steps_per_epoch), and a
+        partial epoch (first_step > 0) runs eagerly. ``observe(StepInfo)`` (every rank) is called
+        after every step, e.g. by --verify to check it; observed epochs run eagerly."""
         history = []
-        for epoch in range(1, self.config.epochs + 1):
+        self.stopped_at = None
+        for epoch in range(start_epoch, self.config.epochs + 1):
             began = time.perf_counter()
-            loss = self.train_epoch(on_step, epoch)
+            first = first_step if epoch == start_epoch else 0
+            self._stop_after_epoch = False
+            if first == 0 and on_step is None and observe is None:
+                loss = self.train_epoch()
+            else:
+                done = self._run_steps(epoch, first, on_step, observe)
+                if done < self.steps_per_epoch:
+                    self.stopped_at = (epoch, done)
+                    break
+                loss = self._epoch_loss()
             seconds = time.perf_counter() - began  # train_epoch ends synchronised (to_host)
             val_acc = self.evaluate(*self.val) if self.val else None
             stats = EpochStats(epoch, loss, val_acc, seconds)
             history.append(stats)
             if on_epoch:
                 on_epoch(stats)
+            if self._stop_after_epoch:
+                self.stopped_at = (epoch + 1, 0) if epoch < self.config.epochs else None
+                if self.stopped_at:
+                    break
         return history
+
+    # ------------------------------------------------------------------ resumable epochs
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.n_train / self.config.batch_size))
+
+    def _run_steps(self, epoch: int, first_step: int,
+                   on_step: Callable[[int, int], bool] | None,
+                   observe: Callable[[StepInfo], None] | None = None) -> int:
+        """Steps ``first_step``.. of an epoch, calling observe and on_step after each (on_step
+        after the whole epoch when it replays a graph); returns the steps done in the epoch when
+        stopped, or steps_per_epoch. The loss sum restarts at 0 only when the epoch starts at
+        step 0."""
+        cfg, total = self.config, self.steps_per_epoch
+        self._stop_after_epoch = False
+        if self.use_graphs and first_step == 0 and observe is None:
+            self.train_epoch_graph()
+            self.comm.drain()
+            self._stop_after_epoch = bool(on_step and on_step(epoch, total))
+            return total
+        if first_step == 0:
+            self.backend.fill(self._nll, 0.0)
+        for k in range(first_step, total):
+            start = k * cfg.batch_size
+            batch = min(cfg.batch_size, self.n_train - start)
+            self.step(start, batch)
+            if observe is not None:
+                observe(StepInfo(epoch, k, self.steps_done, start, batch))
+            self.steps_done += 1
+            if on_step is not None and on_step(epoch, k + 1):
+                if k + 1 == total:
+                    self._stop_after_epoch = True  # finish this epoch's report, then stop
+                    return total
+                return k + 1
+        self.comm.drain()
+        return total
+
+    def _epoch_loss(self) -> float:
+        nll = self.partial_nll()
+        return nll / max(self.n_train, 1) + self.model.reg_loss(self.config.reg)
+
+    def partial_nll(self) -> float:
+        """The loss sum of the current epoch so far, summed over ranks (collective)."""
+        self.comm.drain()
+        return float(self.comm.allreduce_host(
+            self.backend.to_host(self._nll).astype(np.float64))[0])
+
+    def set_partial_nll(self, value: float) -> None:
+        """Restore the loss sum of a partial epoch (a resume): on rank 0, 0 on the others."""
+        self.backend.copy_from_host(
+            np.array([value if self.comm.rank == 0 else 0.0], dtype=self.backend.dtype), self._nll)
+
+    def params_finite(self) -> bool:
+        """False once any parameter is inf or nan (training diverged)."""
+        return math.isfinite(self.backend.sum_squares(self.model.flat_params))
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, X, Y) -> float:

@@ -54,6 +54,12 @@ def labels_for(runs: Sequence[dict[str, Any]]) -> list[str]:
 
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """Draw the curves of ``run_dirs`` into the PNG ``out``; returns its path."""
+    runs = []  # the run directories first: a wrong path is the mistake to report
+    for run_dir in run_dirs:
+        records = read_metrics(run_dir)
+        if not records:
+            raise UserError(f"{Path(run_dir) / 'metrics.jsonl'}: no epoch recorded yet")
+        runs.append((run_dir, run_summary(run_dir), records))
     try:
         import matplotlib
     except ImportError:
@@ -61,13 +67,6 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
                         "(or pip install matplotlib)") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-
-    runs = []
-    for run_dir in run_dirs:
-        records = read_metrics(run_dir)
-        if not records:
-            raise UserError(f"{Path(run_dir) / 'metrics.jsonl'}: no epoch recorded yet")
-        runs.append((run_dir, run_summary(run_dir), records))
     labels = labels_for([summary for _, summary, _ in runs])
 
     columns = min(len(runs), 3)
