@@ -217,7 +217,8 @@ class CudaBackend(Backend):
         self._stream.synchronize()
 
     # ----------------------------------------------------------------- math
-    # Every op but the GEMM and the fused GEMMs is generated from its entry in op_table.OPS (_add_table_ops, above):
+    # Every op but the GEMM and the fused GEMMs is generated from its entry in op_table.OPS
+    # (_add_table_ops, above):
     # a shape check, then one prepared launch per kernel. These are the helpers it calls.
     def _reject(self, arr, dtype):
         """Raise for an operand the element-wise kernels cannot read as .size contiguous elements

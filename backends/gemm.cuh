@@ -51,8 +51,8 @@ __device__ __forceinline__ void lds_vec(const double* p, double* r)
 // warp's global reads consecutive: along rows for A, along k for A^T, along k for B, along columns
 // for B^T. NT being a multiple of BM, BN and BK, one coordinate of a thread's elements is the same
 // in all its loads, so its global offsets are computed once and advanced by a constant per slab.
-// ONES: op(B) has N - 1 columns of its own and a virtual last column N - 1 of ones (C = op(A) [op(B) 1]:
-// the row sums of op(A) come out as C's last column; see gemm_bias_grad below).
+// ONES: op(B) has N - 1 columns of its own and a virtual last column N - 1 of ones,
+// C = op(A) [op(B) 1]: the row sums of op(A) come out as C's last column (DEFINE_GEMM_BIAS_GRAD).
 template <int BM, int BN, int BK, int NT, bool TA, bool TB, bool ONES = false>
 struct SlabLoader {
     static constexpr int A_LOADS = BM * BK / NT;
@@ -168,10 +168,11 @@ struct EpiSigmoidBackward {
 };
 
 // The end of every GEMM block: the KG partial tiles of the k-groups are added, then group 0 writes
-// its BM x BN tile of C through the epilogue `epi` (EpiScale: the plain GEMM). Tree reduction: upper half writes, lower half adds, halve again. Element
-// (i, j) of thread lt's micro-tile lives at red[(slot * TM*TN + i*TN + j) * GT + lt]: consecutive lt
-// are consecutive words (no bank conflicts). `red` is the block's slab buffers, free by now: the
-// caller ends its K loop with a barrier.
+// its BM x BN tile of C through the epilogue `epi` (EpiScale: the plain GEMM). Tree reduction:
+// upper half writes, lower half adds, halve again. Element (i, j) of thread lt's micro-tile lives
+// at red[(slot * TM*TN + i*TN + j) * GT + lt]: consecutive lt are consecutive words (no bank
+// conflicts). `red` is the block's slab buffers, free by now: the caller ends its K loop with a
+// barrier.
 template <int BM, int BN, int TM, int TN, int KG, class Epi>
 __device__ __forceinline__ void finish_tile(real (&acc)[TM][TN], real* red, int g, int lt, int tx,
                                             int ty, real* __restrict__ C, int M, int N, int ldc,
@@ -431,7 +432,8 @@ struct AsyncSlabLoader {
                 smem[stage + b_dst + l * B_DSTEP] = k_in ? real(1) : real(0);
             } else {
                 const bool ok = ((b_ok >> l) & 1u) && k_in;
-                copy_elem(smem, sbase, stage + b_dst + l * B_DSTEP, ok ? B + (b_off + l * b_lstride) : B, ok);
+                copy_elem(smem, sbase, stage + b_dst + l * B_DSTEP,
+                          ok ? B + (b_off + l * b_lstride) : B, ok);
             }
         }
         a_k += BK;
@@ -595,7 +597,8 @@ __device__ __forceinline__ void gemm_t64(GEMM_CORE_ARGS, const Epi& epi)
     constexpr int DEEP = PipeSmem<64, 64, T64_DEEP_KG, T64_DEEP_KPG, T64_DEEP_STAGES>::SIZE;
     __shared__ __align__(16) real smem[SHORT > DEEP ? SHORT : DEEP];
     if (K > T64_DEEP_K)
-        gemm_pipe<64, 64, 8, T64_DEEP_TN, T64_DEEP_KG, T64_DEEP_KPG, T64_DEEP_STAGES, TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
+        gemm_pipe<64, 64, 8, T64_DEEP_TN, T64_DEEP_KG, T64_DEEP_KPG, T64_DEEP_STAGES, TA, TB, ONES>(
+            smem, GEMM_CORE_PASS, epi);
     else
         gemm_pipe<64, 64, 8, 4, 2, T64_KPG, 4, TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
 }
@@ -622,9 +625,9 @@ DEFINE_GEMM(s16, tn, true, false, gemm_s16, 256, 1)
 DEFINE_GEMM(s16, tt, true, true, gemm_s16, 256, 1)
 
 
-// The fused GEMMs: the transpose pair each op uses, the tiles gemm_plan.GEMM_VARIANTS lists. z1 = W1 x
-// (nn) and dW = dz x^T (nt) get every tile; da1 = W2^T diff (tn, K = 10) t64 and s16 only (the
-// planner never gives a short-K product t128; it gives the fused op t64 where it would).
+// The fused GEMMs: the transpose pair each op uses, the tiles gemm_plan.GEMM_VARIANTS lists.
+// z1 = W1 x (nn) and dW = dz x^T (nt) get every tile; da1 = W2^T diff (tn, K = 10) t64 and s16
+// only (the planner never gives a short-K product t128; the fused op runs t64 where it would).
 DEFINE_GEMM_BIAS_SIGMOID(t128, nn, false, false, gemm_t128, 256, T128_MIN_BLOCKS)
 DEFINE_GEMM_BIAS_SIGMOID(t64, nn, false, false, gemm_t64, 256, T64_MIN_BLOCKS)
 DEFINE_GEMM_BIAS_SIGMOID(s16, nn, false, false, gemm_s16, 256, 1)

@@ -68,7 +68,8 @@ class GemmVariant:
     #: the tiles gemm.cuh instantiates; a pick outside them becomes `fallback`
     tiles: tuple[str, ...]
     fallback: str
-    #: the kernel's parameters (GEMM_<VARIANT>_ARGS), kinds as in op_table; operands by the op's names
+    #: the kernel's parameters (GEMM_<VARIANT>_ARGS), kinds as in op_table, operands named as the
+    #: op's parameters
     params: str
     #: True: op(B) gets a virtual last column of ones, C one column more than op(B) (bias gradient)
     ones: bool = False

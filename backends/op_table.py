@@ -20,7 +20,8 @@ sources. Adding an op is adding its kernel to a .cuh header and its entry to ``O
 
 The GEMM is an entry too (its kernels, reference, tolerance and cases), but its launch is planned
 per shape by backends/gemm_plan.py and its method is written by hand (``planned=True``); so are the
-fused GEMMs (gemm_bias_sigmoid, gemm_sigmoid_backward, gemm_with_bias_grad: gemm_plan.GEMM_VARIANTS).
+fused GEMMs (gemm_bias_sigmoid, gemm_sigmoid_backward, gemm_with_bias_grad; their kernels:
+gemm_plan.GEMM_VARIANTS).
 
 Pure Python (NumPy at most): importing this module never touches a GPU library.
 """
@@ -476,7 +477,7 @@ OPS: tuple[Op, ...] = (
        (Launch("sgd_step", "R:params, R:grads, i:n, i:lo0, i:hi0, i:lo1, i:hi1, r:reg, r:-lr",
                elementwise_launch, "n"),),
        "elementwise", _sgd_cases, writes=("params", "grads")),
-    # the fused GEMMs (core.ops FUSED_OPS): planned like the GEMM, by variant (gemm_plan.GEMM_VARIANTS)
+    # the fused GEMMs (core.ops FUSED_OPS): planned like the GEMM (gemm_plan.GEMM_VARIANTS)
     *(Op(v.op, params, None, "", "", tuple(Launch(kernel, v.params, None) for kernel in v.kernels),
          "gemm", cases, writes=("out",), planned=True)
       for v, params, cases in (

@@ -147,7 +147,7 @@ class MLP:
         self.W1, self.b1, self.W2, self.b2 = backend.flat_views(self.flat_params, shapes)
         self.flat_grads = backend.zeros((self.size,))
         self.dW1, self.db1, self.dW2, self.db2 = backend.flat_views(self.flat_grads, shapes)
-        # [dW1 db1] (hidden x 785) and [dW2 db2] (10 x hidden+1): the same memory, one matrix a layer
+        # [dW1 db1] (hidden x 785), [dW2 db2] (10 x hidden+1): the same memory, one matrix a layer
         (self.dW1b1,), (self.dW2b2,) = (
             backend.flat_views(backend.cols(self.flat_grads, offset, offset + math.prod(shape)),
                                [shape]) for _, offset, shape in self.layout.grad_blocks)

@@ -220,9 +220,9 @@ class Backend(abc.ABC):
         self.bias_sigmoid(out, bias, out)
 
     def gemm_sigmoid_backward(self, a: Array, b: Array, act: Array, out: Array) -> None:
-        """out = (a^T @ b) * act * (1 - act): a is K x M, b K x N, act and out M x N (da1 = W2^T diff
-        and dz1 in one op; act = a1 = sigmoid(z1)). out must not alias a, b or act; it is never
-        read. Equal to ``gemm(a, b, out, trans_a=True)`` then ``sigmoid_backward(out, act, out)``,
+        """out = (a^T @ b) * act * (1 - act): a is K x M, b K x N, act and out M x N (da1 =
+        W2^T diff and dz1 in one op; act = a1 = sigmoid(z1)). out must not alias a, b or act; it is
+        never read. Equal to ``gemm(a, b, out, trans_a=True)`` then ``sigmoid_backward(out, act, out)``,
         which is how this default computes it."""
         self.gemm(a, b, out, trans_a=True)
         self.sigmoid_backward(out, act, out)
