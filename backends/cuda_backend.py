@@ -46,7 +46,7 @@ def _table_method(op: op_table.Op):
 
 
 def _add_table_ops(cls):
-    """Give `cls` the generated method of every op of op_table.OPS but the planned GEMM."""
+    """Give `cls` the generated method of every op of op_table.OPS but the planned GEMMs."""
     for op in op_table.OPS:
         if not op.planned:
             setattr(cls, op.name, _table_method(op))
@@ -217,7 +217,8 @@ class CudaBackend(Backend):
         self._stream.synchronize()
 
     # ----------------------------------------------------------------- math
-    # Every op but the GEMM is generated from its entry in op_table.OPS (_add_table_ops, above):
+    # Every op but the GEMM and the fused GEMMs is generated from its entry in op_table.OPS
+    # (_add_table_ops, above):
     # a shape check, then one prepared launch per kernel. These are the helpers it calls.
     def _reject(self, arr, dtype):
         """Raise for an operand the element-wise kernels cannot read as .size contiguous elements
@@ -254,4 +255,71 @@ class CudaBackend(Backend):
         if plan is not None:
             launch, grid, block = plan
             launch(grid, block, a, b, c, alpha, beta)
+
+    # The fused GEMMs (core.ops FUSED_OPS): the GEMM tiles with an epilogue, planned like the GEMM
+    # (gemm_plan.GEMM_VARIANTS: kernel per tile, the variant's transpose pair) and cached in the
+    # same dictionary, keyed by the op's name and every operand's shape, layout and dtype.
+    def _plan_fused(self, op, a, b, out, extra):
+        variant = gemm_plan.GEMM_VARIANTS[op]
+        lda, ldb, ldc = self._ld(a), self._ld(b), self._ld(out)
+        plan = gemm_plan.plan_gemm(a.shape, b.shape, out.shape, variant.ops[0] == "t",
+                                   variant.ops[1] == "t", self._num_sms, self.gemm_tile, variant)
+        sizes = dict(zip(gemm_plan.GEMM_SIZE_POSITIONS,
+                         (plan.m, plan.n, plan.k, lda, ldb, ldc) if plan else ()))
+        if op == "gemm_bias_sigmoid":
+            if tuple(extra.shape) != (out.shape[0],):
+                raise ValueError(f"bias of shape {tuple(extra.shape)} for {out.shape[0]} rows")
+            if extra.dtype != self.dtype or not self._contiguous(extra):
+                self._reject(extra, self.dtype)
+        elif op == "gemm_sigmoid_backward":
+            if tuple(extra.shape) != tuple(out.shape):
+                raise ValueError(f"act of shape {tuple(extra.shape)} for out {tuple(out.shape)}")
+            sizes[10] = self._ld(extra)  # GEMM_SIGMOID_BACKWARD_ARGS: ..., act, ldact
+        if plan is None:
+            return None
+        return self._launcher(plan.kernel, fixed=sizes), plan.grid, plan.block
+
+    def _new_plan(self, key, op, a, b, out, extra=None):
+        if len(self._gemm_plans) > 4096:  # many shapes (evaluation sweeps): start over
+            self._gemm_plans.clear()
+        plan = self._gemm_plans[key] = self._plan_fused(op, a, b, out, extra)
+        return plan
+
+    def gemm_bias_sigmoid(self, a, b, bias, out):
+        layout = self._layout
+        key = ("gemm_bias_sigmoid", a.shape, layout(a), a.dtype, b.shape, layout(b), b.dtype,
+               out.shape, layout(out), out.dtype, bias.shape, layout(bias), bias.dtype,
+               self.gemm_tile)
+        try:
+            plan = self._gemm_plans[key]
+        except KeyError:
+            plan = self._new_plan(key, "gemm_bias_sigmoid", a, b, out, bias)
+        if plan is not None:
+            launch, grid, block = plan
+            launch(grid, block, a, b, out, bias)
+
+    def gemm_sigmoid_backward(self, a, b, act, out):
+        layout = self._layout
+        key = ("gemm_sigmoid_backward", a.shape, layout(a), a.dtype, b.shape, layout(b), b.dtype,
+               out.shape, layout(out), out.dtype, act.shape, layout(act), act.dtype,
+               self.gemm_tile)
+        try:
+            plan = self._gemm_plans[key]
+        except KeyError:
+            plan = self._new_plan(key, "gemm_sigmoid_backward", a, b, out, act)
+        if plan is not None:
+            launch, grid, block = plan
+            launch(grid, block, a, b, out, act)
+
+    def gemm_with_bias_grad(self, a, b, out):
+        layout = self._layout
+        key = ("gemm_with_bias_grad", a.shape, layout(a), a.dtype, b.shape, layout(b), b.dtype,
+               out.shape, layout(out), out.dtype, self.gemm_tile)
+        try:
+            plan = self._gemm_plans[key]
+        except KeyError:
+            plan = self._new_plan(key, "gemm_with_bias_grad", a, b, out)
+        if plan is not None:
+            launch, grid, block = plan
+            launch(grid, block, a, b, out)
 

@@ -51,7 +51,9 @@ __device__ __forceinline__ void lds_vec(const double* p, double* r)
 // warp's global reads consecutive: along rows for A, along k for A^T, along k for B, along columns
 // for B^T. NT being a multiple of BM, BN and BK, one coordinate of a thread's elements is the same
 // in all its loads, so its global offsets are computed once and advanced by a constant per slab.
-template <int BM, int BN, int BK, int NT, bool TA, bool TB>
+// ONES: op(B) has N - 1 columns of its own and a virtual last column N - 1 of ones,
+// C = op(A) [op(B) 1]: the row sums of op(A) come out as C's last column (DEFINE_GEMM_BIAS_GRAD).
+template <int BM, int BN, int BK, int NT, bool TA, bool TB, bool ONES = false>
 struct SlabLoader {
     static constexpr int A_LOADS = BM * BK / NT;
     static constexpr int B_LOADS = BN * BK / NT;
@@ -100,7 +102,11 @@ struct SlabLoader {
         for (int l = 0; l < B_LOADS; ++l) {
             const int col = n0 + b_col + (TB ? 0 : l * B_LSTEP);
             const int k = k0 + b_k + (TB ? l * B_LSTEP : 0);
-            b[l] = (col < N && k < K) ? B[b_off + l * b_lstride] : real(0);
+            if (ONES)
+                b[l] = (col < N - 1 && k < K) ? B[b_off + l * b_lstride]
+                                              : ((col == N - 1 && k < K) ? real(1) : real(0));
+            else
+                b[l] = (col < N && k < K) ? B[b_off + l * b_lstride] : real(0);
         }
         k0 += BK;
         a_off += a_sstride;
@@ -129,15 +135,48 @@ __device__ __forceinline__ void store_c(real* C, int ldc, int row, int col, real
     *c = (beta == real(0)) ? v : v + beta * *c;
 }
 
+// Epilogues: what finish_tile does with element (row, col) of the finished tile, acc = the dot
+// product of row `row` of op(A) and column `col` of op(B). Each is the formula of the op it fuses,
+// written as in elementwise.cuh, so a fused GEMM computes what the GEMM and that op compute.
+// The plain GEMM: C = alpha * acc + beta * C (store_c).
+struct EpiScale {
+    real alpha, beta;
+    __device__ __forceinline__ void apply(real* C, int ldc, int row, int col, real acc) const
+    {
+        store_c(C, ldc, row, col, alpha, beta, acc);
+    }
+};
+// gemm_bias_sigmoid: C = sigmoid(acc + bias[row]) (bias_sigmoid's formula); C is never read.
+struct EpiBiasSigmoid {
+    const real* bias;
+    __device__ __forceinline__ void apply(real* C, int ldc, int row, int col, real acc) const
+    {
+        const real v = acc + bias[row];
+        C[col * ldc + row] = real(1) / (real(1) + r_exp(-v));
+    }
+};
+// gemm_sigmoid_backward: C = acc * a * (1 - a), a = act(row, col) of the column-major act with
+// leading dimension ld (sigmoid_backward's formula); C is never read.
+struct EpiSigmoidBackward {
+    const real* act;
+    int ld;
+    __device__ __forceinline__ void apply(real* C, int ldc, int row, int col, real acc) const
+    {
+        const real av = act[col * ld + row];
+        C[col * ldc + row] = (acc * av) * (real(1) - av);
+    }
+};
+
 // The end of every GEMM block: the KG partial tiles of the k-groups are added, then group 0 writes
-// its BM x BN tile of C. Tree reduction: upper half writes, lower half adds, halve again. Element
-// (i, j) of thread lt's micro-tile lives at red[(slot * TM*TN + i*TN + j) * GT + lt]: consecutive lt
-// are consecutive words (no bank conflicts). `red` is the block's slab buffers, free by now: the
-// caller ends its K loop with a barrier.
-template <int BM, int BN, int TM, int TN, int KG>
+// its BM x BN tile of C through the epilogue `epi` (EpiScale: the plain GEMM). Tree reduction:
+// upper half writes, lower half adds, halve again. Element (i, j) of thread lt's micro-tile lives
+// at red[(slot * TM*TN + i*TN + j) * GT + lt]: consecutive lt are consecutive words (no bank
+// conflicts). `red` is the block's slab buffers, free by now: the caller ends its K loop with a
+// barrier.
+template <int BM, int BN, int TM, int TN, int KG, class Epi>
 __device__ __forceinline__ void finish_tile(real (&acc)[TM][TN], real* red, int g, int lt, int tx,
                                             int ty, real* __restrict__ C, int M, int N, int ldc,
-                                            int m0, int n0, real alpha, real beta)
+                                            int m0, int n0, const Epi& epi)
 {
     constexpr int GT = (BM / TM) * (BN / TN);
     constexpr int RSPAN = BM / (TM / 4), CSPAN = BN / (TN / 4);
@@ -169,7 +208,7 @@ __device__ __forceinline__ void finish_tile(real (&acc)[TM][TN], real* red, int 
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const int row = m0 + (i / 4) * RSPAN + tx * 4 + (i % 4);
-            if (row < M) store_c(C, ldc, row, col, alpha, beta, acc[i][j]);
+            if (row < M) epi.apply(C, ldc, row, col, acc[i][j]);
         }
     }
 }
@@ -212,10 +251,10 @@ __device__ __forceinline__ void multiply_slab(real (&acc)[TM][TN], const real* A
     }
 }
 
-template <int BM, int BN, int TM, int TN, int KG, int KPG, bool TA, bool TB>
+template <int BM, int BN, int TM, int TN, int KG, int KPG, bool TA, bool TB, bool ONES, class Epi>
 __device__ __forceinline__ void gemm_block(const real* __restrict__ A, const real* __restrict__ B,
                                            real* __restrict__ C, int M, int N, int K, int lda,
-                                           int ldb, int ldc, real alpha, real beta)
+                                           int ldb, int ldc, const Epi& epi)
 {
     constexpr int GT = (BM / TM) * (BN / TN);  // threads per k-group
     constexpr int NT = GT * KG;
@@ -235,7 +274,7 @@ __device__ __forceinline__ void gemm_block(const real* __restrict__ A, const rea
     const int m0 = blockIdx.x * BM;
     const int n0 = blockIdx.y * BN;
 
-    SlabLoader<BM, BN, BK, NT, TA, TB> slab(A, B, M, N, K, lda, ldb, m0, n0, tid);
+    SlabLoader<BM, BN, BK, NT, TA, TB, ONES> slab(A, B, M, N, K, lda, ldb, m0, n0, tid);
     real acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
@@ -263,7 +302,7 @@ __device__ __forceinline__ void gemm_block(const real* __restrict__ A, const rea
         }
     }
 
-    finish_tile<BM, BN, TM, TN, KG>(acc, smem, g, lt, tx, ty, C, M, N, ldc, m0, n0, alpha, beta);
+    finish_tile<BM, BN, TM, TN, KG>(acc, smem, g, lt, tx, ty, C, M, N, ldc, m0, n0, epi);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -321,7 +360,9 @@ __device__ __forceinline__ void copy_wait()
 // (As: BK rows of BM + SMEM_PAD, then Bs: BK rows of BN + SMEM_PAD). Same thread-to-element map as
 // SlabLoader (coalesced global reads); which rows (columns) of a thread's loads lie inside the
 // matrix is computed once, as a bit mask.
-template <int BM, int BN, int BK, int NT, bool TA, bool TB>
+// ONES as in SlabLoader: the virtual column N - 1 of op(B) is written into shared memory directly
+// (ones for k < K, zeros past K), by the thread that would have copied it.
+template <int BM, int BN, int BK, int NT, bool TA, bool TB, bool ONES = false>
 struct AsyncSlabLoader {
     static constexpr int A_LOADS = BM * BK / NT;
     static constexpr int B_LOADS = BN * BK / NT;
@@ -342,6 +383,7 @@ struct AsyncSlabLoader {
     int a_off, a_lstride, a_sstride;     // global offset of load 0, per load, per slab
     int b_off, b_lstride, b_sstride;
     unsigned a_ok, b_ok;                 // bit l: load l's row of op(A) / column of op(B) exists
+    unsigned b_one;                      // bit l: load l's column is the ones column (ONES)
     int a_dst, b_dst;                    // shared offset of load 0 within a stage
 
     __device__ __forceinline__ AsyncSlabLoader(const real* A_, const real* B_, int M, int N, int K_,
@@ -363,9 +405,13 @@ struct AsyncSlabLoader {
         for (int l = 0; l < A_LOADS; ++l)
             if (m0 + a_row + (TA ? l * A_LSTEP : 0) < M) a_ok |= 1u << l;
         b_ok = 0u;
+        b_one = 0u;
 #pragma unroll
-        for (int l = 0; l < B_LOADS; ++l)
-            if (n0 + b_col + (TB ? 0 : l * B_LSTEP) < N) b_ok |= 1u << l;
+        for (int l = 0; l < B_LOADS; ++l) {
+            const int col = n0 + b_col + (TB ? 0 : l * B_LSTEP);
+            if (col < (ONES ? N - 1 : N)) b_ok |= 1u << l;
+            if (ONES && col == N - 1) b_one |= 1u << l;
+        }
         a_dst = a_k * AS + a_row;
         b_dst = BK * AS + b_k * BS + b_col;
     }
@@ -380,8 +426,15 @@ struct AsyncSlabLoader {
         }
 #pragma unroll
         for (int l = 0; l < B_LOADS; ++l) {
-            const bool ok = ((b_ok >> l) & 1u) && b_k + (TB ? l * B_LSTEP : 0) < K;
-            copy_elem(smem, sbase, stage + b_dst + l * B_DSTEP, ok ? B + (b_off + l * b_lstride) : B, ok);
+            const bool k_in = b_k + (TB ? l * B_LSTEP : 0) < K;
+            if (ONES && ((b_one >> l) & 1u)) {
+                // the stage is free: the barrier before this issue ended its last reads
+                smem[stage + b_dst + l * B_DSTEP] = k_in ? real(1) : real(0);
+            } else {
+                const bool ok = ((b_ok >> l) & 1u) && k_in;
+                copy_elem(smem, sbase, stage + b_dst + l * B_DSTEP,
+                          ok ? B + (b_off + l * b_lstride) : B, ok);
+            }
         }
         a_k += BK;
         b_k += BK;
@@ -398,11 +451,11 @@ struct PipeSmem {
 
 // smem: PipeSmem<...>::SIZE reals of 16-byte aligned shared memory, declared by the kernel (so
 // that one kernel can choose between configurations at run time on one buffer)
-template <int BM, int BN, int TM, int TN, int KG, int KPG, int STAGES, bool TA, bool TB>
+template <int BM, int BN, int TM, int TN, int KG, int KPG, int STAGES, bool TA, bool TB, bool ONES,
+          class Epi>
 __device__ __forceinline__ void gemm_pipe(real* smem, const real* __restrict__ A,
                                           const real* __restrict__ B, real* __restrict__ C, int M,
-                                          int N, int K, int lda, int ldb, int ldc, real alpha,
-                                          real beta)
+                                          int N, int K, int lda, int ldb, int ldc, const Epi& epi)
 {
     constexpr int GT = (BM / TM) * (BN / TN);  // threads per k-group
     constexpr int NT = GT * KG;
@@ -422,7 +475,7 @@ __device__ __forceinline__ void gemm_pipe(real* smem, const real* __restrict__ A
     const int m0 = blockIdx.x * BM;
     const int n0 = blockIdx.y * BN;
 
-    AsyncSlabLoader<BM, BN, BK, NT, TA, TB> slab(A, B, M, N, K, lda, ldb, m0, n0, tid);
+    AsyncSlabLoader<BM, BN, BK, NT, TA, TB, ONES> slab(A, B, M, N, K, lda, ldb, m0, n0, tid);
     real acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
@@ -454,21 +507,56 @@ __device__ __forceinline__ void gemm_pipe(real* smem, const real* __restrict__ A
     }
     copy_wait<0>();   // only empty groups can remain; the stages become the reduction buffer
     __syncthreads();
-    finish_tile<BM, BN, TM, TN, KG>(acc, smem, g, lt, tx, ty, C, M, N, ldc, m0, n0, alpha, beta);
+    finish_tile<BM, BN, TM, TN, KG>(acc, smem, g, lt, tx, ty, C, M, N, ldc, m0, n0, epi);
 }
 
 // One extern "C" kernel per (tile, transpose pair). Names: gemm_<tile>_<op(A)><op(B)>, n = as is,
 // t = transposed; backends/gemm_plan.py holds the matching table (tile sizes, threads, grid).
-#define GEMM_ARGS                                                                                  \
+//
+// The fused GEMMs (core/ops.py FUSED_OPS) are more kernels of the same tiles, each with its own
+// epilogue (and, for the bias gradient, the ones column of op(B)); DEFINE_GEMM_<VARIANT>(tile, ops,
+// ...) defines gemm_<tile>_<ops>_<variant> with the parameters GEMM_<VARIANT>_ARGS. Only the
+// transpose pair each fused op needs and the tiles gemm_plan.GEMM_VARIANTS lists are instantiated.
+#define GEMM_CORE_ARGS                                                                             \
     const real *__restrict__ A, const real *__restrict__ B, real *__restrict__ C, int M, int N,    \
-        int K, int lda, int ldb, int ldc, real alpha, real beta
-#define GEMM_PASS A, B, C, M, N, K, lda, ldb, ldc, alpha, beta
+        int K, int lda, int ldb, int ldc
+#define GEMM_CORE_PASS A, B, C, M, N, K, lda, ldb, ldc
+#define GEMM_ARGS GEMM_CORE_ARGS, real alpha, real beta
 
 #define DEFINE_GEMM(tile, ops, TA, TB, call, threads, min_blocks)                                  \
     extern "C" __global__ void __launch_bounds__(threads, min_blocks)                              \
         gemm_##tile##_##ops(GEMM_ARGS)                                                             \
     {                                                                                              \
-        call<TA, TB>(GEMM_PASS);                                                                   \
+        call<TA, TB, false>(GEMM_CORE_PASS, EpiScale{alpha, beta});                                \
+    }
+
+// C = sigmoid(op(A) op(B) + bias 1^T): z1 = W1 x and the hidden layer's activation in one launch
+#define GEMM_BIAS_SIGMOID_ARGS GEMM_CORE_ARGS, const real *__restrict__ bias
+#define DEFINE_GEMM_BIAS_SIGMOID(tile, ops, TA, TB, call, threads, min_blocks)                     \
+    extern "C" __global__ void __launch_bounds__(threads, min_blocks)                              \
+        gemm_##tile##_##ops##_bias_sigmoid(GEMM_BIAS_SIGMOID_ARGS)                                 \
+    {                                                                                              \
+        call<TA, TB, false>(GEMM_CORE_PASS, EpiBiasSigmoid{bias});                                 \
+    }
+
+// C = (op(A) op(B)) * act * (1 - act): da1 = W2^T diff and dz1 in one launch
+#define GEMM_SIGMOID_BACKWARD_ARGS GEMM_CORE_ARGS, const real *__restrict__ act, int ldact
+#define DEFINE_GEMM_SIGMOID_BACKWARD(tile, ops, TA, TB, call, threads, min_blocks)                 \
+    extern "C" __global__ void __launch_bounds__(threads, min_blocks)                              \
+        gemm_##tile##_##ops##_sigmoid_backward(GEMM_SIGMOID_BACKWARD_ARGS)                         \
+    {                                                                                              \
+        call<TA, TB, false>(GEMM_CORE_PASS, EpiSigmoidBackward{act, ldact});                       \
+    }
+
+// C (M x N) = op(A) [op(B) 1]: op(B) has N - 1 columns, the last column of C is the row sums of
+// op(A), from the same tile loop and reduction order (dW = dz x^T with db = dz 1 next to it, as
+// they lie in the flat gradient buffer). Writes C; never reads it.
+#define GEMM_BIAS_GRAD_ARGS GEMM_CORE_ARGS
+#define DEFINE_GEMM_BIAS_GRAD(tile, ops, TA, TB, call, threads, min_blocks)                        \
+    extern "C" __global__ void __launch_bounds__(threads, min_blocks)                              \
+        gemm_##tile##_##ops##_bias_grad(GEMM_BIAS_GRAD_ARGS)                                       \
+    {                                                                                              \
+        call<TA, TB, true>(GEMM_CORE_PASS, EpiScale{real(1), real(0)});                            \
     }
 
 // Tile configurations, all 256 threads. Depths (KPG, STAGES) and micro-tiles are smaller in double,
@@ -481,11 +569,11 @@ __device__ __forceinline__ void gemm_pipe(real* smem, const real* __restrict__ A
 // at 128 lets two blocks share a multiprocessor (double needs ~210: one block).
 #define T128_MIN_BLOCKS (sizeof(real) == 4 ? 2 : 1)
 #define T128_KPG (sizeof(real) == 4 ? 16 : 8)
-template <bool TA, bool TB>
-__device__ __forceinline__ void gemm_t128(GEMM_ARGS)
+template <bool TA, bool TB, bool ONES, class Epi>
+__device__ __forceinline__ void gemm_t128(GEMM_CORE_ARGS, const Epi& epi)
 {
     __shared__ __align__(16) real smem[PipeSmem<128, 128, 1, T128_KPG, 2>::SIZE];
-    gemm_pipe<128, 128, 8, 8, 1, T128_KPG, 2, TA, TB>(smem, GEMM_PASS);
+    gemm_pipe<128, 128, 8, 8, 1, T128_KPG, 2, TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
 }
 // t64: 64 x 64 tile, four times the tiles of t128, for the model's mid-sized products (H = 1024 x
 // n = 800 fills only 56 of an H100's 132 multiprocessors with 128 x 128 tiles) and short K. The
@@ -502,22 +590,26 @@ __device__ __forceinline__ void gemm_t128(GEMM_ARGS)
 #define T64_DEEP_KG (sizeof(real) == 4 ? 4 : 2)
 #define T64_DEEP_KPG (sizeof(real) == 4 ? 8 : 4)
 #define T64_DEEP_STAGES (sizeof(real) == 4 ? 2 : 4)
-template <bool TA, bool TB>
-__device__ __forceinline__ void gemm_t64(GEMM_ARGS)
+template <bool TA, bool TB, bool ONES, class Epi>
+__device__ __forceinline__ void gemm_t64(GEMM_CORE_ARGS, const Epi& epi)
 {
     constexpr int SHORT = PipeSmem<64, 64, 2, T64_KPG, 4>::SIZE;
     constexpr int DEEP = PipeSmem<64, 64, T64_DEEP_KG, T64_DEEP_KPG, T64_DEEP_STAGES>::SIZE;
     __shared__ __align__(16) real smem[SHORT > DEEP ? SHORT : DEEP];
     if (K > T64_DEEP_K)
-        gemm_pipe<64, 64, 8, T64_DEEP_TN, T64_DEEP_KG, T64_DEEP_KPG, T64_DEEP_STAGES, TA, TB>(smem, GEMM_PASS);
+        gemm_pipe<64, 64, 8, T64_DEEP_TN, T64_DEEP_KG, T64_DEEP_KPG, T64_DEEP_STAGES, TA, TB, ONES>(
+            smem, GEMM_CORE_PASS, epi);
     else
-        gemm_pipe<64, 64, 8, 4, 2, T64_KPG, 4, TA, TB>(smem, GEMM_PASS);
+        gemm_pipe<64, 64, 8, 4, 2, T64_KPG, 4, TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
 }
 // s16: 16 x 16 tile, 4 x 4 per thread, K split over 16 groups, for M <= 16 (the 10-class layer:
 // z2 = W2 a1, dW2 = diff a1^T), where tiles alone would give a handful of blocks.
 #define S16_KPG (sizeof(real) == 4 ? 8 : 4)
-template <bool TA, bool TB>
-__device__ __forceinline__ void gemm_s16(GEMM_ARGS) { gemm_block<16, 16, 4, 4, 16, S16_KPG, TA, TB>(GEMM_PASS); }
+template <bool TA, bool TB, bool ONES, class Epi>
+__device__ __forceinline__ void gemm_s16(GEMM_CORE_ARGS, const Epi& epi)
+{
+    gemm_block<16, 16, 4, 4, 16, S16_KPG, TA, TB, ONES>(GEMM_CORE_PASS, epi);
+}
 
 DEFINE_GEMM(t128, nn, false, false, gemm_t128, 256, T128_MIN_BLOCKS)
 DEFINE_GEMM(t128, nt, false, true, gemm_t128, 256, T128_MIN_BLOCKS)
@@ -531,5 +623,18 @@ DEFINE_GEMM(s16, nn, false, false, gemm_s16, 256, 1)
 DEFINE_GEMM(s16, nt, false, true, gemm_s16, 256, 1)
 DEFINE_GEMM(s16, tn, true, false, gemm_s16, 256, 1)
 DEFINE_GEMM(s16, tt, true, true, gemm_s16, 256, 1)
+
+
+// The fused GEMMs: the transpose pair each op uses, the tiles gemm_plan.GEMM_VARIANTS lists.
+// z1 = W1 x (nn) and dW = dz x^T (nt) get every tile; da1 = W2^T diff (tn, K = 10) t64 and s16
+// only (the planner never gives a short-K product t128; the fused op runs t64 where it would).
+DEFINE_GEMM_BIAS_SIGMOID(t128, nn, false, false, gemm_t128, 256, T128_MIN_BLOCKS)
+DEFINE_GEMM_BIAS_SIGMOID(t64, nn, false, false, gemm_t64, 256, T64_MIN_BLOCKS)
+DEFINE_GEMM_BIAS_SIGMOID(s16, nn, false, false, gemm_s16, 256, 1)
+DEFINE_GEMM_SIGMOID_BACKWARD(t64, tn, true, false, gemm_t64, 256, T64_MIN_BLOCKS)
+DEFINE_GEMM_SIGMOID_BACKWARD(s16, tn, true, false, gemm_s16, 256, 1)
+DEFINE_GEMM_BIAS_GRAD(t128, nt, false, true, gemm_t128, 256, T128_MIN_BLOCKS)
+DEFINE_GEMM_BIAS_GRAD(t64, nt, false, true, gemm_t64, 256, T64_MIN_BLOCKS)
+DEFINE_GEMM_BIAS_GRAD(s16, nt, false, true, gemm_s16, 256, 1)
 
 #endif  // DPMLP_GEMM_CUH

@@ -54,6 +54,49 @@ GEMM_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(t, ops[0] == "t", ops[1] 
                                       for t in GEMM_TILES for ops in GEMM_OPS)
 
 
+@dataclass(frozen=True)
+class GemmVariant:
+    """A fused GEMM (core.ops FUSED_OPS): the GEMM tiles with an epilogue of gemm.cuh
+    (DEFINE_GEMM_<VARIANT>), instantiated for one transpose pair and some tiles only."""
+
+    #: the fused op of core.ops.Backend
+    op: str
+    #: kernel-name suffix: gemm_<tile>_<ops>_<suffix>
+    suffix: str
+    #: the transpose pair ("nn", "tn", "nt")
+    ops: str
+    #: the tiles gemm.cuh instantiates; a pick outside them becomes `fallback`
+    tiles: tuple[str, ...]
+    fallback: str
+    #: the kernel's parameters (GEMM_<VARIANT>_ARGS), kinds as in op_table, operands named as the
+    #: op's parameters
+    params: str
+    #: True: op(B) gets a virtual last column of ones, C one column more than op(B) (bias gradient)
+    ones: bool = False
+
+    def kernel(self, tile: str) -> str:
+        return f"gemm_{tile}_{self.ops}_{self.suffix}"
+
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        return tuple(self.kernel(t) for t in self.tiles)
+
+
+#: parameters every fused GEMM kernel starts with (GEMM_CORE_ARGS): C is the op's `out`
+GEMM_CORE_PARAMS = "M:a, M:b, M:out, i:m, i:n, i:k, i:lda, i:ldb, i:ldc"
+
+#: the fused GEMMs by op name. da1 = W2^T diff has K = 10, which pick_gemm_tile never gives t128:
+#: its variant has t64 and s16 only (a forced or deep-K t128 pick runs as t64).
+GEMM_VARIANTS: dict[str, GemmVariant] = {v.op: v for v in (
+    GemmVariant("gemm_bias_sigmoid", "bias_sigmoid", "nn", ("t128", "t64", "s16"), "t64",
+                GEMM_CORE_PARAMS + ", R:bias"),
+    GemmVariant("gemm_sigmoid_backward", "sigmoid_backward", "tn", ("t64", "s16"), "t64",
+                GEMM_CORE_PARAMS + ", M:act, i:ld_act"),
+    GemmVariant("gemm_with_bias_grad", "bias_grad", "nt", ("t128", "t64", "s16"), "t64",
+                GEMM_CORE_PARAMS, ones=True),
+)}
+
+
 def pick_gemm_tile(m: int, n: int, num_sms: int, k: int | None = None) -> str:
     """Tile for an M x N (x K) product on a GPU with `num_sms` multiprocessors.
 
@@ -93,21 +136,32 @@ class GemmPlan:
 
 
 def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: int,
-              tile: str | None = None) -> GemmPlan | None:
+              tile: str | None = None, variant: GemmVariant | None = None) -> GemmPlan | None:
     """Check the shapes of C = op(A) op(B) and choose the launch; None when C is empty.
 
     K = 0 still gets a plan (the kernel then writes beta * C). `tile` forces a tile (tests, tuning).
+    `variant` plans a fused GEMM of GEMM_VARIANTS instead (trans_a, trans_b must be its pair); with
+    its `ones`, C has one column more than op(B) (the ones column).
     """
     if len(a_shape) != 2 or len(b_shape) != 2 or len(c_shape) != 2:
         raise ValueError(f"gemm takes matrices, got shapes {a_shape}, {b_shape}, {c_shape}")
     m, k = (a_shape[1], a_shape[0]) if trans_a else (a_shape[0], a_shape[1])
     kb, n = (b_shape[1], b_shape[0]) if trans_b else (b_shape[0], b_shape[1])
+    if variant is not None and variant.ones:
+        n += 1
     if k != kb or tuple(c_shape) != (m, n):
         raise ValueError(
             f"gemm shape mismatch: op(A) {m}x{k}, op(B) {kb}x{n}, C {c_shape[0]}x{c_shape[1]}")
     if m == 0 or n == 0:
         return None
     tile = tile or pick_gemm_tile(m, n, num_sms, k)
+    if variant is None:
+        kernel = gemm_kernel_name(tile, trans_a, trans_b)
+    else:
+        if variant.ops != ("t" if trans_a else "n") + ("t" if trans_b else "n"):
+            raise ValueError(f"{variant.op} is the {variant.ops} product")
+        if tile not in variant.tiles:
+            tile = variant.fallback
+        kernel = variant.kernel(tile)
     threads = GEMM_TILES[tile].threads
-    return GemmPlan(gemm_kernel_name(tile, trans_a, trans_b), gemm_grid(tile, m, n),
-                    (threads, 1, 1), m, n, k)
+    return GemmPlan(kernel, gemm_grid(tile, m, n), (threads, 1, 1), m, n, k)

@@ -19,7 +19,9 @@ every GPU backend, and ``tests/test_op_table.py`` checks the table against core.
 sources. Adding an op is adding its kernel to a .cuh header and its entry to ``OPS``.
 
 The GEMM is an entry too (its kernels, reference, tolerance and cases), but its launch is planned
-per shape by backends/gemm_plan.py and its method is written by hand (``planned=True``).
+per shape by backends/gemm_plan.py and its method is written by hand (``planned=True``); so are the
+fused GEMMs (gemm_bias_sigmoid, gemm_sigmoid_backward, gemm_with_bias_grad; their kernels:
+gemm_plan.GEMM_VARIANTS).
 
 Pure Python (NumPy at most): importing this module never touches a GPU library.
 """
@@ -264,6 +266,38 @@ def _gemm_cases(rng, rows, cols, dtype):
     return cases
 
 
+#: K of the fused GEMMs' cases: none, short (da1's K = 10: t64's short-K configuration) and deep
+#: (past T64_DEEP_K = 256: t64's deep configuration in float)
+_FUSED_GEMM_KS = (0, 10, 300)
+
+
+def _fused_scale(k):
+    """Inputs scaled so that the products are about N(0, 9): the sigmoid is neither flat nor 0/1."""
+    return 3.0 / math.sqrt(max(k, 1))
+
+
+def _gemm_bias_sigmoid_cases(rng, rows, cols, dtype):
+    m, n = rows, cols
+    return [{"a": _normal(rng, (m, k), dtype), "b": _normal(rng, (k, n), dtype, _fused_scale(k)),
+             "bias": _normal(rng, (m,), dtype), "out": _nan((m, n), dtype)}
+            for k in _FUSED_GEMM_KS]
+
+
+def _gemm_sigmoid_backward_cases(rng, rows, cols, dtype):
+    m, n = rows, cols
+    return [{"a": _normal(rng, (k, m), dtype), "b": _normal(rng, (k, n), dtype),
+             "act": _unit(rng, (m, n), dtype), "out": _nan((m, n), dtype)}
+            for k in _FUSED_GEMM_KS]
+
+
+def _gemm_with_bias_grad_cases(rng, rows, cols, dtype):
+    """out is rows x (cols + 1): cols = 0 leaves only the bias column."""
+    m, n = rows, cols
+    return [{"a": _normal(rng, (m, k), dtype), "b": _normal(rng, (n, k), dtype),
+             "out": _nan((m, n + 1), dtype)}
+            for k in _FUSED_GEMM_KS]
+
+
 def _bias_sigmoid_cases(rng, rows, cols, dtype):
     return [{"z": _normal(rng, (rows, cols), dtype, 3.0), "bias": _normal(rng, (rows,), dtype),
              "out": _nan((rows, cols), dtype)}]
@@ -443,6 +477,16 @@ OPS: tuple[Op, ...] = (
        (Launch("sgd_step", "R:params, R:grads, i:n, i:lo0, i:hi0, i:lo1, i:hi1, r:reg, r:-lr",
                elementwise_launch, "n"),),
        "elementwise", _sgd_cases, writes=("params", "grads")),
+    # the fused GEMMs (core.ops FUSED_OPS): planned like the GEMM (gemm_plan.GEMM_VARIANTS)
+    *(Op(v.op, params, None, "", "", tuple(Launch(kernel, v.params, None) for kernel in v.kernels),
+         "gemm", cases, writes=("out",), planned=True)
+      for v, params, cases in (
+          (gemm_plan.GEMM_VARIANTS["gemm_bias_sigmoid"], "a, b, bias, out",
+           _gemm_bias_sigmoid_cases),
+          (gemm_plan.GEMM_VARIANTS["gemm_sigmoid_backward"], "a, b, act, out",
+           _gemm_sigmoid_backward_cases),
+          (gemm_plan.GEMM_VARIANTS["gemm_with_bias_grad"], "a, b, out",
+           _gemm_with_bias_grad_cases))),
     Op("nll_sum", "yhat, labels, acc", label_sizes, "yhat, labels", "rows, cols",
        (Launch("nll_sum", "M:yhat, L:labels, R:acc, i:rows, i:cols, i:ld_yhat",
                one_block_launch),),

@@ -96,6 +96,17 @@ class NumpyBackend(Backend):
                 g[lo:hi] += reg * p[lo:hi]
         p += -lr * g
 
+    def gemm_bias_sigmoid(self, a, b, bias, out):
+        out[...] = 1.0 / (1.0 + np.exp(-(a @ b + bias[:, None])))
+
+    def gemm_sigmoid_backward(self, a, b, act, out):
+        out[...] = (a.T @ b) * act * (1.0 - act)
+
+    def gemm_with_bias_grad(self, a, b, out):
+        n = b.shape[0]
+        out[:, :n] = a @ b.T
+        out[:, n] = a.sum(axis=1)
+
     def nll_sum(self, yhat, labels, acc):
         acc[0] += -np.log(yhat[labels, np.arange(labels.size)]).sum()
 

@@ -90,6 +90,18 @@ class ParamLayout:
         return {p.name: flat[p.offset:p.offset + p.size].reshape(p.shape, order="F").copy(order="F")
                 for p in self.params}
 
+    @property
+    def grad_blocks(self) -> tuple[tuple[str, int, tuple[int, int]], ...]:
+        """(name, offset, (M, N + 1)) of each layer's weights and bias as ONE column-major matrix:
+        W (M x N) is followed by b (M) in the flat buffer, so b is the extra last column. The fused
+        ``Backend.gemm_with_bias_grad`` writes dW and db through it in one launch."""
+        blocks = []
+        for w, b in ((self["W1"], self["b1"]), (self["W2"], self["b2"])):
+            rows, cols = w.shape
+            assert b.offset == w.offset + w.size and b.shape == (rows,)
+            blocks.append((f"d{w.name}{b.name}", w.offset, (rows, cols + 1)))
+        return tuple(blocks)
+
     def gemm_shapes(self, n: int) -> list[GemmShape]:
         """The five GEMMs of one training step on n samples, from W1's and W2's shapes."""
         (h, inputs), (classes, _) = self["W1"].shape, self["W2"].shape
@@ -135,6 +147,10 @@ class MLP:
         self.W1, self.b1, self.W2, self.b2 = backend.flat_views(self.flat_params, shapes)
         self.flat_grads = backend.zeros((self.size,))
         self.dW1, self.db1, self.dW2, self.db2 = backend.flat_views(self.flat_grads, shapes)
+        # [dW1 db1] (hidden x 785), [dW2 db2] (10 x hidden+1): the same memory, one matrix a layer
+        (self.dW1b1,), (self.dW2b2,) = (
+            backend.flat_views(backend.cols(self.flat_grads, offset, offset + math.prod(shape)),
+                               [shape]) for _, offset, shape in self.layout.grad_blocks)
 
         cols = self.max_cols
         self._a1 = backend.empty((hidden, cols))    # z1, then a1 = sigmoid(z1) in place
@@ -146,8 +162,7 @@ class MLP:
         """Forward pass over the columns of ``x`` (784 x n, n <= max_cols): returns (a1, yhat)."""
         be, n = self.backend, _ncols(x)
         a1, yhat = be.cols(self._a1, 0, n), be.cols(self._yhat, 0, n)
-        be.gemm(self.W1, x, a1)                  # z1 = W1 x
-        be.bias_sigmoid(a1, self.b1, a1)         # a1 = sigmoid(z1 + b1)
+        be.gemm_bias_sigmoid(self.W1, x, self.b1, a1)  # a1 = sigmoid(W1 x + b1)
         be.gemm(self.W2, a1, yhat)               # z2 = W2 a1
         be.add_bias(yhat, self.b2)               # z2 += b2
         be.softmax(yhat, yhat, axis=0)           # yhat = softmax over each sample's column
@@ -168,8 +183,7 @@ class MLP:
             return
         diff = yhat
         be.softmax_xent_backward(yhat, labels, 1.0 / global_batch, diff)  # (yhat - y) / N_b
-        be.gemm(diff, a1, self.dW2, trans_b=True)          # dW2 = diff a1^T
-        be.reduce_cols(diff, self.db2)                      # db2 = sum_j diff
+        be.gemm_with_bias_grad(diff, a1, self.dW2b2)        # dW2 = diff a1^T, db2 = sum_j diff
 
     def backward_hidden(self, x, a1, diff) -> None:
         """Hidden layer: dW1, db1 (the head of ``flat_grads``) from the ``diff`` that
@@ -178,10 +192,8 @@ class MLP:
         if n == 0:
             return
         dz1 = be.cols(self._dz1, 0, n)
-        be.gemm(self.W2, diff, dz1, trans_a=True)           # da1 = W2^T diff
-        be.sigmoid_backward(dz1, a1, dz1)                   # dz1 = da1 * a1 * (1 - a1)
-        be.gemm(dz1, x, self.dW1, trans_b=True)             # dW1 = dz1 x^T
-        be.reduce_cols(dz1, self.db1)                       # db1 = sum_j dz1
+        be.gemm_sigmoid_backward(self.W2, diff, a1, dz1)    # dz1 = (W2^T diff) * a1 * (1 - a1)
+        be.gemm_with_bias_grad(dz1, x, self.dW1b1)          # dW1 = dz1 x^T, db1 = sum_j dz1
 
     @property
     def output_layer_offset(self) -> int:

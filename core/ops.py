@@ -35,7 +35,7 @@ SUPPORTED_DTYPES = ("float32", "float64")
 #: Fused ops: each does the work of several contract ops in one pass. They are not abstract: the
 #: base class computes them from the contract's ops, so every backend has them, and a backend
 #: overrides one to do it in fewer launches. Each still has a NumPy reference and parity tests.
-FUSED_OPS = ("sgd_step",)
+FUSED_OPS = ("sgd_step", "gemm_bias_sigmoid", "gemm_sigmoid_backward", "gemm_with_bias_grad")
 
 
 class Backend(abc.ABC):
@@ -210,6 +210,39 @@ class Backend(abc.ABC):
             for lo, hi in reg_ranges:
                 self.axpy(reg, self.cols(params, lo, hi), self.cols(grads, lo, hi))
         self.axpy(-lr, grads, params)
+
+    def gemm_bias_sigmoid(self, a: Array, b: Array, bias: Array, out: Array) -> None:
+        """out = sigmoid(a @ b + bias 1^T): a is M x K, b K x N, bias length M, out M x N (the
+        hidden layer's forward pass, z1 = W1 x, in one op). out must not alias a or b; it is never
+        read. Equal to ``gemm(a, b, out)`` then ``bias_sigmoid(out, bias, out)``, which is how this
+        default computes it."""
+        self.gemm(a, b, out)
+        self.bias_sigmoid(out, bias, out)
+
+    def gemm_sigmoid_backward(self, a: Array, b: Array, act: Array, out: Array) -> None:
+        """out = (a^T @ b) * act * (1 - act): a is K x M, b K x N, act and out M x N (da1 =
+        W2^T diff and dz1 in one op; act = a1 = sigmoid(z1)). out must not alias a, b or act; it is
+        never read. Equal to ``gemm(a, b, out, trans_a=True)`` then ``sigmoid_backward(out, act, out)``,
+        which is how this default computes it."""
+        self.gemm(a, b, out, trans_a=True)
+        self.sigmoid_backward(out, act, out)
+
+    def gemm_with_bias_grad(self, a: Array, b: Array, out: Array) -> None:
+        """A layer's weight and bias gradients in one op: a is M x K, b N x K, out M x (N + 1);
+        out[:, :N] = a @ b^T and out[:, N] = a @ 1, the row sums of a (dW = dz x^T and db = sum_j dz
+        of K samples, as the flat gradient buffer holds them: db right after dW is one M x (N + 1)
+        column-major matrix). out must not alias a or b; it is never read. K = 0 gives zeros.
+
+        This default computes out[:, :N] with ``gemm`` and the last column as a ``gemm`` against a
+        ones vector, which it allocates once (and again only for a longer K)."""
+        n, k = b.shape[0], a.shape[1]
+        self.gemm(a, b, self.cols(out, 0, n), trans_b=True)
+        ones = getattr(self, "_bias_grad_ones", None)
+        if ones is None or ones.shape[0] < k:
+            ones = self._bias_grad_ones = self.empty((max(k, 1),))
+            self.fill(ones, 1.0)
+        (ones_col,) = self.flat_views(self.cols(ones, 0, k), [(k, 1)])
+        self.gemm(a, ones_col, self.cols(out, n, n + 1))
 
     @abc.abstractmethod
     def sum_squares(self, x: Array) -> float:

@@ -31,19 +31,20 @@ from subset_training import train_params
 
 
 class FailingBackend(NumpyBackend):
-    """NumPy backend whose gemm raises on one rank once training has reached a given step."""
+    """NumPy backend whose hidden-layer forward pass (gemm_bias_sigmoid) raises on one rank once
+    training has reached a given step."""
 
     fail_rank = -1
     fail_step = 3
     rank = 0
     calls = 0
 
-    def gemm(self, *args, **kwargs):
+    def gemm_bias_sigmoid(self, *args, **kwargs):
         FailingBackend.calls += 1
-        # forward + backward = 5 gemm calls per step on a rank with samples
-        if self.rank == self.fail_rank and FailingBackend.calls > 5 * self.fail_step:
+        # one call per step on a rank with samples (MLP.forward's z1)
+        if self.rank == self.fail_rank and FailingBackend.calls > self.fail_step:
             raise RuntimeError(f"injected failure at step {self.fail_step}")
-        super().gemm(*args, **kwargs)
+        super().gemm_bias_sigmoid(*args, **kwargs)
 
 
 def main(argv: list[str]) -> int:

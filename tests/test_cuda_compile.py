@@ -36,17 +36,28 @@ def _c_type(declaration: str) -> str:
 
 def declared_kernels(source: str) -> dict[str, list[str]]:
     """Kernel name -> C types of its parameters, for the plain extern "C" kernels and the
-    DEFINE_GEMM expansions (whose parameters are the GEMM_ARGS macro)."""
+    DEFINE_GEMM<_VARIANT> expansions: DEFINE_GEMM_<VARIANT>(tile, ops, ...) defines
+    gemm_<tile>_<ops>_<variant> with the parameters of the macro GEMM_<VARIANT>_ARGS (which may
+    name other *_ARGS macros, expanded here)."""
     kernels = {}
     plain = r'extern "C" __global__ void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)'
     for name, params in re.findall(plain, source):
         if name == "__launch_bounds__":  # DEFINE_GEMM's own body: the macro, not a kernel
             continue
         kernels[name] = [_c_type(p) for p in params.split(",")]
-    body = re.search(r"#define GEMM_ARGS((?:[^\n]*\\\n)*[^\n]*)", source).group(1)
-    gemm_params = [_c_type(p) for p in body.replace("\\\n", " ").split(",")]
-    for tile, ops in re.findall(r"^DEFINE_GEMM\((\w+), (\w+),", source, flags=re.MULTILINE):
-        kernels[f"gemm_{tile}_{ops}"] = gemm_params
+    bodies = {name: body.replace("\\\n", " ") for name, body in
+              re.findall(r"#define (GEMM\w*_ARGS)((?:[^\n]*\\\n)*[^\n]*)", source)}
+
+    def expand(macro: str) -> list[str]:
+        types = []
+        for part in bodies[macro].split(","):
+            part = part.strip()
+            types += expand(part) if part in bodies else [_c_type(part)]
+        return types
+
+    for variant, tile, ops in re.findall(r"^DEFINE_GEMM(\w*)\((\w+), (\w+),", source,
+                                         flags=re.MULTILINE):
+        kernels[f"gemm_{tile}_{ops}{variant.lower()}"] = expand(f"GEMM{variant}_ARGS")
     return kernels
 
 

@@ -151,6 +151,123 @@ def test_gemm_every_tile(gpu, ref, tile, trans_a, trans_b):
         gpu.gemm_tile = None
 
 
+# the fused GEMMs (gemm_plan.GEMM_VARIANTS), each run with every tile forced (a tile the variant
+# lacks runs as its fallback) on sizes that are no multiple of any tile: M <= 16 and M > 16, one
+# output column, K = 0, short K (t64's short configuration) and deep K (its deep one, K > 256)
+FUSED_VARIANTS = [pytest.param(v, id=v.op) for v in gemm_plan.GEMM_VARIANTS.values()]
+FUSED_SIZES = [(133, 77, 65), (17, 129, 300), (5, 3, 1), (70, 1, 0), (16, 64, 257), (200, 300, 10)]
+
+
+def fused_case(rng, op, m, n, k, dtype):
+    """Host inputs of fused GEMM `op` with an M x N product over K (gemm_with_bias_grad: op(B)
+    has N columns, out N + 1)."""
+    scale = 3.0 / np.sqrt(max(k, 1))
+    if op == "gemm_bias_sigmoid":
+        return {"a": rand(rng, (m, k), dtype), "b": rand(rng, (k, n), dtype, scale),
+                "bias": rand(rng, (m,), dtype), "out": np.full((m, n), np.nan, dtype, order="F")}
+    if op == "gemm_sigmoid_backward":
+        return {"a": rand(rng, (k, m), dtype), "b": rand(rng, (k, n), dtype),
+                "act": np.asfortranarray(rng.uniform(0, 1, (m, n))).astype(dtype, order="F"),
+                "out": np.full((m, n), np.nan, dtype, order="F")}
+    return {"a": rand(rng, (m, k), dtype), "b": rand(rng, (n, k), dtype),
+            "out": np.full((m, n + 1), np.nan, dtype, order="F")}
+
+
+def run_fused(be, ref, op, case):
+    """(what `be` computes, what the reference computes) for one fused case."""
+    expected = {k: v.copy(order="F") for k, v in case.items()}
+    getattr(ref, op)(**expected)
+    device = {k: be.from_host(v) for k, v in case.items()}
+    getattr(be, op)(**device)
+    for name, original in case.items():
+        if name != "out":
+            assert np.array_equal(be.to_host(device[name]), original), f"{op} changed {name}"
+    return be.to_host(device["out"]), expected["out"]
+
+
+@gpu_test
+@pytest.mark.parametrize("tile", sorted(gemm_plan.GEMM_TILES))
+@pytest.mark.parametrize("variant", FUSED_VARIANTS)
+def test_fused_gemm_every_tile(gpu, ref, variant, tile):
+    gpu.gemm_tile = tile
+    try:
+        rng = np.random.default_rng(21)
+        for m, n, k in FUSED_SIZES:
+            got, expected = run_fused(gpu, ref, variant.op, fused_case(rng, variant.op, m, n, k,
+                                                                        gpu.dtype))
+            assert np.all(np.isfinite(got)), f"{variant.op} {m}x{n}x{k}: unwritten elements"
+            assert_close(got, expected, gpu.dtype, "gemm")
+    finally:
+        gpu.gemm_tile = None
+
+
+@gpu_test
+def test_fused_gemm_bias_grad_exact(gpu, ref):
+    """Integer-valued inputs: the product and the row sums are exact in both precisions, so the
+    ones column must give exactly what a sum gives (on every tile)."""
+    a, b, _ = course_matrices(37, 700, 130)  # a 37 x 130, b (K x N) = 130 x 700
+    a, bt = a.astype(gpu.dtype), np.asfortranarray(b.T).astype(gpu.dtype)  # b: N x K
+    expected = np.empty((37, 701), gpu.dtype, order="F")
+    ref.gemm_with_bias_grad(a, bt, expected)
+    assert np.array_equal(expected[:, 700], a.sum(axis=1))
+    for tile in sorted(gemm_plan.GEMM_TILES):
+        gpu.gemm_tile = tile
+        try:
+            out = gpu.from_host(np.full((37, 701), np.nan, gpu.dtype))
+            gpu.gemm_with_bias_grad(gpu.from_host(a), gpu.from_host(bt), out)
+            assert np.array_equal(gpu.to_host(out), expected), tile
+        finally:
+            gpu.gemm_tile = None
+
+
+@gpu_test
+def test_fused_gemms_on_the_model_views(gpu, ref):
+    """The model's operands: x and a1 column slices of wider matrices, [dW1 db1] and [dW2 db2]
+    M x (N + 1) views of one flat buffer whose other elements stay untouched."""
+    rng = np.random.default_rng(22)
+    dt, h, n, lo = gpu.dtype, 40, 23, 5
+    shapes = [(h, 784), (h,), (10, h), (10,)]
+    size = sum(int(np.prod(s)) for s in shapes)
+    flat = rand(rng, (size + 7,), dt)
+    x_big = rand(rng, (784, n + 9), dt)
+    w1, b1, w2 = rand(rng, (h, 784), dt, 0.05), rand(rng, (h,), dt), rand(rng, (10, h), dt)
+    diff_big = rand(rng, (10, n + 9), dt)
+    a1_big = np.full((h, n + 9), np.nan, dt, order="F")
+
+    # reference
+    x, diff = x_big[:, lo:lo + n], diff_big[:, lo:lo + n]
+    r_flat, r_a1 = flat.copy(), a1_big.copy(order="F")
+    r_dw1b1 = r_flat[:h * 785].reshape((h, 785), order="F")
+    off2 = h * 785
+    r_dw2b2 = r_flat[off2:off2 + 10 * (h + 1)].reshape((10, h + 1), order="F")
+    ref.gemm_bias_sigmoid(w1, x, b1, r_a1[:, lo:lo + n])
+    r_dz1 = np.empty((h, n), dt, order="F")
+    ref.gemm_sigmoid_backward(w2, diff, r_a1[:, lo:lo + n], r_dz1)
+    ref.gemm_with_bias_grad(r_dz1, x, r_dw1b1)
+    ref.gemm_with_bias_grad(diff, r_a1[:, lo:lo + n], r_dw2b2)
+
+    # device, through cols and flat_views as core/model.py builds them
+    d_flat, d_x, d_a1 = gpu.from_host(flat), gpu.from_host(x_big), gpu.from_host(a1_big)
+    d_diff = gpu.from_host(diff_big)
+    (dw1b1,) = gpu.flat_views(gpu.cols(d_flat, 0, h * 785), [(h, 785)])
+    (dw2b2,) = gpu.flat_views(gpu.cols(d_flat, off2, off2 + 10 * (h + 1)), [(10, h + 1)])
+    xs, a1s = gpu.cols(d_x, lo, lo + n), gpu.cols(d_a1, lo, lo + n)
+    diffs = gpu.cols(d_diff, lo, lo + n)
+    gpu.gemm_bias_sigmoid(gpu.from_host(w1), xs, gpu.from_host(b1), a1s)
+    dz1 = gpu.empty((h, n))
+    gpu.gemm_sigmoid_backward(gpu.from_host(w2), diffs, a1s, dz1)
+    gpu.gemm_with_bias_grad(dz1, xs, dw1b1)
+    gpu.gemm_with_bias_grad(diffs, a1s, dw2b2)
+
+    got_a1, got_flat = gpu.to_host(d_a1), gpu.to_host(d_flat)
+    assert np.all(np.isnan(got_a1[:, :lo])) and np.all(np.isnan(got_a1[:, lo + n:]))
+    assert_close(got_a1[:, lo:lo + n], r_a1[:, lo:lo + n], dt, "gemm")
+    assert_close(gpu.to_host(dz1), r_dz1, dt, "gemm")
+    assert np.array_equal(got_flat[off2 + 10 * (h + 1):], flat[off2 + 10 * (h + 1):])
+    assert_close(got_flat[:h * 785], r_flat[:h * 785], dt, "gemm")
+    assert_close(got_flat[off2:off2 + 10 * (h + 1)], r_flat[off2:off2 + 10 * (h + 1)], dt, "gemm")
+
+
 def course_matrices(m, n, k):
     """Integer-valued inputs of the course's GEMM test: A_ij = ((i*j) mod 17) - 8, and likewise."""
     def grid(rows, cols, shift):
