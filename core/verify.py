@@ -158,7 +158,7 @@ def _unpack(flat: np.ndarray, hidden: int) -> dict[str, np.ndarray]:
 
 
 class Lockstep:
-    """Observer of DataParallelTrainer.train(on_step=...) on every rank; the numerical checks run
+    """Observer of DataParallelTrainer.train(observe=...) on every rank; the numerical checks run
     on rank 0 and their verdict is broadcast, so that every rank stops at the same step."""
 
     def __init__(self, comm, trainer, train: tuple, val: tuple, scale: str, every: int = 1,

@@ -138,7 +138,7 @@ def test_trainer_steps_follow_the_reference_schedule():
     trainer = DataParallelTrainer(NumpyBackend("float64"), SingleCommunicator(), cfg, x,
                                   labels[:500])
     seen = []
-    trainer.train(on_step=lambda info: seen.append((info.epoch, info.index, info.step,
+    trainer.train(observe=lambda info: seen.append((info.epoch, info.index, info.step,
                                                     info.start, info.batch)))
     plan = reference.schedule(500, 67)
     assert seen == [(e, i, (e - 1) * len(plan) + i, s, b)
