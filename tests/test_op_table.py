@@ -174,13 +174,13 @@ def _check_launch(op, launch, case, backend):
     assert block[0] * block[1] * block[2] <= 1024 and block[0] % 32 == 0
     assert grid[0] < 2**31 and grid[1] < 65536
     assert len(args) == len(entry.parameters)
-    workspace = {id(backend._scratch), id(backend._total)}
+    workspace = {name: getattr(backend, f"_{name}") for name in op_table.WORKSPACE}
     for (kind, expr), value in zip(entry.parameters, args):
         where = f"{kernel}({expr})"
         if kind in "RLM":
             assert value is case[expr], f"{where}: not the operand"
-        elif kind == "W":
-            assert id(value) in workspace, f"{where}: not the workspace"
+        elif kind in "WC":
+            assert value is workspace[expr], f"{where}: not the workspace buffer _{expr}"
         elif kind == "i":
             assert type(value) is int and -2**31 <= value < 2**31, f"{where} = {value!r}"
         else:
