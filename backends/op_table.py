@@ -50,7 +50,8 @@ REDUCE_COLS_GROUPS = 16
 #: threads per block, columns per block at a time, most classes it holds in registers, and most
 #: blocks (the slots of its partial-loss workspace)
 OUTPUT_THREADS = 256
-OUTPUT_COLS = 4
+#: columns per group by itemsize (OL_COLS_FLOAT, OL_COLS_DOUBLE): the accumulators are registers
+OUTPUT_COLS = {4: 8, 8: 4}
 OUTPUT_MAX_CLASSES = 10
 OUTPUT_MAX_BLOCKS = 1024
 #: largest element count a kernel may index with its 32-bit ints (with headroom for a grid-stride
@@ -209,7 +210,8 @@ def output_layer_sizes(w2, b2, a1, labels, diff) -> tuple[int, int, int, int] | 
     if n == 0:
         return None
     check_index_range(hidden * n, classes * n, classes * hidden)
-    return classes, hidden, n, min(math.ceil(n / OUTPUT_COLS), OUTPUT_MAX_BLOCKS)
+    cols = OUTPUT_COLS[np.dtype(diff.dtype).itemsize]
+    return classes, hidden, n, min(math.ceil(n / cols), OUTPUT_MAX_BLOCKS)
 
 
 def sum_squares_sizes(x) -> tuple[int, int] | None:
@@ -250,7 +252,7 @@ def blocks_launch(blocks: int) -> tuple[Dim3, Dim3]:
 
 @functools.lru_cache(maxsize=1024)
 def output_layer_launch(blocks: int) -> tuple[Dim3, Dim3]:
-    """`blocks` blocks of OUTPUT_THREADS (a column group of OUTPUT_COLS each, grid-stride)."""
+    """`blocks` blocks of OUTPUT_THREADS (a group of OUTPUT_COLS columns each, grid-stride)."""
     return (blocks, 1, 1), (OUTPUT_THREADS, 1, 1)
 
 

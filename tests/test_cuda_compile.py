@@ -142,7 +142,9 @@ def test_output_layer_constants_match_source():
     source = cuda_compile.read_source()
     defines = {name: int(value) for name, value in
                re.findall(r"^#define (OL_\w+) (\d+)\s*$", source, flags=re.MULTILINE)}
-    assert defines == {"OL_THREADS": op_table.OUTPUT_THREADS, "OL_COLS": op_table.OUTPUT_COLS,
+    assert defines == {"OL_THREADS": op_table.OUTPUT_THREADS,
+                       "OL_COLS_FLOAT": op_table.OUTPUT_COLS[4],
+                       "OL_COLS_DOUBLE": op_table.OUTPUT_COLS[8],
                        "OL_MAX_CLASSES": op_table.OUTPUT_MAX_CLASSES,
                        "OL_MAX_BLOCKS": op_table.OUTPUT_MAX_BLOCKS}
     assert op_table.WORKSPACE["output_partials"][0] == op_table.OUTPUT_MAX_BLOCKS
