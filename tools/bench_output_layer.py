@@ -3,6 +3,9 @@ softmax, nll_sum, softmax_xent_backward), on one GPU backend, with CUDA events; 
 give the same bits and that it agrees with the NumPy reference.
 
     python tools/bench_output_layer.py [cupy|pycuda] [float32|float64]
+
+The times are of 200 eager calls in a row, Python launch cost included (at small shapes that is
+most of it); for the GPU time alone, capture the calls in a CUDA graph and time its replay.
 """
 
 from __future__ import annotations
