@@ -161,6 +161,10 @@ class CudaBackend(Backend):
         self._total = self.cols(self._scratch, op_table.SUM_PARTIAL_BLOCKS,
                                 op_table.SUM_PARTIAL_BLOCKS + 1)
         self._scalar_host = self.host_buffer(1)
+        # workspace of output_layer: a partial loss per block, and the ticket that finds the last
+        # block (zero here; every launch leaves it at zero)
+        self._output_partials = self.empty((op_table.OUTPUT_MAX_BLOCKS,))
+        self._output_ticket = self.from_host(np.zeros(1, np.int32))
 
     def _launcher(self, kernel: str, fixed: dict[int, Any] | None = None) -> Callable:
         """``launch(grid, block, *args)`` for `kernel`, args in the kernel's order as the ops hold

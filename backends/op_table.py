@@ -48,6 +48,14 @@ MAX_GRID = 4096
 SUM_PARTIAL_BLOCKS = 256
 #: column groups of the reduce_cols kernel (RC_GROUPS in reductions.cuh): block = 32 rows x groups
 REDUCE_COLS_GROUPS = 16
+#: the fused output layer (OL_* in reductions.cuh; tests/test_cuda_compile.py checks they agree):
+#: threads per block, columns per block at a time, most classes it holds in registers, and most
+#: blocks (the slots of its partial-loss workspace)
+OUTPUT_THREADS = 256
+#: columns per group by itemsize (OL_COLS_FLOAT, OL_COLS_DOUBLE): the accumulators are registers
+OUTPUT_COLS = {4: 8, 8: 4}
+OUTPUT_MAX_CLASSES = 10
+OUTPUT_MAX_BLOCKS = 1024
 #: largest element count a kernel may index with its 32-bit ints (with headroom for a grid-stride
 #: loop's last step, idx + blocks*threads, to stay below 2^31 too)
 MAX_ELEMENTS = 2**31 - 1 - MAX_GRID * BLOCK
@@ -63,10 +71,16 @@ KINDS = {
     "M": "pointer to a matrix of the backend dtype read through its leading dimension, which the "
          "dispatch computes as ld_<name> for a later i parameter",
     "W": "pointer to the backend's workspace buffer _<name> (not an operand: no check)",
+    "C": "pointer to the backend's int32 workspace counter _<name>, which every launch leaves at 0 "
+         "(not an operand: no check)",
     "i": "32-bit int",
     "r": "real of the build (float or double)",
 }
-_KIND_LETTER = {"R": "P", "L": "P", "M": "P", "W": "P", "i": "i", "r": "r"}
+_KIND_LETTER = {"R": "P", "L": "P", "M": "P", "W": "P", "C": "P", "i": "i", "r": "r"}
+#: the workspace buffers the W and C parameters name, as CudaBackend._start allocates them:
+#: name -> (elements, "real" or "int32"); "total" is the last slot of "scratch"
+WORKSPACE = {"scratch": (SUM_PARTIAL_BLOCKS + 1, "real"), "total": (1, "real"),
+             "output_partials": (OUTPUT_MAX_BLOCKS, "real"), "output_ticket": (1, "int32")}
 
 #: kinds of error an op may show against the NumPy reference; tests/test_kernel_parity.py gives
 #: each a relative max-norm tolerance per dtype
@@ -180,6 +194,28 @@ def label_sizes(scores, labels) -> tuple[int, int] | None:
     return (rows, cols) if rows and cols else None
 
 
+def output_layer_sizes(w2, b2, a1, labels, diff) -> tuple[int, int, int, int] | None:
+    """(classes, hidden, n, blocks) of the fused output layer; None for zero columns."""
+    if len(w2.shape) != 2 or len(a1.shape) != 2:
+        raise ValueError(f"output_layer: w2 {tuple(w2.shape)} and a1 {tuple(a1.shape)} must be "
+                         f"matrices")
+    classes, hidden = w2.shape
+    n = a1.shape[1]
+    if not 1 <= classes <= OUTPUT_MAX_CLASSES:
+        raise ValueError(f"output_layer: {classes} classes; the kernel holds 1 to "
+                         f"{OUTPUT_MAX_CLASSES}")
+    if (a1.shape[0] != hidden or tuple(b2.shape) != (classes,) or tuple(labels.shape) != (n,)
+            or tuple(diff.shape) != (classes, n)):
+        raise ValueError(f"output_layer: w2 {tuple(w2.shape)}, b2 {tuple(b2.shape)}, "
+                         f"a1 {tuple(a1.shape)}, labels {tuple(labels.shape)}, "
+                         f"diff {tuple(diff.shape)} do not fit")
+    if n == 0:
+        return None
+    check_index_range(hidden * n, classes * n, classes * hidden)
+    cols = OUTPUT_COLS[np.dtype(diff.dtype).itemsize]
+    return classes, hidden, n, min(math.ceil(n / cols), OUTPUT_MAX_BLOCKS)
+
+
 def sum_squares_sizes(x) -> tuple[int, int] | None:
     """(elements, blocks of the partial sums)."""
     n = x.size
@@ -214,6 +250,12 @@ def reduce_cols_launch(rows: int) -> tuple[Dim3, Dim3]:
 def blocks_launch(blocks: int) -> tuple[Dim3, Dim3]:
     """`blocks` blocks of BLOCK threads (a kernel that writes one result per block)."""
     return (blocks, 1, 1), BLOCK_DIM
+
+
+@functools.lru_cache(maxsize=1024)
+def output_layer_launch(blocks: int) -> tuple[Dim3, Dim3]:
+    """`blocks` blocks of OUTPUT_THREADS (a group of OUTPUT_COLS columns each, grid-stride)."""
+    return (blocks, 1, 1), (OUTPUT_THREADS, 1, 1)
 
 
 def one_block_launch() -> tuple[Dim3, Dim3]:
@@ -346,6 +388,31 @@ def _sgd_cases(rng, rows, cols, dtype):
 def _nll_cases(rng, rows, cols, dtype):
     return [{"yhat": _softmax_columns(_normal(rng, (rows, cols), dtype)),
              "labels": _labels(rng, rows, cols), "acc": np.array([1.5], dtype)}]
+
+
+def _output_layer_cases(rng, rows, cols, dtype):
+    """rows = hidden units, cols = samples. (1) The model's regime: 10 classes, w2 ~ N(0, 1/H),
+    a1 in (0, 1) like sigmoid outputs, logits O(1). (2) Large logits with every label: integer
+    w2 (multiples of 4), a1 in quarters and integer biases 64 apart, so every logit is an exact
+    integer in any summation order (|z| < 2^24) and only exp/log round; logits hundreds apart,
+    where -log(softmax) is inf in float32 (tests/test_numpy_ops.py checks that it is). (3) Three
+    classes, labels at every class. Outputs start as NaN, the accumulator at 1.5."""
+    hidden, n = rows, cols
+    every = (np.arange(n) % 10).astype(np.int32)
+    quarters = np.asfortranarray(rng.integers(0, 5, (hidden, n)) / 4.0).astype(dtype, order="F")
+    return [
+        {"w2": _normal(rng, (10, hidden), dtype, 1.0 / math.sqrt(max(hidden, 1))),
+         "b2": _normal(rng, (10,), dtype), "a1": _unit(rng, (hidden, n), dtype),
+         "labels": _labels(rng, 10, n), "scale": 1.0 / 3.0, "diff": _nan((10, n), dtype),
+         "nll_acc": np.array([1.5], dtype)},
+        {"w2": np.asfortranarray(4 * rng.integers(-4, 5, (10, hidden))).astype(dtype, order="F"),
+         "b2": (64.0 * np.arange(10) - 288.0).astype(dtype), "a1": quarters, "labels": every,
+         "scale": 0.125, "diff": _nan((10, n), dtype), "nll_acc": np.array([1.5], dtype)},
+        {"w2": _normal(rng, (3, hidden), dtype, 2.0 / math.sqrt(max(hidden, 1))),
+         "b2": _normal(rng, (3,), dtype), "a1": _unit(rng, (hidden, n), dtype),
+         "labels": every % 3, "scale": 0.5, "diff": _nan((3, n), dtype),
+         "nll_acc": np.array([-2.0], dtype)},
+    ]
 
 
 def _count_correct_cases(rng, rows, cols, dtype):
@@ -491,6 +558,14 @@ OPS: tuple[Op, ...] = (
        (Launch("nll_sum", "M:yhat, L:labels, R:acc, i:rows, i:cols, i:ld_yhat",
                one_block_launch),),
        "reduction", _nll_cases, writes=("acc",)),
+    # the softmax output layer and its stable cross-entropy, one launch (see reductions.cuh);
+    # its dot products are over the hidden units, its loss over the columns: a reduction
+    Op("output_layer", "w2, b2, a1, labels, scale, diff, nll_acc", output_layer_sizes,
+       "w2, b2, a1, labels, diff", "classes, hidden, n, blocks",
+       (Launch("output_layer", "R:w2, R:b2, R:a1, L:labels, R:diff, R:nll_acc, "
+               "W:output_partials, C:output_ticket, i:classes, i:hidden, i:n, r:scale",
+               output_layer_launch, "blocks"),),
+       "reduction", _output_layer_cases, writes=("diff", "nll_acc")),
     Op("count_correct", "scores, labels, acc", label_sizes, "scores, labels", "rows, cols",
        (Launch("count_correct", "M:scores, L:labels, R:acc, i:rows, i:cols, i:ld_scores",
                one_block_launch),),
@@ -562,7 +637,7 @@ def dispatch_source(op: Op) -> tuple[str, dict[str, Any]]:
         for launch in launches:
             geometry = f"_geometry_{len(env)}"
             env[geometry] = launch.geometry
-            args = ", ".join(f"self._{expr}" if kind == "W" else expr
+            args = ", ".join(f"self._{expr}" if kind in "WC" else expr
                              for kind, expr in launch.parameters)
             lines.append(f"{indent}grid, block = {geometry}({launch.geometry_args})")
             lines.append(f"{indent}self._launch[{launch.kernel!r}](grid, block, {args})")

@@ -107,6 +107,20 @@ class NumpyBackend(Backend):
         out[:, :n] = a @ b.T
         out[:, n] = a.sum(axis=1)
 
+    def output_layer(self, w2, b2, a1, labels, scale, diff, nll_acc):
+        n = a1.shape[1]
+        if n == 0:
+            return
+        cols = np.arange(n)
+        z = w2 @ a1 + b2[:, None]
+        m = z.max(axis=0)
+        e = np.exp(z - m)
+        s = e.sum(axis=0)
+        onehot = np.zeros_like(z)
+        onehot[labels, cols] = 1.0
+        diff[...] = scale * (e / s - onehot)
+        nll_acc[0] += (np.log(s) + m - z[labels, cols]).sum()
+
     def nll_sum(self, yhat, labels, acc):
         acc[0] += -np.log(yhat[labels, np.arange(labels.size)]).sum()
 

@@ -190,13 +190,13 @@ class DataParallelTrainer:
         be, model = self.backend, self.model
         lo, hi = rank_slice(start, batch, self.comm.size, self.comm.rank)
         x, y = be.cols(self.X, lo, hi), be.cols(self.Y, lo, hi)
-        a1 = yhat = None
+        a1 = out = None
         if hi > lo:
-            a1, yhat = model.forward(x)
-            be.nll_sum(yhat, y, self._nll)
-        model.backward_output(x, y, a1, yhat, global_batch=batch)
+            a1, out = model.forward(x, train=True)  # the hidden layer
+        # the output layer, its softmax, diff and the loss (into _nll): one fused op
+        model.backward_output(x, y, a1, out, global_batch=batch, nll_acc=self._nll)
         self.exchange.start()   # output layer's sum travels while the hidden layer's is computed
-        model.backward_hidden(x, a1, yhat)  # yhat now holds diff
+        model.backward_hidden(x, a1, out)  # out holds diff
         self.exchange.finish()
         model.update(self.config.reg, self.config.lr)  # reg once, on the summed gradient
 

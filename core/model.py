@@ -2,6 +2,7 @@
 
     z1 = W1 x + b1,  a1 = sigmoid(z1),  z2 = W2 a1 + b2,  yhat = softmax(z2)
     diff = (yhat - y) / N_b        (N_b: the GLOBAL size of this minibatch)
+    loss sum += log sum_i exp(z2_i) - z2_label     (from the logits: finite where -log yhat is not)
     dW2 = diff a1^T   db2 = sum_j diff      da1 = W2^T diff   dz1 = da1 * a1 * (1 - a1)
     dW1 = dz1 x^T     db1 = sum_j dz1
     after the sum over ranks:  dW += reg W  (once)    then  p <- p - lr dp
@@ -156,33 +157,47 @@ class MLP:
         self._a1 = backend.empty((hidden, cols))    # z1, then a1 = sigmoid(z1) in place
         self._yhat = backend.empty((CLASSES, cols))  # z2, then yhat, then diff in place
         self._dz1 = backend.empty((hidden, cols))   # da1, then dz1 in place
+        self._nll_discard = backend.zeros((1,))      # the loss sum of backward_output's callers
+                                                     # that do not ask for it
 
     # ------------------------------------------------------------------ passes
-    def forward(self, x) -> tuple:
-        """Forward pass over the columns of ``x`` (784 x n, n <= max_cols): returns (a1, yhat)."""
+    def forward(self, x, train: bool = False) -> tuple:
+        """Forward pass over the columns of ``x`` (784 x n, n <= max_cols): returns (a1, yhat).
+
+        With ``train=True`` only the hidden layer runs: it returns (a1, out), ``out`` the
+        output layer's buffer, which ``backward_output`` fills with diff (the output layer, its
+        softmax and the loss are one fused op there, ``Backend.output_layer``)."""
         be, n = self.backend, _ncols(x)
         a1, yhat = be.cols(self._a1, 0, n), be.cols(self._yhat, 0, n)
         be.gemm_bias_sigmoid(self.W1, x, self.b1, a1)  # a1 = sigmoid(W1 x + b1)
+        if train:
+            return a1, yhat
+        # evaluation: softmax kept, so count_correct's first-maximum rule sees what it always saw
         be.gemm(self.W2, a1, yhat)               # z2 = W2 a1
         be.add_bias(yhat, self.b2)               # z2 += b2
         be.softmax(yhat, yhat, axis=0)           # yhat = softmax over each sample's column
         return a1, yhat
 
-    def backward(self, x, labels, a1, yhat, global_batch: int) -> None:
-        """Gradient contribution of this rank's samples into ``flat_grads`` (no reg term)."""
-        self.backward_output(x, labels, a1, yhat, global_batch)
-        self.backward_hidden(x, a1, yhat)
+    def backward(self, x, labels, a1, out, global_batch: int, nll_acc=None) -> None:
+        """Gradient contribution of this rank's samples into ``flat_grads`` (no reg term), from
+        the (a1, out) of ``forward`` (either mode); the loss sum goes to ``nll_acc`` if given."""
+        self.backward_output(x, labels, a1, out, global_batch, nll_acc)
+        self.backward_hidden(x, a1, out)
 
-    def backward_output(self, x, labels, a1, yhat, global_batch: int) -> None:
+    def backward_output(self, x, labels, a1, out, global_batch: int, nll_acc=None) -> None:
         """Output layer: dW2, db2 (the tail of ``flat_grads``, which can be exchanged while the
-        hidden layer's gradients are computed). ``yhat`` is overwritten by diff = (yhat - y) / N_b,
-        which backward_hidden reads. A rank with no samples contributes zeros."""
+        hidden layer's gradients are computed). One fused op computes z2 = W2 a1 + b2, the
+        softmax, diff = (yhat - y) / N_b into ``out`` (which backward_hidden reads) and adds the
+        cross-entropy summed over the columns, from the logits (finite whenever they are), to
+        ``nll_acc`` (a 1-element array; None: discarded). A rank with no samples contributes
+        zeros and no loss."""
         be, n = self.backend, _ncols(x)
         if n == 0:
             be.fill(self.flat_grads, 0.0)
             return
-        diff = yhat
-        be.softmax_xent_backward(yhat, labels, 1.0 / global_batch, diff)  # (yhat - y) / N_b
+        diff = out
+        be.output_layer(self.W2, self.b2, a1, labels, 1.0 / global_batch, diff,
+                        self._nll_discard if nll_acc is None else nll_acc)
         be.gemm_with_bias_grad(diff, a1, self.dW2b2)        # dW2 = diff a1^T, db2 = sum_j diff
 
     def backward_hidden(self, x, a1, diff) -> None:

@@ -35,7 +35,8 @@ SUPPORTED_DTYPES = ("float32", "float64")
 #: Fused ops: each does the work of several contract ops in one pass. They are not abstract: the
 #: base class computes them from the contract's ops, so every backend has them, and a backend
 #: overrides one to do it in fewer launches. Each still has a NumPy reference and parity tests.
-FUSED_OPS = ("sgd_step", "gemm_bias_sigmoid", "gemm_sigmoid_backward", "gemm_with_bias_grad")
+FUSED_OPS = ("sgd_step", "gemm_bias_sigmoid", "gemm_sigmoid_backward", "gemm_with_bias_grad",
+             "output_layer")
 
 
 class Backend(abc.ABC):
@@ -243,6 +244,33 @@ class Backend(abc.ABC):
             self.fill(ones, 1.0)
         (ones_col,) = self.flat_views(self.cols(ones, 0, k), [(k, 1)])
         self.gemm(a, ones_col, self.cols(out, n, n + 1))
+
+    def output_layer(self, w2: Array, b2: Array, a1: Array, labels: Array, scale: float,
+                     diff: Array, nll_acc: Array) -> None:
+        """The softmax output layer of a training step and its cross-entropy, from the hidden
+        activations: for each column j of ``a1`` (hidden x n), with C = rows of ``w2`` (C x hidden)
+
+            z = w2 a1[:, j] + b2,   m = max_i z_i,   s = sum_i exp(z_i - m),
+            diff[:, j] = scale * (exp(z - m) / s - onehot(labels[j]))      (C x n, written)
+            nll_acc[0] += sum_j (log(s) + m - z[labels[j]])                (1 element, added to)
+
+        i.e. the gradient of ``scale * sum_j CE_j`` w.r.t. the logits and the cross-entropy summed
+        over the columns, computed from the logits (log-sum-exp): finite whenever the logits are,
+        where ``-log(softmax(z))`` is inf once a probability underflows. ``diff`` aliases nothing;
+        labels lie in [0, C). Zero columns: nothing is written and ``nll_acc`` is unchanged.
+
+        This default composes contract ops (gemm, add_bias, softmax, nll_sum,
+        softmax_xent_backward), whose loss is ``-log`` of the softmax output: the same diff, but a
+        loss that is inf where a probability underflows (the contract has no log-sum-exp op, and
+        adding an abstract one would break every third-party backend). Backends that override it
+        (the NumPy reference, the GPU kernels) compute the stable loss above."""
+        if a1.shape[1] == 0:
+            return
+        self.gemm(w2, a1, diff)                                # z = w2 a1
+        self.add_bias(diff, b2)                                # z += b2
+        self.softmax(diff, diff, axis=0)                       # yhat
+        self.nll_sum(diff, labels, nll_acc)                    # -log(yhat): not stable
+        self.softmax_xent_backward(diff, labels, scale, diff)  # scale (yhat - y)
 
     @abc.abstractmethod
     def sum_squares(self, x: Array) -> float:

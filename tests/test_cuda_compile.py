@@ -17,7 +17,7 @@ from backends import cuda_compile, op_table
 DTYPES = ["float32", "float64"]
 
 # a C parameter declaration -> the op-table kinds it may be declared as
-_C_KINDS = {"int*": {"L"}, "real*": {"R", "M", "W"}, "int": {"i"}, "real": {"r"}}
+_C_KINDS = {"int*": {"L", "C"}, "real*": {"R", "M", "W"}, "int": {"i"}, "real": {"r"}}
 
 
 def _nvcc() -> str:
@@ -145,3 +145,18 @@ def test_compiler_messages_name_the_header(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode != 0
     assert "common.cuh" in proc.stderr and "REAL" in proc.stderr
+
+
+def test_output_layer_constants_match_source():
+    """The fused output layer's block size, columns per block, classes and partial-loss slots are
+    #defines in reductions.cuh and constants in op_table.py (geometry, shape rule, workspace)."""
+    source = cuda_compile.read_source()
+    defines = {name: int(value) for name, value in
+               re.findall(r"^#define (OL_\w+) (\d+)\s*$", source, flags=re.MULTILINE)}
+    assert defines == {"OL_THREADS": op_table.OUTPUT_THREADS,
+                       "OL_COLS_FLOAT": op_table.OUTPUT_COLS[4],
+                       "OL_COLS_DOUBLE": op_table.OUTPUT_COLS[8],
+                       "OL_MAX_CLASSES": op_table.OUTPUT_MAX_CLASSES,
+                       "OL_MAX_BLOCKS": op_table.OUTPUT_MAX_BLOCKS}
+    assert op_table.WORKSPACE["output_partials"][0] == op_table.OUTPUT_MAX_BLOCKS
+    assert op_table.OUTPUT_THREADS % 32 == 0 and op_table.OUTPUT_THREADS <= 1024

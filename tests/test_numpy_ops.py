@@ -427,3 +427,98 @@ def test_zero_column_inputs(be):
     be.gemm(z, be.empty((6, 0)), dw, trans_b=True)
     assert (dw == 0).all()
     assert be.sum_squares(z) == 0.0
+
+
+# ------------------------------------------------------------------ the fused output layer
+def _output_layer_problem(be, seed, hidden=6, n=9, w_scale=1.0):
+    rng = np.random.default_rng(seed)
+    w2 = (w_scale * rng.standard_normal((CLASSES, hidden))).astype(be.dtype)
+    b2 = rng.standard_normal(CLASSES).astype(be.dtype)
+    a1 = rng.uniform(0, 1, (hidden, n)).astype(be.dtype)
+    labs = (np.arange(n) * 7 + 3) % CLASSES  # every class for n >= 10
+    return w2, b2, a1, labs
+
+
+def _output_layer_expected(w2, b2, a1, labs, scale):
+    """float64, written out per column: z, the log-sum-exp, diff and the loss sum."""
+    w2, b2, a1 = (np.asarray(v, np.float64) for v in (w2, b2, a1))
+    diff = np.empty((w2.shape[0], a1.shape[1]))
+    loss = 0.0
+    for j, lab in enumerate(labs):
+        z = w2 @ a1[:, j] + b2
+        m = max(z)
+        s = sum(math.exp(v - m) for v in z)
+        diff[:, j] = [scale * (math.exp(v - m) / s - (i == lab)) for i, v in enumerate(z)]
+        loss += math.log(s) + m - z[lab]
+    return diff, loss
+
+
+def test_output_layer(be):
+    w2, b2, a1, labs = _output_layer_problem(be, 70, n=13)
+    diff = be.empty((CLASSES, 13))
+    be.fill(diff, np.nan)
+    acc = be.from_host(np.array([1.5]))
+    be.output_layer(be.from_host(w2), be.from_host(b2), be.from_host(a1),
+                    be.from_host(labs), 1.0 / 13, diff, acc)
+    exp_diff, exp_loss = _output_layer_expected(w2, b2, a1, labs, 1.0 / 13)
+    close(diff, exp_diff, be.dtype)
+    assert acc.dtype == be.dtype
+    close(acc, [1.5 + exp_loss], be.dtype)
+
+
+def test_output_layer_default_composition(be):
+    """Backend.output_layer's default (contract ops only) gives the same diff and, on moderate
+    logits, the same loss as the fused reference."""
+    from core.ops import Backend
+    w2, b2, a1, labs = _output_layer_problem(be, 71, n=11)
+    args = [be.from_host(v) for v in (w2, b2, a1)] + [be.from_host(labs), 0.25]
+    outs = []
+    for method in (be.output_layer, lambda *a: Backend.output_layer(be, *a)):
+        diff, acc = be.empty((CLASSES, 11)), be.from_host(np.array([2.0]))
+        method(*args, diff, acc)
+        outs.append((diff, acc))
+    close(outs[1][0], np.asarray(outs[0][0], np.float64), be.dtype)
+    close(outs[1][1], np.asarray(outs[0][1], np.float64), be.dtype)
+
+
+def test_output_layer_zero_columns(be):
+    diff, acc = be.empty((CLASSES, 0)), be.from_host(np.array([3.0]))
+    be.output_layer(be.from_host(np.ones((CLASSES, 4))), be.from_host(np.zeros(CLASSES)),
+                    be.empty((4, 0)), be.from_host(np.zeros(0, np.int32)), 0.5, diff, acc)
+    assert acc[0] == 3.0
+
+
+def test_output_layer_loss_is_stable_where_log_softmax_is_not():
+    """Logits hundreds apart: in float32, -log(softmax) gives inf for the columns whose label's
+    probability underflows (the old loss); the fused op's loss from the logits stays finite and
+    matches float64. The op table's large-logit parity case is checked to be such a case too."""
+    from backends import op_table
+    be = NumpyBackend("float32")
+    w2, b2, a1, labs = _output_layer_problem(be, 72, hidden=30, n=20, w_scale=40.0)
+    W2, B2, A1, L = be.from_host(w2), be.from_host(b2), be.from_host(a1), be.from_host(labs)
+    old = be.empty((CLASSES, 20))
+    be.gemm(W2, A1, old)
+    be.add_bias(old, B2)
+    be.softmax(old, old)
+    old_acc = be.zeros((1,))
+    with np.errstate(divide="ignore"):
+        be.nll_sum(old, L, old_acc)
+    assert np.isinf(old_acc[0])
+    diff, acc = be.empty((CLASSES, 20)), be.zeros((1,))
+    be.output_layer(W2, B2, A1, L, 1.0 / 20, diff, acc)
+    exp_diff, exp_loss = _output_layer_expected(w2, b2, a1, labs, 1.0 / 20)
+    assert np.isfinite(acc[0]) and exp_loss > 1e3
+    close(acc, [exp_loss], be.dtype)
+    close(diff, exp_diff, be.dtype)
+
+    entry = op_table.OP_BY_NAME["output_layer"]
+    case = entry.cases(np.random.default_rng(0), 33, 21, np.dtype("float32"))[1]
+    with np.errstate(divide="ignore"):
+        z = case["w2"].astype(np.float64) @ case["a1"] + case["b2"][:, None]
+        yhat32 = np.exp((z - z.max(axis=0)).astype(np.float32))
+        old32 = -np.log((yhat32 / yhat32.sum(axis=0))[case["labels"], np.arange(21)])
+    assert np.isinf(old32).any()
+    acc = np.zeros(1, np.float32)
+    be.output_layer(case["w2"], case["b2"], case["a1"], case["labels"], 0.125,
+                    be.empty((CLASSES, 21)), acc)
+    assert np.isfinite(acc[0])

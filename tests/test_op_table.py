@@ -174,13 +174,13 @@ def _check_launch(op, launch, case, backend):
     assert block[0] * block[1] * block[2] <= 1024 and block[0] % 32 == 0
     assert grid[0] < 2**31 and grid[1] < 65536
     assert len(args) == len(entry.parameters)
-    workspace = {id(backend._scratch), id(backend._total)}
+    workspace = {name: getattr(backend, f"_{name}") for name in op_table.WORKSPACE}
     for (kind, expr), value in zip(entry.parameters, args):
         where = f"{kernel}({expr})"
         if kind in "RLM":
             assert value is case[expr], f"{where}: not the operand"
-        elif kind == "W":
-            assert id(value) in workspace, f"{where}: not the workspace"
+        elif kind in "WC":
+            assert value is workspace[expr], f"{where}: not the workspace buffer _{expr}"
         elif kind == "i":
             assert type(value) is int and -2**31 <= value < 2**31, f"{where} = {value!r}"
         else:
@@ -236,3 +236,37 @@ def test_dispatch_source_reads_like_a_method():
     assert "self._launch['sigmoid'](grid, block, x, out, n)" in source
     with pytest.raises(ValueError, match="planned"):
         op_table.dispatch_source(op_table.OP_BY_NAME["gemm"])
+
+
+def test_training_step_runs_the_output_layer_in_one_launch():
+    """One training step of DataParallelTrainer on the CUDA dispatch (recorded): the output layer
+    (z2 = W2 a1 + b2, softmax, diff, the loss) is the single output_layer launch; no GEMM writes
+    the output layer's buffer, and none of the five ops it replaces is launched."""
+    from comm.single import SingleCommunicator
+    from core.data_parallel import DataParallelTrainer, TrainConfig
+    from core.model import CLASSES, INPUTS
+
+    hidden, n = 33, 21
+    backend = RecordingBackend("float32")
+    cfg = TrainConfig(hidden=hidden, batch_size=n, dtype="float32")
+    rng = np.random.default_rng(0)
+    trainer = DataParallelTrainer(backend, SingleCommunicator(), cfg,
+                                  rng.uniform(0, 1, (INPUTS, n)).astype(np.float32),
+                                  rng.integers(0, CLASSES, n).astype(np.int32))
+    backend.launches.clear()
+    trainer.step(0, n)
+    kernels = [launch[0] for launch in backend.launches]
+    assert kernels.count("output_layer") == 1
+    assert not {"softmax_lines", "add_bias", "nll_sum", "softmax_xent_backward"} & set(kernels)
+    out_buffer = trainer.model._yhat
+    gemms_into_output = [k for k, _, _, args in backend.launches
+                         if k.startswith("gemm_") and np.shares_memory(args[2], out_buffer)]
+    assert not gemms_into_output
+    (launch,) = [launch for launch in backend.launches if launch[0] == "output_layer"]
+    _, grid, block, args = launch
+    model = trainer.model
+    assert args[0] is model.W2 and args[1] is model.b2 and args[5] is trainer._nll
+    assert np.shares_memory(args[4], out_buffer) and args[8:11] == [CLASSES, hidden, n]
+    assert args[11] == pytest.approx(1.0 / n)
+    assert block == (op_table.OUTPUT_THREADS, 1, 1)
+    assert grid == (-(-n // op_table.OUTPUT_COLS[4]), 1, 1)  # float32: 8 columns a block

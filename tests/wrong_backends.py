@@ -14,13 +14,23 @@ import numpy as np
 
 from backends.ops_numpy import NumpyBackend
 from core.hookspecs import hookimpl
+from core.ops import FUSED_OPS, Backend
 
 
 def _off() -> float:
     return float(os.environ.get("DPMLP_TEST_OFF", "1e-9"))
 
 
-class OffSigmoidBackward(NumpyBackend):
+class _ThroughContractOps(NumpyBackend):
+    """The NumPy backend with every fused op computed by core.ops' default from the contract ops,
+    so that a bug planted in one contract op shows wherever the model's fused ops use it."""
+
+
+for _fused in FUSED_OPS:
+    setattr(_ThroughContractOps, _fused, getattr(Backend, _fused))
+
+
+class OffSigmoidBackward(_ThroughContractOps):
     """sigmoid_backward right everywhere but in its largest element, off by DPMLP_TEST_OFF."""
 
     name = "wrong-sigmoid-backward"
@@ -32,7 +42,7 @@ class OffSigmoidBackward(NumpyBackend):
             out[i] *= 1.0 + _off()
 
 
-class DropLastK(NumpyBackend):
+class DropLastK(_ThroughContractOps):
     """gemm that forgets the last term of every inner product (a classic tail-loop bug)."""
 
     name = "wrong-gemm-drops-last-k"
