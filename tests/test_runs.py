@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MPI_MISSING, MPIRUN, REPO, mpi_env, relative_max_error
+from conftest import MPIRUN, REPO, mpi_env, relative_max_error
 from core import __version__
 from core.checkpoint import list_checkpoints, load_checkpoint
 from core.data_parallel import DataParallelTrainer, TrainConfig
