@@ -75,14 +75,19 @@ def test_cupy_matches_pycuda(tmp_path, dtype):
     assert worst <= TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("ranks,dtype", [(1, "float64"), (3, "float64"), (2, "float32")])
 @pytest.mark.parametrize("backend", ["cupy", "pycuda"])
-def test_verify_flag_passes(tmp_path, backend):
+def test_lockstep_verify_passes_on_a_grading_configuration(backend, ranks, dtype):
+    """SPEC.md's grading configuration (raw pixels, H=100, B=800, reg 1e-4, lr 0.01), short: every
+    step of the GPU run checked against the float64 reference, at 1 to 3 ranks."""
     backend_entry_or_skip(backend)
-    code, stdout, stderr, _ = run_mpi(2, ["-m", "core.train", *TRAIN, "--backend", backend,
-                                          "--dtype", "float64", "--verify"], timeout=240,
+    grading = ["--train-size", "2400", "--val-size", "200", "-e", "2", "-b", "800", "-n", "100",
+               "-r", "1e-4", "-l", "0.01", "--scale", "raw"]
+    code, stdout, stderr, _ = run_mpi(ranks, ["-m", "core.train", *grading, "--backend", backend,
+                                              "--dtype", dtype, "--verify"], timeout=240,
                                       env=mpi_env())
     assert code == 0, stdout + stderr
-    assert "verify passed" in stdout
+    assert "verify passed: 6 of 6 steps checked in lockstep" in stdout, stdout
 
 
 def _gpu_count():
