@@ -23,16 +23,6 @@ __device__ __forceinline__ double r_log(double x) { return log(x); }
 __device__ __forceinline__ float r_max(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double r_max(double a, double b) { return fmax(a, b); }
 
-// The smallest normal number of the precision (FLT_MIN / DBL_MIN, without <cfloat> under NVRTC).
-#define REAL_MIN_NORMAL (sizeof(real) == 4 ? real(1.17549435e-38f) : real(2.2250738585072014e-308))
-
-// v, or 0 where v is subnormal: NVRTC's and nvcc's builds disagree on subnormal results (one
-// flushes them), and a kernel whose result may be subnormal must give the same bits in both.
-__device__ __forceinline__ real flush_subnormal(real v)
-{
-    return (v > -REAL_MIN_NORMAL && v < REAL_MIN_NORMAL) ? real(0) : v;
-}
-
 __device__ __forceinline__ real warp_sum(real v)
 {
 #pragma unroll

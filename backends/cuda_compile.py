@@ -69,8 +69,11 @@ def real_ctype(dtype) -> str:
 
 
 def compile_options(dtype) -> tuple[str, ...]:
-    """Compiler options that select the precision of kernels.cu (same for NVRTC and nvcc)."""
-    return (f"-DREAL={real_ctype(dtype)}",)
+    """Compiler options of kernels.cu, the same for NVRTC and nvcc: the precision, and
+    -ftz=true (single-precision subnormal results flushed to zero), which CuPy always passes to
+    NVRTC and which cannot be turned off there (cupy/cupy#9576); nvcc gets it too, so that both
+    builds compute the same bits."""
+    return (f"-DREAL={real_ctype(dtype)}", "-ftz=true")
 
 
 def find_nvcc() -> str | None:

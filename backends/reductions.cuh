@@ -251,10 +251,7 @@ extern "C" __global__ void __launch_bounds__(OL_THREADS, 2)
             for (int i = 0; i < classes; ++i) s += r_exp(zq[i] - m);
             const int label = labels[j0 + q];
             const real onehot = (k == label) ? real(1) : real(0);
-            // Subnormal probabilities and gradients are taken as 0 (flush_subnormal: the builds
-            // disagree on them otherwise). s >= 1, so the sum above cannot tell either way.
-            const real p = flush_subnormal(r_exp(zq[k] - m) / s);
-            diff[j0 * classes + tid] = flush_subnormal(scale * (p - onehot));
+            diff[j0 * classes + tid] = scale * (r_exp(zq[k] - m) / s - onehot);
             if (k == 0)
                 col_nll[q] = (label >= 0 && label < classes) ? r_log(s) + m - zq[label]
                                                              : real(0) / real(0);
