@@ -289,41 +289,30 @@ class CudaBackend(Backend):
         plan = self._gemm_plans[key] = self._plan_fused(op, a, b, out, extra)
         return plan
 
-    def gemm_bias_sigmoid(self, a, b, bias, out):
+    def _fused_gemm(self, op, a, b, out, extra=None):
+        """Launch the planned fused GEMM ``op`` (its plan cached per operand layout, as gemm's)."""
         layout = self._layout
-        key = ("gemm_bias_sigmoid", a.shape, layout(a), a.dtype, b.shape, layout(b), b.dtype,
-               out.shape, layout(out), out.dtype, bias.shape, layout(bias), bias.dtype,
+        key = (op, a.shape, layout(a), a.dtype, b.shape, layout(b), b.dtype,
+               out.shape, layout(out), out.dtype,
+               None if extra is None else (extra.shape, layout(extra), extra.dtype),
                self.gemm_tile)
         try:
             plan = self._gemm_plans[key]
         except KeyError:
-            plan = self._new_plan(key, "gemm_bias_sigmoid", a, b, out, bias)
+            plan = self._new_plan(key, op, a, b, out, extra)
         if plan is not None:
             launch, grid, block = plan
-            launch(grid, block, a, b, out, bias)
+            if extra is None:
+                launch(grid, block, a, b, out)
+            else:
+                launch(grid, block, a, b, out, extra)
+
+    def gemm_bias_sigmoid(self, a, b, bias, out):
+        self._fused_gemm("gemm_bias_sigmoid", a, b, out, bias)
 
     def gemm_sigmoid_backward(self, a, b, act, out):
-        layout = self._layout
-        key = ("gemm_sigmoid_backward", a.shape, layout(a), a.dtype, b.shape, layout(b), b.dtype,
-               out.shape, layout(out), out.dtype, act.shape, layout(act), act.dtype,
-               self.gemm_tile)
-        try:
-            plan = self._gemm_plans[key]
-        except KeyError:
-            plan = self._new_plan(key, "gemm_sigmoid_backward", a, b, out, act)
-        if plan is not None:
-            launch, grid, block = plan
-            launch(grid, block, a, b, out, act)
+        self._fused_gemm("gemm_sigmoid_backward", a, b, out, act)
 
     def gemm_with_bias_grad(self, a, b, out):
-        layout = self._layout
-        key = ("gemm_with_bias_grad", a.shape, layout(a), a.dtype, b.shape, layout(b), b.dtype,
-               out.shape, layout(out), out.dtype, self.gemm_tile)
-        try:
-            plan = self._gemm_plans[key]
-        except KeyError:
-            plan = self._new_plan(key, "gemm_with_bias_grad", a, b, out)
-        if plan is not None:
-            launch, grid, block = plan
-            launch(grid, block, a, b, out)
+        self._fused_gemm("gemm_with_bias_grad", a, b, out)
 

@@ -152,11 +152,6 @@ def list_backends(registry: Registry) -> str:
 
 
 # ---------------------------------------------------------------------------- setup
-def save_params(path: str, params: dict[str, np.ndarray]) -> None:
-    """Write W1, b1, W2, b2 to ``path`` atomically (core.checkpoint.atomic_write)."""
-    checkpoint.save_params(path, params)
-
-
 def mem_available() -> int | None:
     """MemAvailable of /proc/meminfo in bytes (None where there is no such file)."""
     try:
@@ -465,7 +460,7 @@ class TrainingSession:
         epoch, step = trainer.stopped_at
         self.write_checkpoint(epoch - 1, step)
         if self.args.save and self.root:
-            save_params(self.args.save, trainer.params())
+            checkpoint.save_params(self.args.save, trainer.params())
         where = (f"resume with --resume {self.args.run_dir}" if self.args.run_dir
                  else "no --run-dir, so no checkpoint to resume from")
         if self.root:
@@ -502,7 +497,7 @@ def train_and_report(args, comm, trainer, data, train_x, train_y, say, session=N
     session.progress.finish()
     params = trainer.params()
     if args.save and comm.rank == 0:
-        save_params(args.save, params)
+        checkpoint.save_params(args.save, params)
         say(f"saved W1, b1, W2, b2 to {args.save}")
     status = 0
     if args.verify == "final":
