@@ -12,6 +12,7 @@ Figures are medians over the timed epochs (after one warm-up epoch). Results go 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import numpy as np
 
 from core.job import Job, device_for, run_with_error_policy
 from core.model import CLASSES, INPUTS, ParamLayout, init_params
+from core.ops import FUSED_OPS
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 
 
@@ -108,6 +110,63 @@ def bench_training(backend_cls, comm, args, x, y, hidden, batch, graphs="auto") 
         row["comm_share"] = max(0.0, (total - compute) / total)
         row["step_comm_us"] = 1e6 * max(0.0, total - compute) / -(-x.shape[1] // batch)
     return row
+
+
+# ---------------------------------------------------------------------------- kernels of a step
+#: the ops a training step may call (the fused ones on our GPU backends): each launches kernels
+STEP_OPS = FUSED_OPS + ("gemm", "fill", "axpy", "bias_sigmoid", "add_bias", "softmax",
+                        "sigmoid_backward", "reduce_cols", "softmax_xent_backward", "nll_sum")
+
+
+def step_kernel_times(backend_cls, comm, args, x, y, hidden, batch, repeats=20) -> list[dict]:
+    """GPU time of each op of one eager training step (one rank: ``comm`` of size 1), by CUDA
+    events recorded on the
+    backend's stream around every op call: the median over ``repeats`` steps, in the step's order.
+    Needs CuPy for the events (the runtime API: PyCUDA's stream is a stream of the same primary
+    context); [] without it or for a host backend."""
+    try:
+        import cupy
+    except ImportError:
+        return []
+    backend = backend_cls(args.dtype, device_for(backend_cls, 0))
+    if backend.host_resident:
+        return []
+    rt = cupy.cuda.runtime
+    config = TrainConfig(hidden=hidden, batch_size=batch, lr=0.1, reg=1e-4, epochs=1,
+                         dtype=args.dtype)
+    trainer = DataParallelTrainer(backend, comm, config, x[:, :batch], y[:batch],
+                                  params=init_params(hidden, 0), cuda_graphs="off")
+    calls: list[tuple[str, int, int]] = []  # (op, start event, stop event) in call order
+    stream = backend.stream_handle()
+
+    def timed(name, method):
+        def call(*a, **k):
+            start, stop = rt.eventCreate(), rt.eventCreate()
+            rt.eventRecord(start, stream)
+            method(*a, **k)
+            rt.eventRecord(stop, stream)
+            calls.append((name, start, stop))
+        return call
+
+    for name in STEP_OPS:
+        setattr(backend, name, timed(name, getattr(backend, name)))
+    trainer.step(0, batch)  # warm-up: plans and first launches
+    backend.synchronize()
+    calls.clear()
+    for _ in range(repeats):
+        trainer.step(0, batch)
+    backend.synchronize()
+    per_step = len(calls) // repeats
+    rows = []
+    for i in range(per_step):
+        times = [rt.eventElapsedTime(calls[r * per_step + i][1], calls[r * per_step + i][2])
+                 for r in range(repeats)]
+        rows.append({"backend": backend_cls.name, "H": hidden, "B": batch, "index": i,
+                     "op": calls[i][0], "us": 1e3 * statistics.median(times)})
+    for _, start, stop in calls:
+        rt.eventDestroy(start)
+        rt.eventDestroy(stop)
+    return rows
 
 
 # ---------------------------------------------------------------------------- GEMM GFLOP/s
@@ -209,6 +268,7 @@ def _torch_step(dtype, x, y, hidden, batch):
 
     if not torch.cuda.is_available():
         raise ImportError("PyTorch has no CUDA here")
+    torch.backends.cuda.matmul.allow_tf32 = False  # FP32 against FP32: no TF32 tensor cores
     kw = {"dtype": getattr(torch, dtype), "device": "cuda"}
     p = init_params(hidden, 0)
     X = torch.tensor(x, **kw)
@@ -276,7 +336,19 @@ def main(argv=None) -> int:
                 for row in reference_rows(args, x, y, hidden, batch):
                     training.append(row)
                     say(_fmt_training(row), flush=True)
+    kernels = []
     if comm.size == 1:
+        for entry in entries:
+            for hidden in hiddens:
+                for batch in batches:
+                    kernels += step_kernel_times(entry.cls, comm, args, x, y, hidden, batch)
+        if kernels:
+            say("\nKernels of one eager training step (CUDA events, median of 20 steps, us)")
+            for (name, hidden, batch), group in itertools.groupby(
+                    kernels, key=lambda r: (r["backend"], r["H"], r["B"])):
+                group = list(group)
+                say(f"{name:8s} H={hidden:5d} B={batch:5d}  total {sum(r['us'] for r in group):7.1f}"
+                    "  " + ", ".join(f"{r['op']} {r['us']:.1f}" for r in group))
         for entry in entries:
             backend = entry.cls(args.dtype, device_for(entry.cls, 0))
             for hidden in hiddens:
@@ -291,7 +363,8 @@ def main(argv=None) -> int:
     if comm.rank == 0:
         with open(args.json, "w") as fh:
             json.dump({"machine": _machine(), "dtype": args.dtype, "samples": int(x.shape[1]),
-                       "data": source, "training": training, "gemm": gemms}, fh, indent=1)
+                       "data": source, "training": training, "gemm": gemms,
+                       "step_kernels": kernels}, fh, indent=1)
         say(f"\nwrote {args.json}")
     job.finish()
     return 0
