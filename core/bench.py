@@ -120,8 +120,8 @@ STEP_OPS = FUSED_OPS + ("gemm", "fill", "axpy", "bias_sigmoid", "add_bias", "sof
 
 def step_kernel_times(backend_cls, comm, args, x, y, hidden, batch, repeats=20) -> list[dict]:
     """GPU time of each op of one eager training step (one rank: ``comm`` of size 1), by CUDA
-    events recorded on the
-    backend's stream around every op call: the median over ``repeats`` steps, in the step's order.
+    events recorded on the backend's stream around every op call: the median over ``repeats``
+    steps, in the step's order.
     Needs CuPy for the events (the runtime API: PyCUDA's stream is a stream of the same primary
     context); [] without it or for a host backend."""
     try:
