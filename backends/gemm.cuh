@@ -273,16 +273,16 @@ __device__ __forceinline__ void finish_tile(real (&acc)[TM][TN], real* red, int 
     if (!last_split) return;  // the same for the whole block
     __threadfence();
     // Element e of the tile: row e % BM, column e / BM; consecutive threads read consecutive
-    // words of each slot and write consecutive rows of C. __ldcg: from L2, where the other blocks'
-    // partials are (never a stale L1 line).
-    const real* parts = sk.ws + (size_t)tile * TILE;
+    // words of each slot and write consecutive rows of C. Volatile reads (as output_layer's): the
+    // other blocks' partials, never a stale cached line.
+    const volatile real* parts = sk.ws + (size_t)tile * TILE;
     const size_t zstride = (size_t)tiles * TILE;
     for (int e = threadIdx.x; e < TILE; e += NT) {
         const int row = m0 + e % BM;
         const int col = n0 + e / BM;
         if (row < M && col < N) {
-            real s = __ldcg(parts + e);
-            for (int z = 1; z < splits; ++z) s += __ldcg(parts + z * zstride + e);
+            real s = parts[e];
+            for (int z = 1; z < splits; ++z) s += parts[z * zstride + e];
             sk.epi.apply(C, ldc, row, col, s);
         }
     }
