@@ -60,6 +60,9 @@ class CudaBackend(Backend):
 
     #: force one GEMM tile of gemm_plan.GEMM_TILES (tests, tuning); None picks per shape
     gemm_tile: str | None = None
+    #: force S blocks per GEMM tile over K (split-K; tests, tuning) where the tile has a split
+    #: kernel and the workspace fits (else S = 1); None picks per shape (gemm_plan.pick_gemm_split)
+    gemm_split: int | None = None
 
     # ----------------------------------------------------------------- what a subclass provides
     #: how an argument of each kind of op_table.KERNEL_SIGNATURES (P pointer, i int, r real) is
@@ -165,6 +168,13 @@ class CudaBackend(Backend):
         # block (zero here; every launch leaves it at zero)
         self._output_partials = self.empty((op_table.OUTPUT_MAX_BLOCKS,))
         self._output_ticket = self.from_host(np.zeros(1, np.int32))
+        # workspace of the split-K GEMMs (gemm.cuh SplitK): partial tiles and a ticket per tile
+        # (zero here; every launch leaves them at zero). Allocated here, never at plan time: the
+        # first planned call may be captured into a CUDA graph, where nothing may allocate.
+        self._gemm_partials = self.empty(
+            (op_table.WORKSPACE["gemm_partials"][0],))
+        self._gemm_tickets = self.from_host(
+            np.zeros(op_table.WORKSPACE["gemm_tickets"][0], np.int32))
 
     def _launcher(self, kernel: str, fixed: dict[int, Any] | None = None) -> Callable:
         """``launch(grid, block, *args)`` for `kernel`, args in the kernel's order as the ops hold
@@ -237,19 +247,28 @@ class CudaBackend(Backend):
         return float(self._scalar_host[0])
 
     # GEMM launches are planned once per operand layout, so a training step only looks them up.
+    def _plan_launcher(self, plan, fixed):
+        """The planned launch; a split plan's kernel also gets the split-K workspaces, its last
+        two parameters (GEMM_WS_ARGS), fixed here."""
+        if plan.split > 1:
+            nparams = len(op_table.KERNEL_SIGNATURES[plan.kernel])
+            fixed[nparams - 2] = self._gemm_partials
+            fixed[nparams - 1] = self._gemm_tickets
+        return self._launcher(plan.kernel, fixed=fixed), plan.grid, plan.block
+
     def _plan_gemm(self, a, b, c, trans_a, trans_b):
         lda, ldb, ldc = self._ld(a), self._ld(b), self._ld(c)
         plan = gemm_plan.plan_gemm(a.shape, b.shape, c.shape, trans_a, trans_b, self._num_sms,
-                                   self.gemm_tile)
+                                   self.gemm_tile, split=self.gemm_split)
         if plan is None:
             return None
         sizes = dict(zip(gemm_plan.GEMM_SIZE_POSITIONS, (plan.m, plan.n, plan.k, lda, ldb, ldc)))
-        return self._launcher(plan.kernel, fixed=sizes), plan.grid, plan.block
+        return self._plan_launcher(plan, sizes)
 
     def gemm(self, a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
         layout = self._layout
         key = (a.shape, layout(a), a.dtype, b.shape, layout(b), b.dtype,
-               c.shape, layout(c), c.dtype, trans_a, trans_b, self.gemm_tile)
+               c.shape, layout(c), c.dtype, trans_a, trans_b, self.gemm_tile, self.gemm_split)
         try:
             plan = self._gemm_plans[key]
         except KeyError:
@@ -267,7 +286,8 @@ class CudaBackend(Backend):
         variant = gemm_plan.GEMM_VARIANTS[op]
         lda, ldb, ldc = self._ld(a), self._ld(b), self._ld(out)
         plan = gemm_plan.plan_gemm(a.shape, b.shape, out.shape, variant.ops[0] == "t",
-                                   variant.ops[1] == "t", self._num_sms, self.gemm_tile, variant)
+                                   variant.ops[1] == "t", self._num_sms, self.gemm_tile, variant,
+                                   self.gemm_split)
         sizes = dict(zip(gemm_plan.GEMM_SIZE_POSITIONS,
                          (plan.m, plan.n, plan.k, lda, ldb, ldc) if plan else ()))
         if op == "gemm_bias_sigmoid":
@@ -281,7 +301,7 @@ class CudaBackend(Backend):
             sizes[10] = self._ld(extra)  # GEMM_SIGMOID_BACKWARD_ARGS: ..., act, ldact
         if plan is None:
             return None
-        return self._launcher(plan.kernel, fixed=sizes), plan.grid, plan.block
+        return self._plan_launcher(plan, sizes)
 
     def _new_plan(self, key, op, a, b, out, extra=None):
         if len(self._gemm_plans) > 4096:  # many shapes (evaluation sweeps): start over
@@ -295,7 +315,7 @@ class CudaBackend(Backend):
         key = (op, a.shape, layout(a), a.dtype, b.shape, layout(b), b.dtype,
                out.shape, layout(out), out.dtype,
                None if extra is None else (extra.shape, layout(extra), extra.dtype),
-               self.gemm_tile)
+               self.gemm_tile, self.gemm_split)
         try:
             plan = self._gemm_plans[key]
         except KeyError:

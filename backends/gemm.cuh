@@ -167,19 +167,15 @@ struct EpiSigmoidBackward {
     }
 };
 
-// The end of every GEMM block: the KG partial tiles of the k-groups are added, then group 0 writes
-// its BM x BN tile of C through the epilogue `epi` (EpiScale: the plain GEMM). Tree reduction:
-// upper half writes, lower half adds, halve again. Element (i, j) of thread lt's micro-tile lives
-// at red[(slot * TM*TN + i*TN + j) * GT + lt]: consecutive lt are consecutive words (no bank
+// The k-groups' partial tiles added into group 0's acc: tree reduction, upper half writes, lower
+// half adds, halve again. Element (i, j) of thread lt's micro-tile lives at
+// red[(slot * TM*TN + i*TN + j) * GT + lt]: consecutive lt are consecutive words (no bank
 // conflicts). `red` is the block's slab buffers, free by now: the caller ends its K loop with a
-// barrier.
-template <int BM, int BN, int TM, int TN, int KG, class Epi>
-__device__ __forceinline__ void finish_tile(real (&acc)[TM][TN], real* red, int g, int lt, int tx,
-                                            int ty, real* __restrict__ C, int M, int N, int ldc,
-                                            int m0, int n0, const Epi& epi)
+// barrier. Ends with a barrier when KG > 1.
+template <int BM, int BN, int TM, int TN, int KG>
+__device__ __forceinline__ void reduce_groups(real (&acc)[TM][TN], real* red, int g, int lt)
 {
     constexpr int GT = (BM / TM) * (BN / TN);
-    constexpr int RSPAN = BM / (TM / 4), CSPAN = BN / (TN / 4);
 #pragma unroll
     for (int half = KG / 2; half >= 1; half >>= 1) {
         if (g >= half && g < 2 * half) {
@@ -199,6 +195,17 @@ __device__ __forceinline__ void finish_tile(real (&acc)[TM][TN], real* red, int 
         }
         __syncthreads();
     }
+}
+
+// The end of every GEMM block: the KG partial tiles of the k-groups are added (reduce_groups),
+// then group 0 writes its BM x BN tile of C through the epilogue `epi` (EpiScale: the plain GEMM).
+template <int BM, int BN, int TM, int TN, int KG, class Epi>
+__device__ __forceinline__ void finish_tile(real (&acc)[TM][TN], real* red, int g, int lt, int tx,
+                                            int ty, real* __restrict__ C, int M, int N, int ldc,
+                                            int m0, int n0, const Epi& epi)
+{
+    constexpr int RSPAN = BM / (TM / 4), CSPAN = BN / (TN / 4);
+    reduce_groups<BM, BN, TM, TN, KG>(acc, red, g, lt);
 
     if (g != 0) return;
 #pragma unroll
@@ -211,6 +218,75 @@ __device__ __forceinline__ void finish_tile(real (&acc)[TM][TN], real* red, int 
             if (row < M) epi.apply(C, ldc, row, col, acc[i][j]);
         }
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Cross-block split-K (the *_split kernels): gridDim.z = S blocks share each tile of C, block z
+// multiplying its own range of K (gemm_t64_split). Deterministic, without float atomics, in one
+// launch, as output_layer's loss (reductions.cuh):
+// * every block writes its raw partial tile (after its k-groups' reduction; before alpha, beta and
+//   the epilogue) to its slot ws[(z * tiles + tile) * BM*BN], column-major within the tile, then
+//   takes the tile's int ticket (tickets[tile]) after a __threadfence;
+// * the block that takes the last ticket adds the S partials of the tile in the order z = 0..S-1,
+//   its own read back from ws like the others (so the sum never depends on which block came
+//   last), applies the epilogue and resets the ticket to 0 for the next launch (or graph replay).
+// The result depends only on the operands, S and the tile: reruns, replays and the two backends
+// agree bit for bit. Workspace: S * tiles slots of BM*BN reals and `tiles` tickets
+// (gemm_plan.GEMM_SPLIT_SLOTS, GEMM_SPLIT_TICKETS: the planner only picks splits that fit).
+// ------------------------------------------------------------------------------------------------
+template <class Epi>
+struct SplitK {
+    Epi epi;
+    real* ws;      // [gridDim.z][tiles][BM * BN] raw partial tiles
+    int* tickets;  // [tiles], 0 between launches
+};
+
+// finish_tile of a split block (overload: chosen for a SplitK epilogue). Every thread of the block
+// reaches its barriers (no early return before them).
+template <int BM, int BN, int TM, int TN, int KG, class Epi>
+__device__ __forceinline__ void finish_tile(real (&acc)[TM][TN], real* red, int g, int lt, int tx,
+                                            int ty, real* __restrict__ C, int M, int N, int ldc,
+                                            int m0, int n0, const SplitK<Epi>& sk)
+{
+    constexpr int RSPAN = BM / (TM / 4), CSPAN = BN / (TN / 4);
+    constexpr int NT = (BM / TM) * (BN / TN) * KG;
+    constexpr int TILE = BM * BN;
+    __shared__ int last_split;
+    reduce_groups<BM, BN, TM, TN, KG>(acc, red, g, lt);
+
+    const int tiles = gridDim.x * gridDim.y;
+    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+    const int splits = gridDim.z;
+    if (g == 0) {
+        real* slot = sk.ws + ((size_t)blockIdx.z * tiles + tile) * TILE;
+#pragma unroll
+        for (int j = 0; j < TN; ++j)
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+                slot[((j / 4) * CSPAN + ty * 4 + (j % 4)) * BM + (i / 4) * RSPAN + tx * 4 + (i % 4)] =
+                    acc[i][j];
+        __threadfence();  // this thread's part of the partial is visible before the ticket
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) last_split = (atomicAdd(sk.tickets + tile, 1) == splits - 1);
+    __syncthreads();
+    if (!last_split) return;  // the same for the whole block
+    __threadfence();
+    // Element e of the tile: row e % BM, column e / BM; consecutive threads read consecutive
+    // words of each slot and write consecutive rows of C. Volatile reads (as output_layer's): the
+    // other blocks' partials, never a stale cached line.
+    const volatile real* parts = sk.ws + (size_t)tile * TILE;
+    const size_t zstride = (size_t)tiles * TILE;
+    for (int e = threadIdx.x; e < TILE; e += NT) {
+        const int row = m0 + e % BM;
+        const int col = n0 + e / BM;
+        if (row < M && col < N) {
+            real s = parts[e];
+            for (int z = 1; z < splits; ++z) s += parts[z * zstride + e];
+            sk.epi.apply(C, ldc, row, col, s);
+        }
+    }
+    if (threadIdx.x == 0) sk.tickets[tile] = 0;  // ready for the next launch
 }
 
 // The GEMM block: a BM x BN tile of C computed by KG groups of (BM/TM)*(BN/TN) threads. Each
@@ -559,6 +635,32 @@ __device__ __forceinline__ void gemm_pipe(real* smem, const real* __restrict__ A
         call<TA, TB, true>(GEMM_CORE_PASS, EpiScale{real(1), real(0)});                            \
     }
 
+// The split-K kernels (gemm_plan.GEMM_SPLIT_TILES; SplitK above): the kernel of the same name
+// without _split, two parameters more: the partial tiles' workspace and the tiles' tickets.
+// call<TA, TB, ONES>(GEMM_CORE_PASS, epilogue, ws, tickets) is the tile's split entry.
+#define GEMM_WS_ARGS real *__restrict__ ws, int *__restrict__ tickets
+#define GEMM_SPLIT_ARGS GEMM_ARGS, GEMM_WS_ARGS
+#define DEFINE_GEMM_SPLIT(tile, ops, TA, TB, call, threads, min_blocks)                            \
+    extern "C" __global__ void __launch_bounds__(threads, min_blocks)                              \
+        gemm_##tile##_##ops##_split(GEMM_SPLIT_ARGS)                                               \
+    {                                                                                              \
+        call<TA, TB, false>(GEMM_CORE_PASS, EpiScale{alpha, beta}, ws, tickets);                   \
+    }
+#define GEMM_BIAS_SIGMOID_SPLIT_ARGS GEMM_BIAS_SIGMOID_ARGS, GEMM_WS_ARGS
+#define DEFINE_GEMM_BIAS_SIGMOID_SPLIT(tile, ops, TA, TB, call, threads, min_blocks)               \
+    extern "C" __global__ void __launch_bounds__(threads, min_blocks)                              \
+        gemm_##tile##_##ops##_bias_sigmoid_split(GEMM_BIAS_SIGMOID_SPLIT_ARGS)                     \
+    {                                                                                              \
+        call<TA, TB, false>(GEMM_CORE_PASS, EpiBiasSigmoid{bias}, ws, tickets);                    \
+    }
+#define GEMM_BIAS_GRAD_SPLIT_ARGS GEMM_BIAS_GRAD_ARGS, GEMM_WS_ARGS
+#define DEFINE_GEMM_BIAS_GRAD_SPLIT(tile, ops, TA, TB, call, threads, min_blocks)                  \
+    extern "C" __global__ void __launch_bounds__(threads, min_blocks)                              \
+        gemm_##tile##_##ops##_bias_grad_split(GEMM_BIAS_GRAD_SPLIT_ARGS)                           \
+    {                                                                                              \
+        call<TA, TB, true>(GEMM_CORE_PASS, EpiScale{real(1), real(0)}, ws, tickets);               \
+    }
+
 // Tile configurations, all 256 threads. Depths (KPG, STAGES) and micro-tiles are smaller in double,
 // where the float ones would not fit in 48 KB of static shared memory or in the registers of two
 // blocks per multiprocessor. The large tiles are pipelined (gemm_pipe): the K loop of these
@@ -602,6 +704,34 @@ __device__ __forceinline__ void gemm_t64(GEMM_CORE_ARGS, const Epi& epi)
     else
         gemm_pipe<64, 64, 8, 4, 2, T64_KPG, 4, TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
 }
+// t64 split over K across gridDim.z blocks per tile (SplitK above): block z multiplies the range
+// k = z*chunk .. z*chunk + chunk-1 of K (chunk: K / S rounded up to a multiple of SPLIT_K_ALIGN,
+// which every t64 slab depth divides; the last ranges may be short or empty, an empty one
+// contributes a zero partial). The configuration is chosen on chunk, the same for every block.
+#define SPLIT_K_ALIGN 32
+template <bool TA, bool TB, bool ONES, class Epi>
+__device__ __forceinline__ void gemm_t64_split(GEMM_CORE_ARGS, const Epi& epi, real* ws,
+                                               int* tickets)
+{
+    constexpr int SHORT = PipeSmem<64, 64, 2, T64_KPG, 4>::SIZE;
+    constexpr int DEEP = PipeSmem<64, 64, T64_DEEP_KG, T64_DEEP_KPG, T64_DEEP_STAGES>::SIZE;
+    __shared__ __align__(16) real smem[SHORT > DEEP ? SHORT : DEEP];
+    const int splits = gridDim.z;
+    const int chunk = ((K + splits - 1) / splits + SPLIT_K_ALIGN - 1) / SPLIT_K_ALIGN * SPLIT_K_ALIGN;
+    const int k0 = blockIdx.z * chunk;
+    const int klen = K - k0 >= chunk ? chunk : (K - k0 > 0 ? K - k0 : 0);
+    if (klen > 0) {  // op(A) and op(B) from k0 on: the columns of A (rows of A^T) ..., as B
+        A += TA ? k0 : k0 * lda;
+        B += TB ? k0 * ldb : k0;
+    }
+    const SplitK<Epi> sk{epi, ws, tickets};
+    if (chunk > T64_DEEP_K)
+        gemm_pipe<64, 64, 8, T64_DEEP_TN, T64_DEEP_KG, T64_DEEP_KPG, T64_DEEP_STAGES, TA, TB, ONES>(
+            smem, A, B, C, M, N, klen, lda, ldb, ldc, sk);
+    else
+        gemm_pipe<64, 64, 8, 4, 2, T64_KPG, 4, TA, TB, ONES>(smem, A, B, C, M, N, klen, lda, ldb,
+                                                               ldc, sk);
+}
 // s16: 16 x 16 tile, 4 x 4 per thread, K split over 16 groups, for M <= 16 (the 10-class layer:
 // z2 = W2 a1, dW2 = diff a1^T), where tiles alone would give a handful of blocks.
 #define S16_KPG (sizeof(real) == 4 ? 8 : 4)
@@ -636,5 +766,13 @@ DEFINE_GEMM_SIGMOID_BACKWARD(s16, tn, true, false, gemm_s16, 256, 1)
 DEFINE_GEMM_BIAS_GRAD(t128, nt, false, true, gemm_t128, 256, T128_MIN_BLOCKS)
 DEFINE_GEMM_BIAS_GRAD(t64, nt, false, true, gemm_t64, 256, T64_MIN_BLOCKS)
 DEFINE_GEMM_BIAS_GRAD(s16, nt, false, true, gemm_s16, 256, 1)
+
+// Split-K: the t64 tile, for the products that leave most multiprocessors idle
+// (gemm_plan.pick_gemm_split): z1 = W1 x (nn) and [dW1 db1] (nt), fused and plain (the plain
+// GEMM's nn and nt only: tn and tt products of the model have K = 10, never split).
+DEFINE_GEMM_SPLIT(t64, nn, false, false, gemm_t64_split, 256, T64_MIN_BLOCKS)
+DEFINE_GEMM_SPLIT(t64, nt, false, true, gemm_t64_split, 256, T64_MIN_BLOCKS)
+DEFINE_GEMM_BIAS_SIGMOID_SPLIT(t64, nn, false, false, gemm_t64_split, 256, T64_MIN_BLOCKS)
+DEFINE_GEMM_BIAS_GRAD_SPLIT(t64, nt, false, true, gemm_t64_split, 256, T64_MIN_BLOCKS)
 
 #endif  // DPMLP_GEMM_CUH

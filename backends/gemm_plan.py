@@ -53,6 +53,59 @@ def gemm_kernel_name(tile: str, trans_a: bool, trans_b: bool) -> str:
 GEMM_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(t, ops[0] == "t", ops[1] == "t")
                                       for t in GEMM_TILES for ops in GEMM_OPS)
 
+# ------------------------------------------------------------------------ cross-block split-K
+# A product whose tiles leave most multiprocessors idle (z1 and [dW1 db1] at H = 256: 52 tiles of
+# 64 x 64 on 132 SMs, each walking all of K) runs as S blocks per tile (grid.z = S), each over
+# its share of K; the last block of a tile adds the S partial tiles in a fixed order (gemm.cuh,
+# SplitK). Kernels: the tile's kernel name + "_split", two parameters more (the workspaces).
+
+#: the tiles with split kernels, and the transpose pairs of the plain GEMM's split kernels
+GEMM_SPLIT_TILES = ("t64",)
+GEMM_SPLIT_OPS = ("nn", "nt")
+#: reals of one partial tile (64 x 64: the split tiles' bm * bn)
+GEMM_SPLIT_TILE_ELEMS = 64 * 64
+#: workspace capacity, fixed (CudaBackend._start allocates it before any capture): partial-tile
+#: slots (S * tiles; 2 * 132 SMs and some: the automatic picks need fewer than 2 * SMs) and
+#: tickets (one per tile)
+GEMM_SPLIT_SLOTS = 320
+GEMM_SPLIT_TICKETS = 320
+#: the most splits pick_gemm_split gives, and the least K each split gets (4 slabs of 32)
+GEMM_SPLIT_MAX = 8
+GEMM_SPLIT_MIN_K = 128
+#: the split kernels' extra parameters (GEMM_WS_ARGS), kinds as in op_table
+GEMM_SPLIT_PARAMS = "W:gemm_partials, C:gemm_tickets"
+
+
+def gemm_split_kernel_name(tile: str, trans_a: bool, trans_b: bool) -> str:
+    return gemm_kernel_name(tile, trans_a, trans_b) + "_split"
+
+
+#: the plain GEMM's split kernels (DEFINE_GEMM_SPLIT)
+GEMM_SPLIT_KERNELS: tuple[str, ...] = tuple(
+    gemm_split_kernel_name(t, ops[0] == "t", ops[1] == "t")
+    for t in GEMM_SPLIT_TILES for ops in GEMM_SPLIT_OPS)
+
+
+def split_fits(tiles: int, split: int) -> bool:
+    """Whether `split` blocks per tile over `tiles` tiles fit the fixed workspace."""
+    return tiles <= GEMM_SPLIT_TICKETS and tiles * split <= GEMM_SPLIT_SLOTS
+
+
+def pick_gemm_split(tile: str, m: int, n: int, k: int, num_sms: int) -> int:
+    """S, the blocks per tile of C over K: 1 (today's kernels, bits unchanged) unless the tiles
+    leave multiprocessors idle. Then the smallest S with tiles * S >= SMs, at most GEMM_SPLIT_MAX,
+    each split at least GEMM_SPLIT_MIN_K deep, and fitting the workspace."""
+    if tile not in GEMM_SPLIT_TILES:
+        return 1
+    gx, gy, _ = gemm_grid(tile, m, n)
+    tiles = gx * gy
+    if tiles >= num_sms:
+        return 1
+    split = min(math.ceil(num_sms / tiles), GEMM_SPLIT_MAX, k // GEMM_SPLIT_MIN_K)
+    while split > 1 and not split_fits(tiles, split):
+        split -= 1
+    return max(split, 1)
+
 
 @dataclass(frozen=True)
 class GemmVariant:
@@ -73,13 +126,24 @@ class GemmVariant:
     params: str
     #: True: op(B) gets a virtual last column of ones, C one column more than op(B) (bias gradient)
     ones: bool = False
+    #: the tiles with a split-K kernel (DEFINE_GEMM_<VARIANT>_SPLIT)
+    split_tiles: tuple[str, ...] = ()
 
-    def kernel(self, tile: str) -> str:
-        return f"gemm_{tile}_{self.ops}_{self.suffix}"
+    def kernel(self, tile: str, split: bool = False) -> str:
+        return f"gemm_{tile}_{self.ops}_{self.suffix}" + ("_split" if split else "")
 
     @property
     def kernels(self) -> tuple[str, ...]:
+        """Every kernel of the variant: one per tile, then the split ones."""
+        return self.tile_kernels + self.split_kernels
+
+    @property
+    def tile_kernels(self) -> tuple[str, ...]:
         return tuple(self.kernel(t) for t in self.tiles)
+
+    @property
+    def split_kernels(self) -> tuple[str, ...]:
+        return tuple(self.kernel(t, split=True) for t in self.split_tiles)
 
 
 #: parameters every fused GEMM kernel starts with (GEMM_CORE_ARGS): C is the op's `out`
@@ -89,11 +153,11 @@ GEMM_CORE_PARAMS = "M:a, M:b, M:out, i:m, i:n, i:k, i:lda, i:ldb, i:ldc"
 #: its variant has t64 and s16 only (a forced or deep-K t128 pick runs as t64).
 GEMM_VARIANTS: dict[str, GemmVariant] = {v.op: v for v in (
     GemmVariant("gemm_bias_sigmoid", "bias_sigmoid", "nn", ("t128", "t64", "s16"), "t64",
-                GEMM_CORE_PARAMS + ", R:bias"),
+                GEMM_CORE_PARAMS + ", R:bias", split_tiles=("t64",)),
     GemmVariant("gemm_sigmoid_backward", "sigmoid_backward", "tn", ("t64", "s16"), "t64",
                 GEMM_CORE_PARAMS + ", M:act, i:ld_act"),
     GemmVariant("gemm_with_bias_grad", "bias_grad", "nt", ("t128", "t64", "s16"), "t64",
-                GEMM_CORE_PARAMS, ones=True),
+                GEMM_CORE_PARAMS, ones=True, split_tiles=("t64",)),
 )}
 
 
@@ -133,15 +197,20 @@ class GemmPlan:
     m: int
     n: int
     k: int
+    #: blocks per tile over K (grid[2]); > 1: a split kernel, which takes the workspaces too
+    split: int = 1
 
 
 def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: int,
-              tile: str | None = None, variant: GemmVariant | None = None) -> GemmPlan | None:
+              tile: str | None = None, variant: GemmVariant | None = None,
+              split: int | None = None) -> GemmPlan | None:
     """Check the shapes of C = op(A) op(B) and choose the launch; None when C is empty.
 
     K = 0 still gets a plan (the kernel then writes beta * C). `tile` forces a tile (tests, tuning).
     `variant` plans a fused GEMM of GEMM_VARIANTS instead (trans_a, trans_b must be its pair); with
-    its `ones`, C has one column more than op(B) (the ones column).
+    its `ones`, C has one column more than op(B) (the ones column). `split` forces S blocks per
+    tile over K (tests, tuning; None: pick_gemm_split); a split the tile, transpose pair or variant
+    has no kernel for, or that does not fit the workspace, runs unsplit (S = 1).
     """
     if len(a_shape) != 2 or len(b_shape) != 2 or len(c_shape) != 2:
         raise ValueError(f"gemm takes matrices, got shapes {a_shape}, {b_shape}, {c_shape}")
@@ -155,13 +224,25 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
     if m == 0 or n == 0:
         return None
     tile = tile or pick_gemm_tile(m, n, num_sms, k)
-    if variant is None:
-        kernel = gemm_kernel_name(tile, trans_a, trans_b)
-    else:
-        if variant.ops != ("t" if trans_a else "n") + ("t" if trans_b else "n"):
+    ops = ("t" if trans_a else "n") + ("t" if trans_b else "n")
+    if variant is not None:
+        if variant.ops != ops:
             raise ValueError(f"{variant.op} is the {variant.ops} product")
         if tile not in variant.tiles:
             tile = variant.fallback
-        kernel = variant.kernel(tile)
+        has_split = tile in variant.split_tiles
+    else:
+        has_split = tile in GEMM_SPLIT_TILES and ops in GEMM_SPLIT_OPS
+    grid = gemm_grid(tile, m, n)
+    if split is None:
+        split = pick_gemm_split(tile, m, n, k, num_sms)
+    if split < 1:
+        raise ValueError(f"gemm split must be at least 1, got {split}")
+    if not has_split or not split_fits(grid[0] * grid[1], split):
+        split = 1
+    if variant is None:
+        kernel = (gemm_split_kernel_name if split > 1 else gemm_kernel_name)(tile, trans_a, trans_b)
+    else:
+        kernel = variant.kernel(tile, split=split > 1)
     threads = GEMM_TILES[tile].threads
-    return GemmPlan(kernel, gemm_grid(tile, m, n), (threads, 1, 1), m, n, k)
+    return GemmPlan(kernel, (grid[0], grid[1], split), (threads, 1, 1), m, n, k, split)

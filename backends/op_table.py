@@ -80,7 +80,10 @@ _KIND_LETTER = {"R": "P", "L": "P", "M": "P", "W": "P", "C": "P", "i": "i", "r":
 #: the workspace buffers the W and C parameters name, as CudaBackend._start allocates them:
 #: name -> (elements, "real" or "int32"); "total" is the last slot of "scratch"
 WORKSPACE = {"scratch": (SUM_PARTIAL_BLOCKS + 1, "real"), "total": (1, "real"),
-             "output_partials": (OUTPUT_MAX_BLOCKS, "real"), "output_ticket": (1, "int32")}
+             "output_partials": (OUTPUT_MAX_BLOCKS, "real"), "output_ticket": (1, "int32"),
+             # the split-K GEMMs' partial tiles and per-tile tickets (gemm.cuh SplitK)
+             "gemm_partials": (gemm_plan.GEMM_SPLIT_SLOTS * gemm_plan.GEMM_SPLIT_TILE_ELEMS, "real"),
+             "gemm_tickets": (gemm_plan.GEMM_SPLIT_TICKETS, "int32")}
 
 #: kinds of error an op may show against the NumPy reference; tests/test_kernel_parity.py gives
 #: each a relative max-norm tolerance per dtype
@@ -511,7 +514,9 @@ OPS: tuple[Op, ...] = (
        _fill_cases, writes=("arr",), int_operand="arr",
        int_launches=(Launch("fill_int", "L:arr, i:n, i:int(value)", elementwise_launch, "n"),)),
     Op("gemm", "a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False", None, "", "",
-       tuple(Launch(kernel, gemm_plan.GEMM_PARAMS, None) for kernel in gemm_plan.GEMM_KERNELS),
+       tuple(Launch(kernel, gemm_plan.GEMM_PARAMS, None) for kernel in gemm_plan.GEMM_KERNELS)
+       + tuple(Launch(kernel, f"{gemm_plan.GEMM_PARAMS}, {gemm_plan.GEMM_SPLIT_PARAMS}", None)
+               for kernel in gemm_plan.GEMM_SPLIT_KERNELS),
        "gemm", _gemm_cases, writes=("c",), planned=True),
     Op("bias_sigmoid", "z, bias, out", bias_sizes, "", "rows, n",
        (Launch("bias_sigmoid", "R:z, R:bias, R:out, i:rows, i:n", elementwise_launch, "n"),),
@@ -545,7 +550,10 @@ OPS: tuple[Op, ...] = (
                elementwise_launch, "n"),),
        "elementwise", _sgd_cases, writes=("params", "grads")),
     # the fused GEMMs (core.ops FUSED_OPS): planned like the GEMM (gemm_plan.GEMM_VARIANTS)
-    *(Op(v.op, params, None, "", "", tuple(Launch(kernel, v.params, None) for kernel in v.kernels),
+    *(Op(v.op, params, None, "", "",
+         tuple(Launch(kernel, v.params, None) for kernel in v.tile_kernels)
+         + tuple(Launch(kernel, f"{v.params}, {gemm_plan.GEMM_SPLIT_PARAMS}", None)
+                 for kernel in v.split_kernels),
          "gemm", cases, writes=("out",), planned=True)
       for v, params, cases in (
           (gemm_plan.GEMM_VARIANTS["gemm_bias_sigmoid"], "a, b, bias, out",

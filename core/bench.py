@@ -43,6 +43,9 @@ def _args(argv):
                    help="comma-separated --cuda-graphs settings to time, each a row (auto)")
     p.add_argument("--no-reference", action="store_true", help="skip the cuBLAS/PyTorch rows")
     p.add_argument("--json", default="bench.json", help="where to write the results (bench.json)")
+    p.add_argument("--gemm-split", type=int, default=None,
+                   help="GPU backends: force S blocks per GEMM tile over K where a split kernel "
+                        "exists (1: never split; default: the planner's pick)")
     return p.parse_args(argv)
 
 
@@ -319,6 +322,10 @@ def main(argv=None) -> int:
         entries = [registry.backend(name) for name in wanted]
     elif any(e.name != "numpy" for e in entries):
         entries = [e for e in entries if e.name != "numpy"]
+    if args.gemm_split is not None:
+        for entry in entries:
+            if hasattr(entry.cls, "gemm_split"):  # the CUDA backends (CudaBackend.gemm_split)
+                entry.cls.gemm_split = args.gemm_split
     dtype = np.dtype(args.dtype).type
     x, y, source = _data(args, dtype)
     hiddens = [int(h) for h in args.hidden.split(",")]

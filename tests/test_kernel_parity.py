@@ -93,6 +93,7 @@ def make_backend(name, dtype):
         _INSTANCES[key] = cls(dtype)
     be = _INSTANCES[key]
     be.gemm_tile = None
+    be.gemm_split = None
     return be
 
 
@@ -199,6 +200,178 @@ def test_fused_gemm_every_tile(gpu, ref, variant, tile):
             assert_close(got, expected, gpu.dtype, "gemm")
     finally:
         gpu.gemm_tile = None
+
+
+# ------------------------------------------------------------------------------- split-K
+# The split kernels (gemm_plan.GEMM_SPLIT_KERNELS and each variant's split_kernels; gemm.cuh
+# SplitK) with S forced, on sizes that are no multiple of the tile or of a split's K range: K not a
+# multiple of the slab, K < S * 32 (empty splits), K = 0, one and zero columns of op(B).
+SPLITS = [2, 3, 5]
+SPLIT_SIZES = [(100, 70, 333), (65, 1, 50), (130, 129, 1013), (17, 0, 300), (40, 33, 0),
+               (64, 64, 64), (200, 90, 2000)]
+#: the split products: (name, op of the backend, plain GEMM's transpose pair or None)
+SPLIT_PRODUCTS = [("gemm_nn", "gemm", (False, False)), ("gemm_nt", "gemm", (False, True)),
+                  ("gemm_bias_sigmoid", "gemm_bias_sigmoid", None),
+                  ("gemm_with_bias_grad", "gemm_with_bias_grad", None)]
+
+
+def split_case(rng, product, m, n, k, dtype):
+    """Host inputs of one split product; `out` (or c) is what it writes."""
+    name, op, trans = product
+    if trans is None:
+        return fused_case(rng, op, m, n, k, dtype)
+    trans_a, trans_b = trans
+    return {"a": rand(rng, (k, m) if trans_a else (m, k), dtype),
+            "b": rand(rng, (n, k) if trans_b else (k, n), dtype),
+            "c": rand(rng, (m, n), dtype), "alpha": 0.75, "beta": -1.25,
+            "trans_a": trans_a, "trans_b": trans_b}
+
+
+def run_split(be, product, case):
+    """What `be` writes for one case (fresh device copies of the inputs each call)."""
+    name, op, trans = product
+    if trans is None:
+        device = {key: be.from_host(v) for key, v in case.items()}
+        getattr(be, op)(**device)
+        return be.to_host(device["out"])
+    c = be.from_host(case["c"])
+    be.gemm(be.from_host(case["a"]), be.from_host(case["b"]), c, case["alpha"], case["beta"],
+            case["trans_a"], case["trans_b"])
+    return be.to_host(c)
+
+
+def reference_split(ref, product, case):
+    name, op, trans = product
+    if trans is None:
+        expected = {key: v.copy(order="F") for key, v in case.items()}
+        getattr(ref, op)(**expected)
+        return expected["out"]
+    c = case["c"].copy(order="F")
+    ref.gemm(case["a"], case["b"], c, case["alpha"], case["beta"], case["trans_a"],
+             case["trans_b"])
+    return c
+
+
+def split_plan(be, product, case, split):
+    """The plan the backend makes for `case` with S forced (to check that it is a split one)."""
+    name, op, trans = product
+    if trans is None:
+        variant = gemm_plan.GEMM_VARIANTS[op]
+        return gemm_plan.plan_gemm(case["a"].shape, case["b"].shape, case["out"].shape,
+                                   variant.ops[0] == "t", variant.ops[1] == "t", be._num_sms,
+                                   variant=variant, split=split)
+    return gemm_plan.plan_gemm(case["a"].shape, case["b"].shape, case["c"].shape, *trans,
+                               be._num_sms, split=split)
+
+
+@gpu_test
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("product", SPLIT_PRODUCTS, ids=lambda p: p[0])
+def test_split_gemm_against_reference(gpu, ref, product, split):
+    """Each split kernel with S forced: the reference's result within the GEMM tolerance, every
+    element written, a rerun bit for bit the same, the unsplit kernel's result within tolerance,
+    and the tickets back at 0."""
+    rng = np.random.default_rng(31)
+    for m, n, k in SPLIT_SIZES:
+        case = split_case(rng, product, m, n, k, gpu.dtype)
+        plan = split_plan(gpu, product, case, split)
+        if plan is None:  # no output columns: nothing to launch
+            continue
+        assert plan.split == split and plan.kernel.endswith("_split"), plan
+        expected = reference_split(ref, product, case)
+        gpu.gemm_split = split
+        try:
+            got = run_split(gpu, product, case)
+            again = run_split(gpu, product, case)
+        finally:
+            gpu.gemm_split = None
+        where = f"{product[0]} {m}x{n}x{k} S={split}"
+        assert np.all(np.isfinite(got)), f"{where}: unwritten elements"
+        assert_close(got, expected, gpu.dtype, "gemm")
+        assert np.array_equal(got, again), f"{where}: a rerun differs"
+        gpu.gemm_split = 1
+        try:
+            unsplit = run_split(gpu, product, case)
+        finally:
+            gpu.gemm_split = None
+        assert_close(got, unsplit, gpu.dtype, "gemm")
+        assert not gpu.to_host(gpu._gemm_tickets).any(), f"{where}: tickets left set"
+
+
+@gpu_test
+def test_split_gemm_at_the_model_shapes(gpu, ref):
+    """The planner's own splits (H = 256, n = 800: z1 and [dW1 db1] split in 3 on an H100) against
+    the reference, and against S = 1 within tolerance."""
+    rng = np.random.default_rng(32)
+    for product, (m, n, k) in ((SPLIT_PRODUCTS[2], (256, 800, 784)),
+                               (SPLIT_PRODUCTS[3], (256, 784, 800)),
+                               (SPLIT_PRODUCTS[3], (256, 784, 3200))):
+        case = split_case(rng, product, m, n, k, gpu.dtype)
+        expected = reference_split(ref, product, case)
+        got = run_split(gpu, product, case)
+        assert_close(got, expected, gpu.dtype, "gemm")
+        gpu.gemm_split = 1
+        try:
+            assert_close(got, run_split(gpu, product, case), gpu.dtype, "gemm")
+        finally:
+            gpu.gemm_split = None
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_split_gemm_cupy_and_pycuda_agree_bitwise(dtype):
+    be_cupy, be_pycuda = make_backend("cupy", dtype), make_backend("pycuda", dtype)
+    rng = np.random.default_rng(33)
+    for product in SPLIT_PRODUCTS:
+        for split in SPLITS:
+            for m, n, k in SPLIT_SIZES[:3]:
+                case = split_case(rng, product, m, n, k, dtype)
+                outs = []
+                for be in (be_cupy, be_pycuda):
+                    be.gemm_split = split
+                    try:
+                        outs.append(run_split(be, product, case))
+                    finally:
+                        be.gemm_split = None
+                assert np.array_equal(*outs), f"{product[0]} {m}x{n}x{k} S={split}: differs"
+
+
+@gpu_test
+@pytest.mark.parametrize("name", list(GPU_BACKENDS))
+def test_split_gemm_graph_replays(name):
+    """Planned and launched inside a CUDA-graph capture (nothing may allocate there), replayed
+    twice: the eager bits each time (the last block of each tile reset its ticket)."""
+    be = make_backend(name, "float32")
+    ok, why = be.graph_support()
+    if not ok:
+        pytest.skip(f"CUDA graphs unavailable with {name}: {why}")
+    rng = np.random.default_rng(34)
+    m, n, k = 131, 97, 1001  # a shape no other test plans: its plan is made during the capture
+    z_case = fused_case(rng, "gemm_bias_sigmoid", m, n, k, be.dtype)
+    g_case = fused_case(rng, "gemm_with_bias_grad", m, n, k, be.dtype)
+    z_dev = {key: be.from_host(v) for key, v in z_case.items()}
+    g_dev = {key: be.from_host(v) for key, v in g_case.items()}
+    be.gemm_split = 3
+    try:
+        be.synchronize()
+        be.begin_capture()
+        be.gemm_bias_sigmoid(**z_dev)
+        be.gemm_with_bias_grad(**g_dev)
+        graph = be.end_capture()
+        replays = []
+        for _ in range(2):
+            graph.launch()
+            be.synchronize()
+            replays.append((be.to_host(z_dev["out"]), be.to_host(g_dev["out"])))
+        be.gemm_bias_sigmoid(**z_dev)
+        be.gemm_with_bias_grad(**g_dev)
+        eager = (be.to_host(z_dev["out"]), be.to_host(g_dev["out"]))
+    finally:
+        be.gemm_split = None
+    for replay in replays:
+        assert np.array_equal(replay[0], eager[0]) and np.array_equal(replay[1], eager[1])
+    assert np.all(np.isfinite(eager[0])) and np.all(np.isfinite(eager[1]))
+    assert not be.to_host(be._gemm_tickets).any()
 
 
 @gpu_test
