@@ -200,44 +200,46 @@ class DataParallelTrainer:
         self.exchange.finish()
         model.update(self.config.reg, self.config.lr)  # reg once, on the summed gradient
 
-    def queue_epoch(self, on_step: Callable[[StepInfo], None] | None = None,
-                    epoch: int = 1) -> None:
-        """Queue one pass over the training set in file order (the loss sum restarts at 0).
-        ``on_step`` (every rank) is called after each step, e.g. by --verify to observe it."""
-        cfg = self.config
-        self.backend.fill(self._nll, 0.0)
-        for index, start in enumerate(range(0, self.n_train, cfg.batch_size)):
+    def _queue_steps(self, epoch: int, first_step: int = 0,
+                     on_step: Callable[[int, int], bool] | None = None,
+                     observe: Callable[[StepInfo], None] | None = None) -> int:
+        """Queue steps ``first_step``.. of an epoch in file order (the loss sum restarts at 0 when
+        the epoch starts at step 0), calling ``observe`` and ``on_step`` after each; returns the
+        steps done in the epoch: steps_per_epoch, or fewer when on_step asked to stop."""
+        cfg, total = self.config, self.steps_per_epoch
+        if first_step == 0:
+            self.backend.fill(self._nll, 0.0)
+        for k in range(first_step, total):
+            start = k * cfg.batch_size
             batch = min(cfg.batch_size, self.n_train - start)
             self.step(start, batch)
-            if on_step:
-                on_step(StepInfo(epoch, index, self.steps_done, start, batch))
+            if observe is not None:
+                observe(StepInfo(epoch, k, self.steps_done, start, batch))
             self.steps_done += 1
+            if on_step is not None and on_step(epoch, k + 1):
+                if k + 1 == total:
+                    self._stop_after_epoch = True  # finish this epoch's report, then stop
+                    return total
+                return k + 1
+        return total
 
     def train_epoch_graph(self) -> None:
         """Queue one epoch as the replay of its graph (captured on first use)."""
         if self._epoch_graph is None:
             steps_before = self.steps_done
-            self._epoch_graph = self._captured(self.queue_epoch)
+            self._epoch_graph = self._captured(lambda: self._queue_steps(0))
             self.steps_done = steps_before  # capturing ran no step
         self._epoch_graph.launch()
         self.steps_done += self.steps_per_epoch
 
-    def train_epoch(self, on_step: Callable[[StepInfo], None] | None = None,
-                    epoch: int = 1) -> float:
+    def train_epoch(self, epoch: int = 1) -> float:
         """One pass over the training set in file order; returns the epoch's training loss
         (mean cross-entropy over the epoch's samples, as seen during training, plus the reg term).
 
         With CUDA graphs the first epoch is captured (every step, the smaller last batch and the
-        exchange included) and every epoch replays that one graph; an epoch observed step by step
-        (``on_step``) runs eagerly, the same kernels with the same bits."""
-        cfg = self.config
-        if self.use_graphs and on_step is None:
-            self.train_epoch_graph()
-        else:
-            self.queue_epoch(on_step, epoch)
-        self.comm.drain()
-        nll = self.comm.allreduce_host(self.backend.to_host(self._nll).astype(np.float64))[0]
-        return nll / max(self.n_train, 1) + self.model.reg_loss(cfg.reg)
+        exchange included) and every epoch replays that one graph."""
+        self._run_steps(epoch, 0, None)
+        return self._epoch_loss()
 
     def train(self, on_epoch: Callable[[EpochStats], None] | None = None, *,
               start_epoch: int = 1, first_step: int = 0,
@@ -257,16 +259,12 @@ class DataParallelTrainer:
         for epoch in range(start_epoch, self.config.epochs + 1):
             began = time.perf_counter()
             first = first_step if epoch == start_epoch else 0
-            self._stop_after_epoch = False
-            if first == 0 and on_step is None and observe is None:
-                loss = self.train_epoch()
-            else:
-                done = self._run_steps(epoch, first, on_step, observe)
-                if done < self.steps_per_epoch:
-                    self.stopped_at = (epoch, done)
-                    break
-                loss = self._epoch_loss()
-            seconds = time.perf_counter() - began  # train_epoch ends synchronised (to_host)
+            done = self._run_steps(epoch, first, on_step, observe)
+            if done < self.steps_per_epoch:
+                self.stopped_at = (epoch, done)
+                break
+            loss = self._epoch_loss()
+            seconds = time.perf_counter() - began  # the loss is read back: synchronised
             val_acc = self.evaluate(*self.val) if self.val else None
             stats = EpochStats(epoch, loss, val_acc, seconds)
             history.append(stats)
@@ -286,33 +284,19 @@ class DataParallelTrainer:
     def _run_steps(self, epoch: int, first_step: int,
                    on_step: Callable[[int, int], bool] | None,
                    observe: Callable[[StepInfo], None] | None = None) -> int:
-        """Steps ``first_step``.. of an epoch, calling observe and on_step after each (on_step
-        after the whole epoch when it replays a graph); returns the steps done in the epoch when
-        stopped, or steps_per_epoch. The loss sum restarts at 0 only when the epoch starts at
-        step 0."""
-        cfg, total = self.config, self.steps_per_epoch
+        """Steps ``first_step``.. of an epoch: the replay of the epoch's graph where graphs are
+        on and the epoch is whole and unobserved (on_step then called once, at its end), else
+        eagerly (_queue_steps). Returns the steps done in the epoch; ends drained."""
+        total = self.steps_per_epoch
         self._stop_after_epoch = False
         if self.use_graphs and first_step == 0 and observe is None:
             self.train_epoch_graph()
             self.comm.drain()
             self._stop_after_epoch = bool(on_step and on_step(epoch, total))
             return total
-        if first_step == 0:
-            self.backend.fill(self._nll, 0.0)
-        for k in range(first_step, total):
-            start = k * cfg.batch_size
-            batch = min(cfg.batch_size, self.n_train - start)
-            self.step(start, batch)
-            if observe is not None:
-                observe(StepInfo(epoch, k, self.steps_done, start, batch))
-            self.steps_done += 1
-            if on_step is not None and on_step(epoch, k + 1):
-                if k + 1 == total:
-                    self._stop_after_epoch = True  # finish this epoch's report, then stop
-                    return total
-                return k + 1
+        done = self._queue_steps(epoch, first_step, on_step, observe)
         self.comm.drain()
-        return total
+        return done
 
     def _epoch_loss(self) -> float:
         nll = self.partial_nll()

@@ -29,6 +29,7 @@ from core.rundir import RunDir
 from core.threads import count_local_ranks, limit_blas_threads
 from core.data_parallel import (CUDA_GRAPH_CHOICES, DataParallelTrainer, TrainConfig,
                                 scale_images)
+from core.model import INPUTS, ParamLayout
 
 
 
@@ -169,15 +170,15 @@ def memory_estimate(hidden: int, batch: int, ranks: int, itemsize: int, n_train:
     """Bytes one rank needs, by part: the device's (data set, parameters and gradients,
     activations of one step) and the host's (uint8 images, scaled copies, parameters). A host
     backend's device is the host, so both count there."""
-    p = 785 * hidden + 10 * (hidden + 1)
+    p = ParamLayout(hidden).size
     cols = math.ceil(min(batch, max(n_train, 1)) / ranks)
     n = n_train + n_val
     parts = {"parameters and gradients": 2 * p * itemsize + p * 8,
-             "data": itemsize * 784 * n + 4 * n + 784 * n_images + itemsize * 784 * n,
+             "data": itemsize * INPUTS * n + 4 * n + INPUTS * n_images + itemsize * INPUTS * n,
              "activations": itemsize * cols * (2 * hidden + 10)}
     if not host_resident:  # the device's copies are not in host memory
         parts["parameters and gradients"] -= 2 * p * itemsize
-        parts["data"] -= itemsize * 784 * n + 4 * n
+        parts["data"] -= itemsize * INPUTS * n + 4 * n
         parts["activations"] = 0
     return parts
 
