@@ -6,7 +6,9 @@
 // 10-bit mantissa of TF32) and small = tf32(x - big) (x - big is exact in float). A product is
 //     a b ~ a_small b_big + a_big b_small + a_big b_big
 // (a_small b_small, about 2^-22 relative, is dropped), each term an
-// mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32 accumulating in FP32, the small products first.
+// mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32 accumulating in FP32, the small products first; each
+// k8 step's sum of the three is added to the FP32 accumulator by an ordinary add (x3_multiply_slab
+// says why).
 // The result keeps FP32-level accuracy (tools/gemm_accuracy.py measures it against float64).
 //
 // The same pieces as the SIMT tiles, so that a fused op computes the same formulas: op(A) and
@@ -97,19 +99,23 @@ __device__ __forceinline__ void x3_multiply_slab(float (&acc)[MI][NI][4], const 
             tf32_split(b_lo[ni * 8], b_big[ni][0], b_small[ni][0]);
             tf32_split(b_hi[ni * 8], b_big[ni][1], b_small[ni][1]);
         }
-        // the small products first, each pass over every tile (independent accumulators in flight)
+        // Per tile: the k8 step's three products, the small ones first, summed by the tensor core
+        // from zero, then added to acc by an FP32 add (round to nearest). The tensor core's own
+        // accumulation truncates (rounds toward zero); fed acc itself, over K / 8 steps its
+        // truncations of the ever larger |acc| would all lean one way (an error growing like K,
+        // not sqrt(K)). Promoted every k8 step, each truncation is of one step's partial sum, whose
+        // sign is the data's: the errors average out, as the FP32 FMA chain's roundings do.
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-            for (int ni = 0; ni < NI; ++ni) mma_tf32(acc[mi][ni], a_small[mi], b_big[ni]);
+            for (int ni = 0; ni < NI; ++ni) {
+                float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                mma_tf32(t, a_small[mi], b_big[ni]);
+                mma_tf32(t, a_big[mi], b_small[ni]);
+                mma_tf32(t, a_big[mi], b_big[ni]);
 #pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < NI; ++ni) mma_tf32(acc[mi][ni], a_big[mi], b_small[ni]);
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < NI; ++ni) mma_tf32(acc[mi][ni], a_big[mi], b_big[ni]);
+                for (int r = 0; r < 4; ++r) acc[mi][ni][r] += t[r];
+            }
     }
 }
 
