@@ -31,8 +31,11 @@ import os
 import statistics
 import sys
 
+from pathlib import Path
+
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, without PYTHONPATH
 os.environ["CUPY_TF32"] = "0"  # cuBLAS in FP32, no TF32 (read by CuPy at import)
 
 BAR = 2.0
@@ -133,8 +136,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
 
-    import cupy
-
+    try:
+        import cupy
+    except ImportError as exc:
+        print(f"gemm_accuracy: needs CuPy (CUDA events, cuBLAS): {exc}", file=sys.stderr)
+        return 2
     if args.backend == "cupy":
         from backends.ops_cupy import CupyBackend as cls
     else:
@@ -153,9 +159,11 @@ def main(argv=None) -> int:
           f"errors against their float64 product; times: median of {args.repeats} (CUDA events)")
     big = [simt.zeros((4096, 4096)) for _ in range(3)]
 
-    def busy_ours():
-        for _ in range(3):
-            simt.gemm(big[0], big[1], big[2])
+    def busy_ours(be):
+        def busy():  # on `be`'s own stream, ahead of the timed calls
+            for _ in range(3):
+                be.gemm(big[0], big[1], big[2])
+        return busy
 
     cbig = cupy.zeros((4096, 4096), np.float32)
 
@@ -185,7 +193,7 @@ def main(argv=None) -> int:
                     assert np.array_equal(be.to_host(out), got), f"{label} {name}: rerun differs"
                     row[f"err_{label}"] = rel_err(got, ref)
                     row[f"us_{label}"] = event_times(cupy, be.stream_handle(), call,
-                                                     args.repeats, busy_ours)
+                                                     args.repeats, busy_ours(be))
                 row["err_tf32"] = rel_err(reference(tf32_round(a), tf32_round(b), ta, tb, ones)
                                           .astype(np.float32), ref)
                 ca, cb = cupy.asarray(a), cupy.asarray(b)
