@@ -224,7 +224,10 @@ def test_gemm_may_differ_on_resume(tmp_path):
 
 
 def test_flag_parses():
+    from core.job import GEMM_CHOICES
     from core.train import build_parser
+
+    assert GEMM_CHOICES == gemm_plan.GEMM_MODES  # core names them without importing backends
 
     assert build_parser().parse_args([]).gemm == "simt"
     assert build_parser().parse_args(["--gemm", "tf32x3"]).gemm == "tf32x3"
