@@ -554,3 +554,34 @@ def test_training_cupy_and_pycuda_bitwise(tmp_path):
             params.append({k: z[k] for k in ("W1", "b1", "W2", "b2")})
     for key in params[0]:
         assert np.array_equal(params[0][key], params[1][key]), key
+
+
+# ---------------------------------------------------------------------------- the accuracy tool
+def test_accuracy_tool_host_parts():
+    """tools/gemm_accuracy.py without a GPU: TF32 rounding (nearest, ties away, as cvt.rna), the
+    model's operands and products, the float64 reference with its ones column."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gemm_accuracy", cuda_compile.SOURCE_DIR.parent / "tools" / "gemm_accuracy.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    ulp = 2.0 ** -10
+    x = np.array([1.0, 1 + ulp / 2, 1 + ulp / 4, -(1 + ulp / 2), 1 + 3 * ulp / 4, 0.0, np.inf],
+                 np.float32)
+    assert np.array_equal(tool.tf32_round(x),
+                          np.array([1.0, 1 + ulp, 1.0, -(1 + ulp), 1 + ulp, 0.0, np.inf],
+                                   np.float32))
+    r = tool.tf32_round(np.random.default_rng(0).standard_normal(1000).astype(np.float32))
+    assert not (r.view(np.uint32) & 0x1FFF).any()
+    ops = tool.operands(np.random.default_rng(1), 32, 50)
+    assert ops["x"].min() >= 0 and ops["x"].max() <= 1 and (ops["x"] == 0).mean() > 0.5
+    for name, op, a, b, ta, tb, ones in tool.products(ops):
+        ref = tool.reference(a, b, ta, tb, ones)
+        m = a.shape[1] if ta else a.shape[0]
+        n = (b.shape[0] if tb else b.shape[1]) + ones
+        assert ref.shape == (m, n), name
+        if ones:
+            assert np.allclose(ref[:, -1], a.astype(np.float64).sum(axis=1))
+        tf32 = tool.reference(tool.tf32_round(a), tool.tf32_round(b), ta, tb, ones)
+        assert 1e-5 < tool.rel_err(tf32, ref) < 1e-2, name  # one TF32 product: ~1e-4
