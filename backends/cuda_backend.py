@@ -63,6 +63,12 @@ class CudaBackend(Backend):
     #: force S blocks per GEMM tile over K (split-K; tests, tuning) where the tile has a split
     #: kernel and the workspace fits (else S = 1); None picks per shape (gemm_plan.pick_gemm_split)
     gemm_split: int | None = None
+    #: --gemm: "simt" (FMA kernels) or "tf32x3" (float32 on sm_80+: the tensor-core kernels of
+    #: gemm_tf32x3.cuh); set through set_gemm_mode, part of every GEMM plan's key
+    gemm_modes = gemm_plan.GEMM_MODES
+    gemm_mode: str = "simt"
+    #: the device's compute capability (major, minor); set by a subclass before _start
+    _capability: tuple[int, int] = (0, 0)
 
     # ----------------------------------------------------------------- what a subclass provides
     #: how an argument of each kind of op_table.KERNEL_SIGNATURES (P pointer, i int, r real) is
@@ -208,6 +214,21 @@ class CudaBackend(Backend):
         op_table.check_index_range(ld * max(arr.shape[1], 1))
         return ld
 
+    def set_gemm_mode(self, mode: str) -> None:
+        if mode not in gemm_plan.GEMM_MODES:
+            raise ValueError(f"unknown GEMM mode {mode!r} (choose from "
+                             f"{', '.join(gemm_plan.GEMM_MODES)})")
+        if mode == "tf32x3":
+            if self.dtype != np.float32:
+                raise ValueError(f"tf32x3 is a float32 GEMM; this backend computes in "
+                                 f"{self.dtype.name} (use --dtype float32, or --gemm simt)")
+            need = gemm_plan.GEMM_X3_MIN_CAPABILITY
+            if tuple(self._capability) < need:
+                have = ".".join(map(str, self._capability))
+                raise ValueError(f"tf32x3 needs TF32 tensor cores (compute capability "
+                                 f"{need[0]}.{need[1]} or newer); this GPU has {have}")
+        self.gemm_mode = mode
+
     # ----------------------------------------------------------------- memory and transfers
     def from_host(self, host):
         host = np.asarray(host)
@@ -259,7 +280,7 @@ class CudaBackend(Backend):
     def _plan_gemm(self, a, b, c, trans_a, trans_b):
         lda, ldb, ldc = self._ld(a), self._ld(b), self._ld(c)
         plan = gemm_plan.plan_gemm(a.shape, b.shape, c.shape, trans_a, trans_b, self._num_sms,
-                                   self.gemm_tile, split=self.gemm_split)
+                                   self.gemm_tile, split=self.gemm_split, mode=self.gemm_mode)
         if plan is None:
             return None
         sizes = dict(zip(gemm_plan.GEMM_SIZE_POSITIONS, (plan.m, plan.n, plan.k, lda, ldb, ldc)))
@@ -268,7 +289,8 @@ class CudaBackend(Backend):
     def gemm(self, a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
         layout = self._layout
         key = (a.shape, layout(a), a.dtype, b.shape, layout(b), b.dtype,
-               c.shape, layout(c), c.dtype, trans_a, trans_b, self.gemm_tile, self.gemm_split)
+               c.shape, layout(c), c.dtype, trans_a, trans_b, self.gemm_tile, self.gemm_split,
+               self.gemm_mode)
         try:
             plan = self._gemm_plans[key]
         except KeyError:
@@ -287,7 +309,7 @@ class CudaBackend(Backend):
         lda, ldb, ldc = self._ld(a), self._ld(b), self._ld(out)
         plan = gemm_plan.plan_gemm(a.shape, b.shape, out.shape, variant.ops[0] == "t",
                                    variant.ops[1] == "t", self._num_sms, self.gemm_tile, variant,
-                                   self.gemm_split)
+                                   self.gemm_split, self.gemm_mode)
         sizes = dict(zip(gemm_plan.GEMM_SIZE_POSITIONS,
                          (plan.m, plan.n, plan.k, lda, ldb, ldc) if plan else ()))
         if op == "gemm_bias_sigmoid":
@@ -315,7 +337,7 @@ class CudaBackend(Backend):
         key = (op, a.shape, layout(a), a.dtype, b.shape, layout(b), b.dtype,
                out.shape, layout(out), out.dtype,
                None if extra is None else (extra.shape, layout(extra), extra.dtype),
-               self.gemm_tile, self.gemm_split)
+               self.gemm_tile, self.gemm_split, self.gemm_mode)
         try:
             plan = self._gemm_plans[key]
         except KeyError:

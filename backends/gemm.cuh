@@ -438,13 +438,15 @@ __device__ __forceinline__ void copy_wait()
 // matrix is computed once, as a bit mask.
 // ONES as in SlabLoader: the virtual column N - 1 of op(B) is written into shared memory directly
 // (ones for k < K, zeros past K), by the thread that would have copied it.
-template <int BM, int BN, int BK, int NT, bool TA, bool TB, bool ONES = false>
+// PAD: the reals each shared row is padded by (SMEM_PAD; the TF32x3 tiles use their own,
+// gemm_tf32x3.cuh).
+template <int BM, int BN, int BK, int NT, bool TA, bool TB, bool ONES = false, int PAD = SMEM_PAD>
 struct AsyncSlabLoader {
     static constexpr int A_LOADS = BM * BK / NT;
     static constexpr int B_LOADS = BN * BK / NT;
     static constexpr int A_LSTEP = TA ? NT / BK : NT / BM;
     static constexpr int B_LSTEP = TB ? NT / BN : NT / BK;
-    static constexpr int AS = BM + SMEM_PAD, BS = BN + SMEM_PAD;
+    static constexpr int AS = BM + PAD, BS = BN + PAD;
     // shared-memory distance between a thread's successive loads
     static constexpr int A_DSTEP = TA ? A_LSTEP : A_LSTEP * AS;
     static constexpr int B_DSTEP = TB ? B_LSTEP * BS : B_LSTEP;

@@ -53,6 +53,21 @@ def gemm_kernel_name(tile: str, trans_a: bool, trans_b: bool) -> str:
 GEMM_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(t, ops[0] == "t", ops[1] == "t")
                                       for t in GEMM_TILES for ops in GEMM_OPS)
 
+# ------------------------------------------------------------------------ GEMM modes (--gemm)
+# simt: the FP32/FP64 FMA kernels above (the default: every kernel and bit as before).
+# tf32x3 (float32 only, sm_80+): the tensor-core twins of gemm_tf32x3.cuh, with the
+# error-compensated three-product split. Each SIMT tile has a twin of the same size and threads
+# (GEMM_X3_TILE), so the planner picks the SIMT tile and names its twin; no split-K kernels.
+GEMM_MODES = ("simt", "tf32x3")
+GEMM_X3_TILE = {"t128": "x128", "t64": "x64", "s16": "x16"}
+#: the least compute capability with the TF32 mma and cvt.rna.tf32 instructions
+GEMM_X3_MIN_CAPABILITY = (8, 0)
+
+#: the plain GEMM's TF32x3 kernels (DEFINE_GEMM in gemm_tf32x3.cuh), one per tile and pair
+GEMM_X3_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(GEMM_X3_TILE[t], ops[0] == "t",
+                                                          ops[1] == "t")
+                                         for t in GEMM_TILES for ops in GEMM_OPS)
+
 # ------------------------------------------------------------------------ cross-block split-K
 # A product whose tiles leave most multiprocessors idle (z1 and [dW1 db1] at H = 256: 52 tiles of
 # 64 x 64 on 132 SMs, each walking all of K) runs as S blocks per tile (grid.z = S), each over
@@ -134,8 +149,13 @@ class GemmVariant:
 
     @property
     def kernels(self) -> tuple[str, ...]:
-        """Every kernel of the variant: one per tile, then the split ones."""
-        return self.tile_kernels + self.split_kernels
+        """Every kernel of the variant: one per tile, then the split ones, then the TF32x3 ones."""
+        return self.tile_kernels + self.split_kernels + self.x3_kernels
+
+    @property
+    def x3_kernels(self) -> tuple[str, ...]:
+        """The TF32x3 twins of the tile kernels (--gemm tf32x3; gemm_tf32x3.cuh)."""
+        return tuple(self.kernel(GEMM_X3_TILE[t]) for t in self.tiles)
 
     @property
     def tile_kernels(self) -> tuple[str, ...]:
@@ -203,7 +223,7 @@ class GemmPlan:
 
 def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: int,
               tile: str | None = None, variant: GemmVariant | None = None,
-              split: int | None = None) -> GemmPlan | None:
+              split: int | None = None, mode: str = "simt") -> GemmPlan | None:
     """Check the shapes of C = op(A) op(B) and choose the launch; None when C is empty.
 
     K = 0 still gets a plan (the kernel then writes beta * C). `tile` forces a tile (tests, tuning).
@@ -211,7 +231,11 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
     its `ones`, C has one column more than op(B) (the ones column). `split` forces S blocks per
     tile over K (tests, tuning; None: pick_gemm_split); a split the tile, transpose pair or variant
     has no kernel for, or that does not fit the workspace, runs unsplit (S = 1).
+    `mode` (GEMM_MODES): "tf32x3" launches the chosen tile's TF32x3 twin (GEMM_X3_TILE), never
+    split; the caller checks that the dtype and GPU allow it.
     """
+    if mode not in GEMM_MODES:
+        raise ValueError(f"gemm mode must be one of {GEMM_MODES}, got {mode!r}")
     if len(a_shape) != 2 or len(b_shape) != 2 or len(c_shape) != 2:
         raise ValueError(f"gemm takes matrices, got shapes {a_shape}, {b_shape}, {c_shape}")
     m, k = (a_shape[1], a_shape[0]) if trans_a else (a_shape[0], a_shape[1])
@@ -234,6 +258,11 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
     else:
         has_split = tile in GEMM_SPLIT_TILES and ops in GEMM_SPLIT_OPS
     grid = gemm_grid(tile, m, n)
+    if mode == "tf32x3":
+        x3 = GEMM_X3_TILE[tile]
+        kernel = (gemm_kernel_name(x3, trans_a, trans_b) if variant is None
+                  else variant.kernel(x3))
+        return GemmPlan(kernel, grid, (GEMM_TILES[tile].threads, 1, 1), m, n, k)
     if split is None:
         split = pick_gemm_split(tile, m, n, k, num_sms)
     if split < 1:

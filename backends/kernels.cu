@@ -25,5 +25,6 @@
 
 #include "common.cuh"
 #include "gemm.cuh"
+#include "gemm_tf32x3.cuh"
 #include "elementwise.cuh"
 #include "reductions.cuh"

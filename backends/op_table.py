@@ -516,7 +516,9 @@ OPS: tuple[Op, ...] = (
     Op("gemm", "a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False", None, "", "",
        tuple(Launch(kernel, gemm_plan.GEMM_PARAMS, None) for kernel in gemm_plan.GEMM_KERNELS)
        + tuple(Launch(kernel, f"{gemm_plan.GEMM_PARAMS}, {gemm_plan.GEMM_SPLIT_PARAMS}", None)
-               for kernel in gemm_plan.GEMM_SPLIT_KERNELS),
+               for kernel in gemm_plan.GEMM_SPLIT_KERNELS)
+       + tuple(Launch(kernel, gemm_plan.GEMM_PARAMS, None)  # --gemm tf32x3
+               for kernel in gemm_plan.GEMM_X3_KERNELS),
        "gemm", _gemm_cases, writes=("c",), planned=True),
     Op("bias_sigmoid", "z, bias, out", bias_sizes, "", "rows, n",
        (Launch("bias_sigmoid", "R:z, R:bias, R:out, i:rows, i:n", elementwise_launch, "n"),),
@@ -553,7 +555,8 @@ OPS: tuple[Op, ...] = (
     *(Op(v.op, params, None, "", "",
          tuple(Launch(kernel, v.params, None) for kernel in v.tile_kernels)
          + tuple(Launch(kernel, f"{v.params}, {gemm_plan.GEMM_SPLIT_PARAMS}", None)
-                 for kernel in v.split_kernels),
+                 for kernel in v.split_kernels)
+         + tuple(Launch(kernel, v.params, None) for kernel in v.x3_kernels),  # --gemm tf32x3
          "gemm", cases, writes=("out",), planned=True)
       for v, params, cases in (
           (gemm_plan.GEMM_VARIANTS["gemm_bias_sigmoid"], "a, b, bias, out",

@@ -74,6 +74,7 @@ class CupyBackend(CudaBackend):
         # one device per process (per rank): make it current for every later CuPy call
         self._device.use()
         self._stream = cupy.cuda.Stream(non_blocking=True)
+        self._capability = divmod(int(self._device.compute_capability), 10)  # "90" -> (9, 0)
         # Arrays go to the kernel as they are, scalars as NumPy scalars of their C types (CuPy
         # would pass a Python int as a 64-bit integer).
         self._ARG = {"P": _as_is, "i": np.int32, "r": self.dtype.type}

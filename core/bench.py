@@ -22,7 +22,9 @@ import time
 
 import numpy as np
 
-from core.job import Job, device_for, run_with_error_policy
+from core.errors import UserError
+from core.job import (GEMM_CHOICES, Job, apply_gemm_mode, check_gemm_flags, device_for,
+                      run_with_error_policy)
 from core.model import CLASSES, INPUTS, ParamLayout, init_params
 from core.ops import FUSED_OPS
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
@@ -43,6 +45,9 @@ def _args(argv):
                    help="comma-separated --cuda-graphs settings to time, each a row (auto)")
     p.add_argument("--no-reference", action="store_true", help="skip the cuBLAS/PyTorch rows")
     p.add_argument("--json", default="bench.json", help="where to write the results (bench.json)")
+    p.add_argument("--gemm", default="simt",
+                   help="comma-separated --gemm settings to time, each a row (simt; tf32x3: GPU "
+                        "backends, float32)")
     p.add_argument("--gemm-split", type=int, default=None,
                    help="GPU backends: force S blocks per GEMM tile over K where a split kernel "
                         "exists (1: never split; default: the planner's pick)")
@@ -93,16 +98,27 @@ def _max_over_ranks(comm, values):
     return np.max(np.array(gathered), axis=0)
 
 
-def bench_training(backend_cls, comm, args, x, y, hidden, batch, graphs="auto") -> dict:
-    backend = backend_cls(args.dtype, device_for(backend_cls, comm.local_rank))
+def _backend(backend_cls, args, device, gemm="simt"):
+    backend = backend_cls(args.dtype, device)
+    apply_gemm_mode(backend, gemm)
+    return backend
+
+
+def _label(name, gemm):
+    return name if gemm == "simt" else f"{name} {gemm}"
+
+
+def bench_training(backend_cls, comm, args, x, y, hidden, batch, graphs="auto",
+                   gemm="simt") -> dict:
+    backend = _backend(backend_cls, args, device_for(backend_cls, comm.local_rank), gemm)
     comm.bind_backend(backend)
     config = TrainConfig(hidden=hidden, batch_size=batch, lr=0.1, reg=1e-4, epochs=1,
                          dtype=args.dtype)
     trainer = DataParallelTrainer(backend, comm, config, x, y, params=init_params(hidden, 0),
                                   cuda_graphs=graphs)
     total = statistics.median(time_epochs(trainer, args.epochs))
-    row = {"backend": backend_cls.name + (" +graph" if trainer.use_graphs else ""),
-           "comm": comm.name, "ranks": comm.size, "H": hidden,
+    row = {"backend": _label(backend_cls.name, gemm) + (" +graph" if trainer.use_graphs else ""),
+           "gemm": gemm, "comm": comm.name, "ranks": comm.size, "H": hidden,
            "B": batch, "epoch_ms": 1e3 * total, "samples_per_s": x.shape[1] / total,
            "exchange": trainer.exchange.mode, "cuda_graphs": trainer.use_graphs}
     if comm.size > 1:
@@ -121,7 +137,8 @@ STEP_OPS = FUSED_OPS + ("gemm", "fill", "axpy", "bias_sigmoid", "add_bias", "sof
                         "sigmoid_backward", "reduce_cols", "softmax_xent_backward", "nll_sum")
 
 
-def step_kernel_times(backend_cls, comm, args, x, y, hidden, batch, repeats=20) -> list[dict]:
+def step_kernel_times(backend_cls, comm, args, x, y, hidden, batch, repeats=20,
+                      gemm="simt") -> list[dict]:
     """GPU time of each op of one eager training step (one rank: ``comm`` of size 1), by CUDA
     events recorded on the backend's stream around every op call: the median over ``repeats``
     steps, in the step's order.
@@ -131,7 +148,7 @@ def step_kernel_times(backend_cls, comm, args, x, y, hidden, batch, repeats=20) 
         import cupy
     except ImportError:
         return []
-    backend = backend_cls(args.dtype, device_for(backend_cls, 0))
+    backend = _backend(backend_cls, args, device_for(backend_cls, 0), gemm)
     if backend.host_resident:
         return []
     rt = cupy.cuda.runtime
@@ -171,7 +188,8 @@ def step_kernel_times(backend_cls, comm, args, x, y, hidden, batch, repeats=20) 
     for i in range(per_step):
         times = [rt.eventElapsedTime(calls[r * per_step + i][1], calls[r * per_step + i][2])
                  for r in range(repeats)]
-        rows.append({"backend": backend_cls.name, "H": hidden, "B": batch, "index": i,
+        rows.append({"backend": _label(backend_cls.name, gemm), "gemm": gemm, "H": hidden,
+                     "B": batch, "index": i,
                      "op": calls[i][0], "us": 1e3 * statistics.median(times)})
     for _, start, stop in calls:
         rt.eventDestroy(start)
@@ -217,7 +235,8 @@ def bench_gemm(backend, shapes, repeats=20) -> list[dict]:
         def run():
             backend.gemm(a, b, c, trans_a=ta, trans_b=tb)
             backend.synchronize()
-        rows.append(_gemm_row(backend.name, name, m, n, k, median_seconds(run, repeats)))
+        rows.append(_gemm_row(_label(backend.name, backend.gemm_mode), name, m, n, k,
+                              median_seconds(run, repeats)))
     return rows
 
 
@@ -322,6 +341,18 @@ def main(argv=None) -> int:
         entries = [registry.backend(name) for name in wanted]
     elif any(e.name != "numpy" for e in entries):
         entries = [e for e in entries if e.name != "numpy"]
+    gemm_settings = args.gemm.split(",")
+    for gemm in gemm_settings:
+        if gemm not in GEMM_CHOICES:
+            raise UserError(f"--gemm {gemm}: choose from {', '.join(GEMM_CHOICES)}")
+        check_gemm_flags(gemm, args.dtype)
+    # (entry, gemm) pairs: a setting a backend lacks (numpy has only simt) is no row of it
+    runs = [(e, g) for e in entries for g in gemm_settings
+            if g in getattr(e.cls, "gemm_modes", ("simt",))]
+    for entry in entries:
+        for gemm in gemm_settings:
+            if (entry, gemm) not in runs:
+                say(f"dpmlp bench: note: backend {entry.name} has no --gemm {gemm}; no such rows")
     if args.gemm_split is not None:
         for entry in entries:
             if hasattr(entry.cls, "gemm_split"):  # the CUDA backends (CudaBackend.gemm_split)
@@ -341,9 +372,9 @@ def main(argv=None) -> int:
                        hiddens[0], batches[0])
     for hidden in hiddens:
         for batch in batches:
-            for entry in entries:
+            for entry, gemm in runs:
                 for graphs in graph_settings:
-                    row = bench_training(entry.cls, comm, args, x, y, hidden, batch, graphs)
+                    row = bench_training(entry.cls, comm, args, x, y, hidden, batch, graphs, gemm)
                     training.append(row)
                     say(_fmt_training(row), flush=True)
             if comm.size == 1 and not args.no_reference:
@@ -352,19 +383,20 @@ def main(argv=None) -> int:
                     say(_fmt_training(row), flush=True)
     kernels = []
     if comm.size == 1:
-        for entry in entries:
+        for entry, gemm in runs:
             for hidden in hiddens:
                 for batch in batches:
-                    kernels += step_kernel_times(entry.cls, comm, args, x, y, hidden, batch)
+                    kernels += step_kernel_times(entry.cls, comm, args, x, y, hidden, batch,
+                                                 gemm=gemm)
         if kernels:
             say("\nKernels of one eager training step (CUDA events, median of 20 steps, us)")
             for (name, hidden, batch), group in itertools.groupby(
                     kernels, key=lambda r: (r["backend"], r["H"], r["B"])):
                 group = list(group)
-                say(f"{name:8s} H={hidden:5d} B={batch:5d}  total {sum(r['us'] for r in group):7.1f}"
+                say(f"{name:15s} H={hidden:5d} B={batch:5d}  total {sum(r['us'] for r in group):7.1f}"
                     "  " + ", ".join(f"{r['op']} {r['us']:.1f}" for r in group))
-        for entry in entries:
-            backend = entry.cls(args.dtype, device_for(entry.cls, 0))
+        for entry, gemm in runs:
+            backend = _backend(entry.cls, args, device_for(entry.cls, 0), gemm)
             for hidden in hiddens:
                 gemms += bench_gemm(backend, model_gemm_shapes(hidden, batches[0]))
         if not args.no_reference:
@@ -376,7 +408,8 @@ def main(argv=None) -> int:
                 f"{r['us']:9.1f} {r['gflops']:9.1f}")
     if comm.rank == 0:
         with open(args.json, "w") as fh:
-            json.dump({"machine": _machine(), "dtype": args.dtype, "samples": int(x.shape[1]),
+            json.dump({"machine": _machine(), "dtype": args.dtype, "gemm": gemm_settings,
+                       "samples": int(x.shape[1]),
                        "data": source, "training": training, "gemm": gemms,
                        "step_kernels": kernels}, fh, indent=1)
         say(f"\nwrote {args.json}")

@@ -59,7 +59,8 @@ MUST_MATCH = {
     "val_size": "--val-size",
 }
 #: Keys that may differ; a difference is reported as a note (results then differ by rounding).
-MAY_DIFFER = {"ranks": "ranks", "backend": "--backend", "comm": "--comm", "seed": "--seed"}
+MAY_DIFFER = {"ranks": "ranks", "backend": "--backend", "comm": "--comm", "seed": "--seed",
+              "gemm": "--gemm"}
 
 
 class CheckpointError(UserError):

@@ -69,6 +69,29 @@ def comm_options(cuda_aware_mpi: bool | None = None, collective_timeout: float |
     return CommOptions(cuda_aware_mpi=cuda_aware_mpi, collective_timeout=collective_timeout)
 
 
+# ---------------------------------------------------------------------------- --gemm
+#: --gemm's choices (core.ops.Backend.set_gemm_mode; the GPU backends' gemm_plan.GEMM_MODES)
+GEMM_CHOICES = ("simt", "tf32x3")
+
+
+def check_gemm_flags(gemm: str, dtype: str) -> None:
+    """--gemm against the other flags, before any backend exists (UserError naming --gemm)."""
+    if gemm == "tf32x3" and dtype != "float32":
+        raise UserError(f"--gemm tf32x3: a float32 GEMM; this run has --dtype {dtype} "
+                        f"(use --dtype float32, or --gemm simt)")
+
+
+def apply_gemm_mode(backend, gemm: str) -> None:
+    """Set --gemm on the backend (core.ops.Backend.set_gemm_mode); what it refuses (a host
+    backend, a GPU without TF32 tensor cores, float64) is one line naming --gemm."""
+    if gemm == "simt" and getattr(backend, "gemm_mode", "simt") == "simt":
+        return  # the default: nothing to ask of any backend, plugins included
+    try:
+        backend.set_gemm_mode(gemm)
+    except ValueError as exc:
+        raise UserError(f"--gemm {gemm}: {exc}") from None
+
+
 # ---------------------------------------------------------------------------- the job
 def choose_communicator(registry: Registry, name: str = "auto") -> Entry:
     """``auto``: ``mpi`` when the launcher started more than one rank, else ``single``."""
@@ -114,10 +137,13 @@ class Job:
         if self.comm.rank == 0:
             print(*args, **kwargs)
 
-    def make_backend(self, name: str | None, dtype: str):
-        """The backend ``name`` (None: the default) on this rank's device: (entry, instance)."""
+    def make_backend(self, name: str | None, dtype: str, gemm: str = "simt"):
+        """The backend ``name`` (None: the default) on this rank's device, its GEMM algorithm set
+        to ``gemm`` (--gemm): (entry, instance)."""
         entry = self.registry.backend(name)
-        return entry, entry.cls(dtype, device_for(entry.cls, self.comm.local_rank))
+        backend = entry.cls(dtype, device_for(entry.cls, self.comm.local_rank))
+        apply_gemm_mode(backend, gemm)
+        return entry, backend
 
     def agree(self, setup: Callable[[], T]) -> T:
         """Run ``setup()`` on every rank, then agree: if any rank failed, every rank exits 2 (or 1

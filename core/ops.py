@@ -73,6 +73,20 @@ class Backend(abc.ABC):
         """Human-readable name of the device this instance computes on."""
         return "cpu"
 
+    #: the GEMM algorithms ``--gemm`` may choose for this backend (see set_gemm_mode)
+    gemm_modes: ClassVar[tuple[str, ...]] = ("simt",)
+    #: the one in use; "simt", the plain floating-point GEMM, unless set_gemm_mode chose another
+    gemm_mode: str = "simt"
+
+    def set_gemm_mode(self, mode: str) -> None:
+        """Choose the GEMM algorithm of every GEMM (and fused GEMM) from now on (``--gemm``):
+        "simt" (every backend) or another of ``gemm_modes``. Raises ValueError, saying why, for a
+        mode this backend, dtype or device cannot run; the trainer turns it into a one-line error
+        naming --gemm. A backend with other modes overrides this."""
+        if mode != "simt":
+            raise ValueError(f"backend {self.name} has only the simt GEMM")
+        self.gemm_mode = mode
+
     # ----------------------------------------------------------------- memory and transfers
     @abc.abstractmethod
     def empty(self, shape: Sequence[int], dtype: Any = None) -> Array:

@@ -22,7 +22,8 @@ from core.errors import UserError
 from core import checkpoint
 from core.checkpoint import (check_writable_target, load_checkpoint, validate_checkpoint,
                              write_run_checkpoint)
-from core.job import Job, comm_options, run_with_error_policy
+from core.job import (GEMM_CHOICES, Job, check_gemm_flags, comm_options,
+                      run_with_error_policy)
 from core.plugins import Registry
 from core.progress import Progress
 from core.rundir import RunDir
@@ -106,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cuda-graphs", choices=CUDA_GRAPH_CHOICES, default="auto",
                      help="replay each epoch as one captured CUDA graph: auto (wherever it works, "
                           "else eager with one line saying why), on, off")
+    run.add_argument("--gemm", choices=GEMM_CHOICES, default="simt",
+                     help="GEMM algorithm: simt (FP32/FP64 FMA kernels, default) or tf32x3 (GPU "
+                          "backends, float32, compute capability 8.0+: tensor cores with the "
+                          "error-compensated three-product TF32 split)")
     run.add_argument("--list-backends", action="store_true",
                      help="list backends and communicators with availability, then exit")
     data = p.add_argument_group("data")
@@ -261,6 +266,7 @@ def main(argv=None) -> int:
         args.run_dir = args.resume  # a run directory given to --resume goes on in itself
     if args.checkpoint_every and not args.run_dir:
         raise UserError("--checkpoint-every: needs --run-dir DIR (where the checkpoints go)")
+    check_gemm_flags(args.gemm, args.dtype)
     job = Job.start(args.comm, comm_options(args.cuda_aware_mpi or None, args.collective_timeout),
                     registry)
     comm, say = job.comm, job.say
@@ -295,7 +301,7 @@ def main(argv=None) -> int:
     def setup():
         from core.data import locate_and_load  # imported late: only needed once flags are valid
 
-        entry, backend = job.make_backend(args.backend, args.dtype)
+        entry, backend = job.make_backend(args.backend, args.dtype, args.gemm)
         data = locate_and_load(args.data_dir, args.download, log=say)
         train_img, train_lab, val_img, val_lab = split_data(data, args)
         check_memory(args, comm.size, local_ranks, len(train_lab), len(val_lab),
@@ -316,14 +322,15 @@ def main(argv=None) -> int:
                   "lr": config.lr, "reg": config.reg, "scale": args.scale,
                   "train_size": int(train_x.shape[1]), "val_size": int(val_x.shape[1]),
                   "ranks": comm.size, "backend": entry.name, "comm": comm.name,
-                  "seed": config.seed, "epochs": config.epochs}
+                  "seed": config.seed, "epochs": config.epochs, "gemm": args.gemm}
     steps_per_epoch = max(1, math.ceil(train_x.shape[1] / config.batch_size))
     if ckpt is not None:
         notes = job.agree(lambda: validate_checkpoint(ckpt, run_config, epochs=config.epochs,
                                                       steps_per_epoch=steps_per_epoch))
         for note in notes:
             say(f"dpmlp: {note}")
-    say(f"dpmlp: backend {entry.name} ({args.dtype}, {backend.describe_device()}), comm {comm.name}, "
+    gemm = "" if args.gemm == "simt" else f", gemm {args.gemm}"
+    say(f"dpmlp: backend {entry.name} ({args.dtype}{gemm}, {backend.describe_device()}), comm {comm.name}, "
         f"{comm.size} rank(s); H={config.hidden} B={config.batch_size} lr={config.lr} "
         f"reg={config.reg} scale={args.scale}; {train_x.shape[1]} train / {val_x.shape[1]} val "
         f"images from {data.source}")

@@ -94,6 +94,7 @@ def make_backend(name, dtype):
     be = _INSTANCES[key]
     be.gemm_tile = None
     be.gemm_split = None
+    be.gemm_mode = "simt"
     return be
 
 
