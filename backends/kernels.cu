@@ -25,5 +25,6 @@
 
 #include "common.cuh"
 #include "gemm.cuh"
+#include "gemm_tc64.cuh"
 #include "elementwise.cuh"
 #include "reductions.cuh"

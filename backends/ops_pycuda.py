@@ -196,7 +196,8 @@ class PycudaBackend(CudaBackend):
         self._stream = cuda.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit sync with stream 0
         self._fns = _kernels_for(self.dtype, self.device_index)
         self._start({name: self._fns[name].prepared_async_call for name in op_table.KERNEL_NAMES},
-                    int(self._dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)))
+                    int(self._dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)),
+                    tuple(self._dev.compute_capability()))
 
     def _call(self, fn, grid, block, args):
         fn(grid, block, self._stream, *args)
