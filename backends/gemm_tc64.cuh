@@ -254,7 +254,8 @@ __device__ __forceinline__ void gemm_tc64_split(GEMM_CORE_ARGS, const Epi& epi, 
 {
     static_assert(SPLIT_K_ALIGN % TC64_BK == 0, "split ranges are whole slabs");
     const int splits = gridDim.z;
-    const int chunk = ((K + splits - 1) / splits + SPLIT_K_ALIGN - 1) / SPLIT_K_ALIGN * SPLIT_K_ALIGN;
+    const int chunk =
+        ((K + splits - 1) / splits + SPLIT_K_ALIGN - 1) / SPLIT_K_ALIGN * SPLIT_K_ALIGN;
     const int k0 = blockIdx.z * chunk;
     const int klen = K - k0 >= chunk ? chunk : (K - k0 > 0 ? K - k0 : 0);
     if (klen > 0) {

@@ -79,7 +79,8 @@ class CupyBackend(CudaBackend):
         self._ARG = {"P": _as_is, "i": np.int32, "r": self.dtype.type}
         cc = self._device.compute_capability  # "90" for 9.0
         self._start(_kernels_for(self.dtype, self.device_index),
-                    int(self._device.attributes["MultiProcessorCount"]), (int(cc[:-1]), int(cc[-1])))
+                    int(self._device.attributes["MultiProcessorCount"]),
+                    (int(cc[:-1]), int(cc[-1])))
 
     def _call(self, fn, grid, block, args):
         fn(grid, block, tuple(args), stream=self._stream)

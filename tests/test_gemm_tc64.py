@@ -316,7 +316,8 @@ def _gemm(be, case, ta, tb, alpha, beta):
 
 def _gemm_inputs(rng, m, n, k, ta, tb, nan_c=False):
     dt = np.float64
-    return {"a": rand(rng, (k, m) if ta else (m, k), dt), "b": rand(rng, (n, k) if tb else (k, n), dt),
+    return {"a": rand(rng, (k, m) if ta else (m, k), dt),
+            "b": rand(rng, (n, k) if tb else (k, n), dt),
             "c": np.full((m, n), np.nan, order="F") if nan_c else rand(rng, (m, n), dt)}
 
 
