@@ -6,9 +6,10 @@
 // the same formulas as its SIMT twin, only the order of the dot product's additions differs.
 //
 // Why: on an H100 the FP64 tensor cores have about twice the FP64 FMA pipes' throughput, and the
-// mma's double results are IEEE (each k-step a fused multiply-add chain of fixed order), so the
-// float64 build keeps its precision and stays deterministic: no atomics, every element's sum in an
-// order fixed by the tile alone (k ascending, four at a time), reruns and both backends bit-equal.
+// f64 mma takes and returns IEEE doubles (no reduced-precision operands, unlike TF32), so the
+// float64 build keeps its precision. It stays deterministic: no atomics, each element's sum built
+// in an order fixed by the tile alone (k ascending, one mma per four values of k, each mma's
+// result a function of its operands), so reruns and both backends give the same bits.
 //
 // The kernels exist in every build (the op table lists one kernel set for both dtypes). Where the
 // tensor cores cannot run them (the float build, or a target older than sm_80, such as the
