@@ -29,14 +29,18 @@ GEMM_TILES = {
     "t128": GemmTile("t128", 128, 128, 256, 1.0),  # 8 x 8 per thread
     "t64": GemmTile("t64", 64, 64, 256, 0.85),     # 8 x 8 per thread, K split over 4 groups (float)
     "s16": GemmTile("s16", 16, 16, 256, 0.5),      # 4 x 4 per thread, K split over 16 groups
-    # float64 on the FP64 tensor cores (gemm_tc64.cuh): 4 warps of 32 x 32 mma.sync blocks
+    # float64 on the FP64 tensor cores (gemm_tc64.cuh): warps of 32 x 32 mma.sync blocks, 4 or 8
     "tc64": GemmTile("tc64", 64, 64, 128, 1.0),
+    "tc128": GemmTile("tc128", 128, 64, 256, 1.0),
 }
 
 #: the tiles that run on the FP64 tensor cores: picked only where plan_gemm's `tc64` says the
 #: build and device have them (float64, compute capability >= TC64_MIN_CAPABILITY); a forced one
 #: runs as TC64_FALLBACK elsewhere
-TC64_TILES = ("tc64",)
+TC64_TILES = ("tc64", "tc128")
+#: tc128 (a third fewer slab loads per multiply-add than tc64, half the blocks) once its tiles give
+#: every multiprocessor this many blocks (its residency: two by registers); tc64 below
+TC128_MIN_BLOCKS_PER_SM = 2
 TC64_FALLBACK = "t64"
 TC64_MIN_CAPABILITY = (8, 0)
 
@@ -167,11 +171,13 @@ GEMM_CORE_PARAMS = "M:a, M:b, M:out, i:m, i:n, i:k, i:lda, i:ldb, i:ldc"
 #: the fused GEMMs by op name. da1 = W2^T diff has K = 10, which pick_gemm_tile never gives t128:
 #: its variant has t64 and s16 only (a forced or deep-K t128 pick runs as t64).
 GEMM_VARIANTS: dict[str, GemmVariant] = {v.op: v for v in (
-    GemmVariant("gemm_bias_sigmoid", "bias_sigmoid", "nn", ("t128", "t64", "s16", "tc64"), "t64",
+    GemmVariant("gemm_bias_sigmoid", "bias_sigmoid", "nn",
+                ("t128", "t64", "s16", "tc64", "tc128"), "t64",
                 GEMM_CORE_PARAMS + ", R:bias", split_tiles=("t64", "tc64")),
     GemmVariant("gemm_sigmoid_backward", "sigmoid_backward", "tn", ("t64", "s16", "tc64"), "t64",
                 GEMM_CORE_PARAMS + ", M:act, i:ld_act"),
-    GemmVariant("gemm_with_bias_grad", "bias_grad", "nt", ("t128", "t64", "s16", "tc64"), "t64",
+    GemmVariant("gemm_with_bias_grad", "bias_grad", "nt",
+                ("t128", "t64", "s16", "tc64", "tc128"), "t64",
                 GEMM_CORE_PARAMS, ones=True, split_tiles=("t64", "tc64")),
 )}
 
@@ -184,8 +190,9 @@ def pick_gemm_tile(m: int, n: int, num_sms: int, k: int | None = None, tc64: boo
     ceil(blocks / SMs) tiles; its time is that many tiles' multiply-adds over the tile's efficiency.
     Big tiles win on big products (H=4096), 64 x 64 on the model's mid-sized ones (H=1024, n=800,
     where 128 x 128 would leave most of the GPU idle) and on short K, and the split-K tile on
-    M <= 16 rows; in float64 on sm_80+ (tc64) the FP64 tensor-core tile on the rest, but for
-    short K. tests/test_kernel_parity.py and tests/test_gemm_tc64.py pin the picks at the model's
+    M <= 16 rows; in float64 on sm_80+ (tc64) the FP64 tensor-core tiles on the rest, but for
+    short K: tc128 where its tiles fill every SM to residency, tc64 (split over K where its tiles
+    leave SMs idle) elsewhere. tests/test_kernel_parity.py and tests/test_gemm_tc64.py pin the picks at the model's
     shapes on an H100.
     """
     if m <= SKINNY_MAX_M:
@@ -195,6 +202,9 @@ def pick_gemm_tile(m: int, n: int, num_sms: int, k: int | None = None, tc64: boo
     if tc64:
         # Tensor cores have about twice the FP64 FMA pipes' throughput on the deep products; the
         # 10-row ones (s16) and the short-K da1 (all epilogue) stay on the SIMT tiles above.
+        big = GEMM_TILES["tc128"]
+        if math.ceil(m / big.bm) * math.ceil(n / big.bn) >= TC128_MIN_BLOCKS_PER_SM * num_sms:
+            return "tc128"
         return "tc64"
     best, best_cost = "t64", math.inf
     for name in ("t128", "t64"):
@@ -254,8 +264,8 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
     if variant is not None:
         if variant.ops != ops:
             raise ValueError(f"{variant.op} is the {variant.ops} product")
-        if tile not in variant.tiles:
-            tile = variant.fallback
+        if tile not in variant.tiles:  # (a tensor-core pick stays on the tensor cores)
+            tile = "tc64" if tile in TC64_TILES and "tc64" in variant.tiles else variant.fallback
         has_split = tile in variant.split_tiles
     else:
         has_split = tile in GEMM_SPLIT_TILES and ops in GEMM_SPLIT_OPS

@@ -46,6 +46,18 @@
 #define TC64_BK 8
 #define TC64_STAGES 4
 #define TC64_MIN_BLOCKS 4
+// tc128: 128 x 64 of C per block, 8 warps of the same 32 x 32 (4 x 2), three stages (38 KB): a
+// third fewer slab loads per multiply-add than tc64, for products whose tiles fill the GPU several
+// times over (H = 4096, n = 3200). Two blocks per multiprocessor by registers. No split kernels
+// (the split workspace's slots are 64 x 64).
+#define TC128_BM 128
+#define TC128_BN 64
+#define TC128_WARPS_M 4
+#define TC128_WARPS_N 2
+#define TC128_THREADS (32 * TC128_WARPS_M * TC128_WARPS_N)
+#define TC128_BK 8
+#define TC128_STAGES 3
+#define TC128_MIN_BLOCKS 2
 
 #if TC64_MMA
 // d (16 x 8) += a (16 x 4, row) * b (4 x 8, col), lane = 4 * gid + tig (gid = lane / 4, tig =
@@ -105,7 +117,7 @@ __device__ __forceinline__ void tc64_multiply_slab(double (&acc)[MI][NJ][4], con
 // The end of a tc64 block: element (r, c) of the warp's blocks through the epilogue (EpiScale: the
 // plain GEMM), each written by the lane that holds it. Row/column of acc[i][j][e]: wm0 + 16 i +
 // gid + 8 (e / 2), wn0 + 8 j + 2 tig + e % 2.
-template <int MI, int NJ, class Epi>
+template <int BM, int BN, int NT, int MI, int NJ, class Epi>
 __device__ __forceinline__ void tc64_finish(double (&acc)[MI][NJ][4], double* smem,
                                             double* __restrict__ C, int M, int N, int ldc, int m0,
                                             int n0, int wm0, int wn0, int gid, int tig,
@@ -130,14 +142,14 @@ __device__ __forceinline__ void tc64_finish(double (&acc)[MI][NJ][4], double* sm
 // split finish_tile: the raw partial tile to the block's slot (column-major within the tile), the
 // tile's ticket, and the last block adds the S partials in the order z = 0..S-1 and applies the
 // epilogue. Every thread reaches the barriers.
-template <int MI, int NJ, class Epi>
+template <int BM, int BN, int NT, int MI, int NJ, class Epi>
 __device__ __forceinline__ void tc64_finish(double (&acc)[MI][NJ][4], double* smem,
                                             double* __restrict__ C, int M, int N, int ldc, int m0,
                                             int n0, int wm0, int wn0, int gid, int tig,
                                             const SplitK<Epi>& sk)
 {
     (void)smem;
-    constexpr int BM = TC64_BM, BN = TC64_BN, TILE = BM * BN;
+    constexpr int TILE = BM * BN;
     __shared__ int last_split;
     const int tiles = gridDim.x * gridDim.y;
     const int tile = blockIdx.y * gridDim.x + blockIdx.x;
@@ -159,7 +171,7 @@ __device__ __forceinline__ void tc64_finish(double (&acc)[MI][NJ][4], double* sm
     __threadfence();
     const volatile double* parts = sk.ws + (size_t)tile * TILE;
     const size_t zstride = (size_t)tiles * TILE;
-    for (int e = threadIdx.x; e < TILE; e += TC64_THREADS) {
+    for (int e = threadIdx.x; e < TILE; e += NT) {
         const int row = m0 + e % BM;
         const int col = n0 + e / BM;
         if (row < M && col < N) {
@@ -171,17 +183,18 @@ __device__ __forceinline__ void tc64_finish(double (&acc)[MI][NJ][4], double* sm
     if (threadIdx.x == 0) sk.tickets[tile] = 0;  // ready for the next launch
 }
 
-// The tc64 block: gemm_pipe's cp.async pipeline (same loader, same stage layout, one barrier per
-// slab) feeding warp-level MMAs instead of per-thread FMAs.
-template <bool TA, bool TB, bool ONES, class Epi>
+// The tensor-core block (a BM x BN tile, WARPS_M x WARPS_N warps): gemm_pipe's cp.async pipeline
+// (same loader, same stage layout, one barrier per slab) feeding warp-level MMAs instead of
+// per-thread FMAs. smem: PipeSmem<BM, BN, 1, BK, STAGES>::SIZE reals.
+template <int BM, int BN, int WARPS_M, int WARPS_N, int BK, int STAGES, bool TA, bool TB,
+          bool ONES, class Epi>
 __device__ __forceinline__ void gemm_tc64_pipe(double* smem, const double* __restrict__ A,
                                                const double* __restrict__ B,
                                                double* __restrict__ C, int M, int N, int K,
                                                int lda, int ldb, int ldc, const Epi& epi)
 {
-    constexpr int BM = TC64_BM, BN = TC64_BN, BK = TC64_BK, STAGES = TC64_STAGES;
-    constexpr int NT = TC64_THREADS;
-    constexpr int WTM = BM / TC64_WARPS_M, WTN = BN / TC64_WARPS_N;  // warp tile
+    constexpr int NT = 32 * WARPS_M * WARPS_N;
+    constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
     constexpr int MI = WTM / 16, NJ = WTN / 8;                      // 16 x 8 blocks per warp
     constexpr int AS = BM + SMEM_PAD;
     constexpr int SLAB = PipeSmem<BM, BN, 1, BK, 1>::SIZE;  // one stage: As and Bs
@@ -190,8 +203,8 @@ __device__ __forceinline__ void gemm_tc64_pipe(double* smem, const double* __res
     const int tid = threadIdx.x;
     const int warp = tid / 32, lane = tid % 32;
     const int gid = lane / 4, tig = lane % 4;
-    const int wm0 = (warp % TC64_WARPS_M) * WTM;
-    const int wn0 = (warp / TC64_WARPS_M) * WTN;
+    const int wm0 = (warp % WARPS_M) * WTM;
+    const int wn0 = (warp / WARPS_M) * WTN;
     const int m0 = blockIdx.x * BM;
     const int n0 = blockIdx.y * BN;
 
@@ -225,13 +238,14 @@ __device__ __forceinline__ void gemm_tc64_pipe(double* smem, const double* __res
         tc64_multiply_slab<BM, BN, BK, MI, NJ>(acc, As, Bs, wm0, wn0, gid, tig);
     }
     copy_wait<0>();  // only empty groups can remain
-    tc64_finish<MI, NJ>(acc, smem, C, M, N, ldc, m0, n0, wm0, wn0, gid, tig, epi);
+    tc64_finish<BM, BN, NT, MI, NJ>(acc, smem, C, M, N, ldc, m0, n0, wm0, wn0, gid, tig, epi);
 }
 #endif  // TC64_MMA
 
-// Shared memory of a tc64 block, in reals: the pipeline's stages (the SIMT stand-in below declares
-// its own).
+// Shared memory of a tc64 / tc128 block, in reals: the pipeline's stages (the SIMT stand-ins below
+// declare their own).
 #define TC64_SMEM PipeSmem<TC64_BM, TC64_BN, 1, TC64_BK, TC64_STAGES>::SIZE
+#define TC128_SMEM PipeSmem<TC128_BM, TC128_BN, 1, TC128_BK, TC128_STAGES>::SIZE
 
 // The tile entry of the tc64 kernels (gemm.cuh's call<TA, TB, ONES>(GEMM_CORE_PASS, epi)). Without
 // the tensor cores: the same 64 x 64 tile by gemm_block with 128 threads (8 x 4 per thread, one
@@ -241,9 +255,23 @@ __device__ __forceinline__ void gemm_tc64(GEMM_CORE_ARGS, const Epi& epi)
 {
 #if TC64_MMA
     __shared__ __align__(16) real smem[TC64_SMEM];
-    gemm_tc64_pipe<TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
+    gemm_tc64_pipe<TC64_BM, TC64_BN, TC64_WARPS_M, TC64_WARPS_N, TC64_BK, TC64_STAGES, TA, TB,
+                   ONES>(smem, GEMM_CORE_PASS, epi);
 #else
     gemm_block<TC64_BM, TC64_BN, 8, 4, 1, TC64_BK, TA, TB, ONES>(GEMM_CORE_PASS, epi);
+#endif
+}
+
+// The tile entry of the tc128 kernels; without the tensor cores, gemm_block with 256 threads.
+template <bool TA, bool TB, bool ONES, class Epi>
+__device__ __forceinline__ void gemm_tc128(GEMM_CORE_ARGS, const Epi& epi)
+{
+#if TC64_MMA
+    __shared__ __align__(16) real smem[TC128_SMEM];
+    gemm_tc64_pipe<TC128_BM, TC128_BN, TC128_WARPS_M, TC128_WARPS_N, TC128_BK, TC128_STAGES, TA,
+                   TB, ONES>(smem, GEMM_CORE_PASS, epi);
+#else
+    gemm_block<TC128_BM, TC128_BN, 8, 4, 1, TC128_BK, TA, TB, ONES>(GEMM_CORE_PASS, epi);
 #endif
 }
 
@@ -254,6 +282,7 @@ __device__ __forceinline__ void gemm_tc64_split(GEMM_CORE_ARGS, const Epi& epi, 
                                                 int* tickets)
 {
     static_assert(SPLIT_K_ALIGN % TC64_BK == 0, "split ranges are whole slabs");
+    static_assert(TC64_BM == 64 && TC64_BN == 64, "split workspace slots are 64 x 64");
     const int splits = gridDim.z;
     const int chunk =
         ((K + splits - 1) / splits + SPLIT_K_ALIGN - 1) / SPLIT_K_ALIGN * SPLIT_K_ALIGN;
@@ -266,7 +295,8 @@ __device__ __forceinline__ void gemm_tc64_split(GEMM_CORE_ARGS, const Epi& epi, 
     const SplitK<Epi> sk{epi, ws, tickets};
 #if TC64_MMA
     __shared__ __align__(16) real smem[TC64_SMEM];
-    gemm_tc64_pipe<TA, TB, ONES>(smem, A, B, C, M, N, klen, lda, ldb, ldc, sk);
+    gemm_tc64_pipe<TC64_BM, TC64_BN, TC64_WARPS_M, TC64_WARPS_N, TC64_BK, TC64_STAGES, TA, TB,
+                   ONES>(smem, A, B, C, M, N, klen, lda, ldb, ldc, sk);
 #else
     gemm_block<TC64_BM, TC64_BN, 8, 4, 1, TC64_BK, TA, TB, ONES>(A, B, C, M, N, klen, lda, ldb,
                                                                    ldc, sk);
@@ -274,8 +304,8 @@ __device__ __forceinline__ void gemm_tc64_split(GEMM_CORE_ARGS, const Epi& epi, 
 }
 
 // The kernels (names: gemm_plan.GEMM_KERNELS, GEMM_SPLIT_KERNELS and GEMM_VARIANTS for the tc64
-// tile): every transpose pair of the plain GEMM, the fused ones of the pairs the model uses, the
-// split ones where t64 has them.
+// and tc128 tiles): every transpose pair of the plain GEMM, the fused ones of the pairs the model
+// uses (tc128: the deep-K ones only, z1 and [dW1 db1]), the split ones where t64 has them.
 DEFINE_GEMM(tc64, nn, false, false, gemm_tc64, TC64_THREADS, TC64_MIN_BLOCKS)
 DEFINE_GEMM(tc64, nt, false, true, gemm_tc64, TC64_THREADS, TC64_MIN_BLOCKS)
 DEFINE_GEMM(tc64, tn, true, false, gemm_tc64, TC64_THREADS, TC64_MIN_BLOCKS)
@@ -288,5 +318,11 @@ DEFINE_GEMM_SPLIT(tc64, nt, false, true, gemm_tc64_split, TC64_THREADS, TC64_MIN
 DEFINE_GEMM_BIAS_SIGMOID_SPLIT(tc64, nn, false, false, gemm_tc64_split, TC64_THREADS,
                                TC64_MIN_BLOCKS)
 DEFINE_GEMM_BIAS_GRAD_SPLIT(tc64, nt, false, true, gemm_tc64_split, TC64_THREADS, TC64_MIN_BLOCKS)
+DEFINE_GEMM(tc128, nn, false, false, gemm_tc128, TC128_THREADS, TC128_MIN_BLOCKS)
+DEFINE_GEMM(tc128, nt, false, true, gemm_tc128, TC128_THREADS, TC128_MIN_BLOCKS)
+DEFINE_GEMM(tc128, tn, true, false, gemm_tc128, TC128_THREADS, TC128_MIN_BLOCKS)
+DEFINE_GEMM(tc128, tt, true, true, gemm_tc128, TC128_THREADS, TC128_MIN_BLOCKS)
+DEFINE_GEMM_BIAS_SIGMOID(tc128, nn, false, false, gemm_tc128, TC128_THREADS, TC128_MIN_BLOCKS)
+DEFINE_GEMM_BIAS_GRAD(tc128, nt, false, true, gemm_tc128, TC128_THREADS, TC128_MIN_BLOCKS)
 
 #endif  // DPMLP_GEMM_TC64_CUH

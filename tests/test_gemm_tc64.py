@@ -73,23 +73,30 @@ def _model_plans(hidden, n, tc64, sms=H100_SMS):
 @pytest.mark.parametrize("hidden", HIDDENS)
 @pytest.mark.parametrize("n", BATCHES)
 def test_picks_at_the_model_shapes(hidden, n):
-    """float64 on an H100: z1 and [dW1 db1] (and the plain deep products) on the tensor cores,
-    split where their tiles leave SMs idle; the 10-row products (s16) and da1 (K = 10, all
-    epilogue) on the SIMT kernels of before."""
+    """float64 on an H100: z1 and [dW1 db1] (and the plain deep products) on the tensor cores:
+    tc128 where its 128 x 64 tiles give every SM two blocks, else tc64, split where its tiles leave
+    SMs idle; the 10-row products (s16) and da1 (K = 10, all epilogue) on the SIMT kernels of
+    before."""
     plans = _model_plans(hidden, n, tc64=True)
     z1, dw1 = plans["z1"], plans["dW1"]
-    assert z1.kernel.removesuffix("_split") == "gemm_tc64_nn_bias_sigmoid"
-    assert dw1.kernel.removesuffix("_split") == "gemm_tc64_nt_bias_grad"
-    for plan in (z1, dw1):
-        assert plan.block == (128, 1, 1)
-        assert plan.grid[:2] == gemm_plan.gemm_grid("tc64", plan.m, plan.n)[:2]
+    for plan, name in ((z1, "nn_bias_sigmoid"), (dw1, "nt_bias_grad")):
+        big = gemm_plan.gemm_grid("tc128", plan.m, plan.n)
+        tile = "tc128" if big[0] * big[1] >= 2 * H100_SMS else "tc64"
+        assert plan.kernel.removesuffix("_split") == f"gemm_{tile}_{name}"
+        assert plan.block == (gemm_plan.GEMM_TILES[tile].threads, 1, 1)
+        assert plan.grid[:2] == gemm_plan.gemm_grid(tile, plan.m, plan.n)[:2]
         tiles = plan.grid[0] * plan.grid[1]
         assert (plan.split > 1) == (tiles < H100_SMS), plan
         assert plan.kernel.endswith("_split") == (plan.split > 1)
+    # the 4096-row products and z1 at n = 3200 on the big tile
+    assert (z1.kernel == "gemm_tc128_nn_bias_sigmoid") == (hidden == 4096 or n == 3200 and
+                                                            hidden == 1024)
+    assert (dw1.kernel == "gemm_tc128_nt_bias_grad") == (hidden == 4096)
     assert plans["dW2"].kernel == "gemm_s16_nt_bias_grad"
     assert plans["da1"].kernel == "gemm_t64_tn_sigmoid_backward"
-    assert plans["gemm z1=W1 x"].kernel.removesuffix("_split") == "gemm_tc64_nn"
-    assert plans["gemm dW1=dz1 x^T"].kernel.removesuffix("_split") == "gemm_tc64_nt"
+    assert plans["gemm z1=W1 x"].kernel == z1.kernel.replace("_bias_sigmoid", "")
+    assert plans["gemm dW1=dz1 x^T"].kernel.removesuffix("_split") in ("gemm_tc64_nt",
+                                                                       "gemm_tc128_nt")
     assert plans["gemm z2=W2 a1"].kernel == "gemm_s16_nn"
     assert plans["gemm dW2=diff a1^T"].kernel == "gemm_s16_nt"
     assert plans["gemm da1=W2^T diff"].kernel == "gemm_t64_tn"
@@ -146,9 +153,12 @@ def test_every_transpose_pair_and_forcing(ops):
     plan = gemm_plan.plan_gemm(a, b, (m, n), ta, tb, H100_SMS, tc64=True, split=1)
     assert plan.kernel == f"gemm_tc64_{ops}" and plan.block == (128, 1, 1)
     assert plan.grid == (5, 4, 1)
-    # forced without the tensor cores: the SIMT tile of the same size
-    forced = gemm_plan.plan_gemm(a, b, (m, n), ta, tb, H100_SMS, tile="tc64", split=1)
-    assert forced.kernel == f"gemm_t64_{ops}" and forced.block == (256, 1, 1)
+    big = gemm_plan.plan_gemm(a, b, (m, n), ta, tb, H100_SMS, tc64=True, tile="tc128")
+    assert big.kernel == f"gemm_tc128_{ops}" and big.block == (256, 1, 1) and big.grid == (3, 4, 1)
+    # forced without the tensor cores: the SIMT tile t64
+    for tile in gemm_plan.TC64_TILES:
+        forced = gemm_plan.plan_gemm(a, b, (m, n), ta, tb, H100_SMS, tile=tile, split=1)
+        assert forced.kernel == f"gemm_t64_{ops}" and forced.block == (256, 1, 1)
     # forced SIMT tiles still run in float64 (benchmarks, tests)
     assert gemm_plan.plan_gemm(a, b, (m, n), ta, tb, H100_SMS, tile="t128",
                                tc64=True).kernel == f"gemm_t128_{ops}"
@@ -177,14 +187,22 @@ def test_forced_tc64_splits():
     plan = gemm_plan.plan_gemm((100, 333), (70, 333), (100, 71), False, True, H100_SMS, tc64=True,
                                split=5, variant=V["gemm_with_bias_grad"])
     assert plan.kernel == "gemm_tc64_nt_bias_grad_split" and plan.grid == (2, 2, 5)
+    # tc128 has no split kernels, and sigmoid_backward no tc128 kernel (it runs tc64)
+    plan = gemm_plan.plan_gemm((100, 333), (333, 70), (100, 70), False, False, H100_SMS,
+                               tc64=True, tile="tc128", split=3)
+    assert plan.kernel == "gemm_tc128_nn" and plan.split == 1
+    plan = gemm_plan.plan_gemm((333, 100), (333, 70), (100, 70), True, False, H100_SMS, tc64=True,
+                               tile="tc128", variant=V["gemm_sigmoid_backward"])
+    assert plan.kernel.removesuffix("_split") == "gemm_tc64_tn_sigmoid_backward"
 
 
 def test_tc64_kernels_in_the_table():
-    expected = {f"gemm_tc64_{ops}" for ops in gemm_plan.GEMM_OPS} | {
+    expected = {f"gemm_{t}_{ops}" for ops in gemm_plan.GEMM_OPS for t in ("tc64", "tc128")} | {
         "gemm_tc64_nn_split", "gemm_tc64_nt_split", "gemm_tc64_nn_bias_sigmoid",
         "gemm_tc64_nn_bias_sigmoid_split", "gemm_tc64_tn_sigmoid_backward",
-        "gemm_tc64_nt_bias_grad", "gemm_tc64_nt_bias_grad_split"}
-    assert {k for k in op_table.KERNEL_NAMES if "tc64" in k} == expected
+        "gemm_tc64_nt_bias_grad", "gemm_tc64_nt_bias_grad_split", "gemm_tc128_nn_bias_sigmoid",
+        "gemm_tc128_nt_bias_grad"}
+    assert {k for k in op_table.KERNEL_NAMES if "_tc" in k} == expected
     assert gemm_plan.GEMM_TILES["tc64"].bm * gemm_plan.GEMM_TILES["tc64"].bn \
         == gemm_plan.GEMM_SPLIT_TILE_ELEMS
 
@@ -235,15 +253,19 @@ def test_dispatch(dtype, capability, tc):
 # ------------------------------------------------------------------------------- source
 def _defines(source):
     return {name: int(value) for name, value in
-            re.findall(r"^#define (TC64_\w+) (\d+)\s*$", source, flags=re.MULTILINE)}
+            re.findall(r"^#define (TC\d+_\w+) (\d+)\s*$", source, flags=re.MULTILINE)}
 
 
 def test_header_matches_the_planner():
     source = (cuda_compile.SOURCE_DIR / "gemm_tc64.cuh").read_text()
     d = _defines(source)
-    tile = gemm_plan.GEMM_TILES["tc64"]
-    assert (d["TC64_BM"], d["TC64_BN"]) == (tile.bm, tile.bn)
-    assert 32 * d["TC64_WARPS_M"] * d["TC64_WARPS_N"] == tile.threads
+    for name in gemm_plan.TC64_TILES:
+        tile, p = gemm_plan.GEMM_TILES[name], name.upper()
+        assert (d[f"{p}_BM"], d[f"{p}_BN"]) == (tile.bm, tile.bn)
+        assert 32 * d[f"{p}_WARPS_M"] * d[f"{p}_WARPS_N"] == tile.threads
+        assert d[f"{p}_BK"] % 4 == 0 and tile.bm % (16 * d[f"{p}_WARPS_M"]) == 0
+        assert tile.bn % (8 * d[f"{p}_WARPS_N"]) == 0
+    assert d["TC128_MIN_BLOCKS"] == gemm_plan.TC128_MIN_BLOCKS_PER_SM
     # split ranges are whole slabs (gemm.cuh SPLIT_K_ALIGN)
     align = int(re.search(r"^#define SPLIT_K_ALIGN (\d+)", cuda_compile.read_source(),
                           flags=re.MULTILINE).group(1))
@@ -277,8 +299,9 @@ def test_mma_only_in_the_float64_builds(tmp_path):
 
 
 def test_hopper_build_mma_and_no_spills(tmp_path):
-    """sm_90, float64: the m16n8k4 instruction, and ptxas -v: every tc64 kernel within its launch
-    bounds (at most 128 registers: four blocks a multiprocessor), no spills."""
+    """sm_90, float64: the m16n8k4 instruction, and ptxas -v: every tensor-core kernel within its
+    launch bounds (at most 128 registers: four tc64 or two tc128 blocks a multiprocessor), no
+    spills."""
     ptx = _ptx(tmp_path, "float64", "sm_90")
     assert "mma.sync.aligned.m16n8k4.row.col.f64.f64.f64.f64" in ptx.read_text()
     ptxas = Path(_nvcc()).with_name("ptxas")
@@ -289,8 +312,8 @@ def test_hopper_build_mma_and_no_spills(tmp_path):
     assert proc.returncode == 0, proc.stderr
     reports = re.findall(r"Compiling entry function '(\w+)' for 'sm_90'\s*\n(.*?)(?=ptxas info\s*:"
                          r" Compiling|\Z)", proc.stderr, flags=re.S)
-    tc = {name: text for name, text in reports if "tc64" in name}
-    assert len(tc) == sum("tc64" in k for k in op_table.KERNEL_NAMES)
+    tc = {name: text for name, text in reports if "_tc" in name}
+    assert len(tc) == sum("_tc" in k for k in op_table.KERNEL_NAMES)
     for name, text in tc.items():
         assert "0 bytes spill stores, 0 bytes spill loads" in text, (name, text)
         regs = int(re.search(r"Used (\d+) registers", text).group(1))
@@ -325,11 +348,15 @@ TC_SIZES = [(1, 1, 1), (17, 129, 200), (64, 64, 64), (65, 63, 129), (133, 77, 65
             (1013, 1, 784), (7, 33, 0), (300, 250, 1000)]
 
 
+TC_TILES = list(gemm_plan.TC64_TILES)
+
+
 @gpu_test
 @pytest.mark.parametrize("name", list(GPU_BACKENDS))
+@pytest.mark.parametrize("tile", TC_TILES)
 @pytest.mark.parametrize("ops", gemm_plan.GEMM_OPS)
-def test_tc64_gemm_against_reference(name, ops):
-    """Forced tc64 (unsplit) on odd sizes, alpha/beta, K = 0, beta = 0 with C all NaN; reruns
+def test_tc64_gemm_against_reference(name, tile, ops):
+    """Each tensor-core tile forced (unsplit) on odd sizes, alpha/beta, K = 0, beta = 0 with C all NaN; reruns
     bit-equal; against the SIMT tile within tolerance."""
     be = _tc_backend(name)
     ref = NumpyBackend("float64")
@@ -342,7 +369,7 @@ def test_tc64_gemm_against_reference(name, ops):
                 case = _gemm_inputs(rng, m, n, k, ta, tb, nan_c)
                 expected = case["c"].copy(order="F")
                 ref.gemm(case["a"], case["b"], expected, alpha, beta, ta, tb)
-                be.gemm_tile = "tc64"
+                be.gemm_tile = tile
                 got = _gemm(be, case, ta, tb, alpha, beta)
                 again = _gemm(be, case, ta, tb, alpha, beta)
                 be.gemm_tile = "t64"
@@ -359,12 +386,13 @@ def test_tc64_gemm_against_reference(name, ops):
 
 @gpu_test
 @pytest.mark.parametrize("name", list(GPU_BACKENDS))
+@pytest.mark.parametrize("tile", TC_TILES)
 @pytest.mark.parametrize("variant", [pytest.param(v, id=v.op) for v in V.values()])
-def test_tc64_fused_against_reference(name, variant):
+def test_tc64_fused_against_reference(name, variant, tile):
     be = _tc_backend(name)
     ref = NumpyBackend("float64")
     rng = np.random.default_rng(42)
-    be.gemm_tile, be.gemm_split = "tc64", 1
+    be.gemm_tile, be.gemm_split = tile, 1
     try:
         for m, n, k in [(133, 77, 65), (17, 129, 300), (5, 3, 1), (70, 1, 0), (64, 64, 257),
                         (200, 300, 10), (1024, 800, 784)]:
@@ -413,7 +441,9 @@ def test_tc64_planned_at_the_model_shapes(name):
                                (SPLIT_PRODUCTS[2], (1024, 800, 784)),
                                (SPLIT_PRODUCTS[3], (1024, 784, 3200)),
                                (SPLIT_PRODUCTS[0], (1024, 800, 784)),
-                               (SPLIT_PRODUCTS[1], (256, 784, 800))):
+                               (SPLIT_PRODUCTS[1], (256, 784, 800)),
+                               (SPLIT_PRODUCTS[2], (4096, 800, 784)),  # tc128
+                               (SPLIT_PRODUCTS[3], (4096, 784, 800))):
         case = split_case(rng, product, m, n, k, np.float64)
         assert_close(run_split(be, product, case), reference_split(ref, product, case),
                      np.float64, "gemm")
@@ -435,17 +465,18 @@ def test_tc64_cupy_and_pycuda_agree_bitwise():
                     finally:
                         be.gemm_tile = be.gemm_split = None
                 assert np.array_equal(*outs), f"{product[0]} {m}x{n}x{k} S={split}: differs"
-    for ops in gemm_plan.GEMM_OPS:
-        ta, tb = ops[0] == "t", ops[1] == "t"
-        case = _gemm_inputs(rng, 133, 77, 65, ta, tb)
-        outs = []
-        for be in (be_cupy, be_pycuda):
-            be.gemm_tile = "tc64"
-            try:
-                outs.append(_gemm(be, case, ta, tb, 0.75, -1.25))
-            finally:
-                be.gemm_tile = None
-        assert np.array_equal(*outs), ops
+    for tile in TC_TILES:
+        for ops in gemm_plan.GEMM_OPS:
+            ta, tb = ops[0] == "t", ops[1] == "t"
+            case = _gemm_inputs(rng, 133, 77, 65, ta, tb)
+            outs = []
+            for be in (be_cupy, be_pycuda):
+                be.gemm_tile = tile
+                try:
+                    outs.append(_gemm(be, case, ta, tb, 0.75, -1.25))
+                finally:
+                    be.gemm_tile = None
+            assert np.array_equal(*outs), (tile, ops)
     case = fused_case(rng, "gemm_sigmoid_backward", 133, 77, 300, np.float64)
     outs = []
     for be in (be_cupy, be_pycuda):
