@@ -113,8 +113,9 @@ def main(argv=None) -> int:
     print(f"device: {name}, compute capability {be._capability}, {be._num_sms} SMs; "
           f"FP64 tensor-core tile {'available' if tc_ok else 'NOT available (SIMT only)'}")
     head = (f"{'H':>5} {'B':>5} {'product':16} {'M':>5} {'N':>5} {'K':>5} | "
-            f"{'TC kernel':34} {'us':>8} {'TF/s':>6} | {'SIMT kernel':34} {'us':>8} {'TF/s':>6} | "
-            f"{'cuBLAS us':>9} {'TF/s':>6}")
+            f"{'TC kernel (planned)':34} {'us':>8} {'TF/s':>6} | "
+            f"{'other TC tile (forced)':34} {'us':>8} {'TF/s':>6} | "
+            f"{'SIMT kernel':34} {'us':>8} {'TF/s':>6} | {'cuBLAS us':>9} {'TF/s':>6}")
     print(head)
     print("-" * len(head))
     rng = np.random.default_rng(0)
@@ -124,20 +125,30 @@ def main(argv=None) -> int:
             for prod, m, nn, k, ours, cublas in _products(cp, be, hidden, n, rng):
                 flops = 2.0 * m * nn * k
                 cols = []
-                for allow in (True, False):
+                # the planner's pick with the tensor cores, the other tensor-core tile forced
+                # (tc64 <-> tc128: gemm_plan.TC128_MIN_BLOCKS_PER_SM), the SIMT pick
+                for allow, force in ((True, None), (True, "other"), (False, None)):
                     be._gemm_tc64 = tc_ok and allow
+                    if force == "other":
+                        if "_tc" not in cols[0][0]:
+                            cols.append(("-", None))
+                            continue
+                        be.gemm_tile = "tc64" if "_tc128_" in cols[0][0] else "tc128"
                     kernel = _kernel(be, ours)
                     t = _gpu_seconds(cp, stream, ours, args.calls, args.repeats)
+                    be.gemm_tile = None
                     cols.append((kernel, t))
                 be._gemm_tc64 = tc_ok
                 be._gemm_plans.clear()
                 with stream:
                     t_blas = _gpu_seconds(cp, stream, cublas, args.calls, args.repeats)
-                (k_tc, t_tc), (k_simt, t_simt) = cols
+                cells = []
+                for kernel, t in cols:
+                    cells.append(f"{kernel:34} {1e6 * t:8.1f} {flops / t / 1e12:6.2f}" if t
+                                 else f"{kernel:34} {'':8} {'':6}")
                 print(f"{hidden:5d} {n:5d} {prod:16} {m:5d} {nn:5d} {k:5d} | "
-                      f"{k_tc:34} {1e6 * t_tc:8.1f} {flops / t_tc / 1e12:6.2f} | "
-                      f"{k_simt:34} {1e6 * t_simt:8.1f} {flops / t_simt / 1e12:6.2f} | "
-                      f"{1e6 * t_blas:9.1f} {flops / t_blas / 1e12:6.2f}", flush=True)
+                      + " | ".join(cells)
+                      + f" | {1e6 * t_blas:9.1f} {flops / t_blas / 1e12:6.2f}", flush=True)
     return 0
 
 
