@@ -153,12 +153,18 @@ class CudaBackend(Backend):
         super().__init__(dtype, device_index)
         self.device_index = 0 if device_index is None else int(device_index)
 
-    def _start(self, kernels: dict[str, Any], num_sms: int) -> None:
+    def _start(self, kernels: dict[str, Any], num_sms: int,
+               capability: tuple[int, int] | None = None) -> None:
         """The end of a subclass's ``__init__``, once its device, stream and kernels are ready.
 
-        `kernels` maps each kernel name to what the subclass's ``_call`` launches."""
+        `kernels` maps each kernel name to what the subclass's ``_call`` launches; `capability` is
+        the device's compute capability (major, minor); None keeps the class's (test doubles)."""
         self._kernel_fns = kernels
         self._num_sms = num_sms
+        if capability is not None:
+            self._capability = tuple(capability)
+        #: the GEMM planner may pick the FP64 tensor-core tile (float64 on sm_80+; gemm_tc64.cuh)
+        self._gemm_tc64 = gemm_plan.tc64_eligible(self.dtype.name, self._capability)
         #: kernel name -> launch(grid, block, *args), for the generated ops; the GEMM kernels
         #: launch through their plans
         self._launch = {launch.kernel: self._launcher(launch.kernel)
@@ -280,7 +286,8 @@ class CudaBackend(Backend):
     def _plan_gemm(self, a, b, c, trans_a, trans_b):
         lda, ldb, ldc = self._ld(a), self._ld(b), self._ld(c)
         plan = gemm_plan.plan_gemm(a.shape, b.shape, c.shape, trans_a, trans_b, self._num_sms,
-                                   self.gemm_tile, split=self.gemm_split, mode=self.gemm_mode)
+                                   self.gemm_tile, split=self.gemm_split, mode=self.gemm_mode,
+                                   tc64=self._gemm_tc64)
         if plan is None:
             return None
         sizes = dict(zip(gemm_plan.GEMM_SIZE_POSITIONS, (plan.m, plan.n, plan.k, lda, ldb, ldc)))
@@ -309,7 +316,8 @@ class CudaBackend(Backend):
         lda, ldb, ldc = self._ld(a), self._ld(b), self._ld(out)
         plan = gemm_plan.plan_gemm(a.shape, b.shape, out.shape, variant.ops[0] == "t",
                                    variant.ops[1] == "t", self._num_sms, self.gemm_tile, variant,
-                                   self.gemm_split, self.gemm_mode)
+                                   self.gemm_split, self.gemm_mode,
+                                   tc64=self._gemm_tc64)
         sizes = dict(zip(gemm_plan.GEMM_SIZE_POSITIONS,
                          (plan.m, plan.n, plan.k, lda, ldb, ldc) if plan else ()))
         if op == "gemm_bias_sigmoid":

@@ -29,7 +29,26 @@ GEMM_TILES = {
     "t128": GemmTile("t128", 128, 128, 256, 1.0),  # 8 x 8 per thread
     "t64": GemmTile("t64", 64, 64, 256, 0.85),     # 8 x 8 per thread, K split over 4 groups (float)
     "s16": GemmTile("s16", 16, 16, 256, 0.5),      # 4 x 4 per thread, K split over 16 groups
+    # float64 on the FP64 tensor cores (gemm_tc64.cuh): warps of 32 x 32 mma.sync blocks, 4 or 8
+    "tc64": GemmTile("tc64", 64, 64, 128, 1.0),
+    "tc128": GemmTile("tc128", 128, 64, 256, 1.0),
 }
+
+#: the tiles that run on the FP64 tensor cores: picked only where plan_gemm's `tc64` says the
+#: build and device have them (float64, compute capability >= TC64_MIN_CAPABILITY); a forced one
+#: runs as TC64_FALLBACK elsewhere
+TC64_TILES = ("tc64", "tc128")
+#: tc128 (a third fewer slab loads per multiply-add than tc64, half the blocks) once its tiles give
+#: every multiprocessor this many blocks (its residency: two by registers); tc64 below
+TC128_MIN_BLOCKS_PER_SM = 2
+TC64_FALLBACK = "t64"
+TC64_MIN_CAPABILITY = (8, 0)
+
+
+def tc64_eligible(dtype_name: str, capability: tuple[int, int]) -> bool:
+    """Whether the tc64 tile's tensor-core path runs: a float64 build on an sm_80+ device (mma.sync
+    .f64); the kernels of other builds compute the tile with FMAs, and are never picked."""
+    return dtype_name == "float64" and tuple(capability) >= TC64_MIN_CAPABILITY
 
 #: the skinny split-K tile is used for at most this many rows of C (the 10-class layer)
 SKINNY_MAX_M = 16
@@ -66,7 +85,7 @@ GEMM_X3_MIN_CAPABILITY = (8, 0)
 #: the plain GEMM's TF32x3 kernels (DEFINE_GEMM in gemm_tf32x3.cuh), one per tile and pair
 GEMM_X3_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(GEMM_X3_TILE[t], ops[0] == "t",
                                                           ops[1] == "t")
-                                         for t in GEMM_TILES for ops in GEMM_OPS)
+                                         for t in GEMM_X3_TILE for ops in GEMM_OPS)
 
 # ------------------------------------------------------------------------ cross-block split-K
 # A product whose tiles leave most multiprocessors idle (z1 and [dW1 db1] at H = 256: 52 tiles of
@@ -75,9 +94,9 @@ GEMM_X3_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(GEMM_X3_TILE[t], ops[0
 # SplitK). Kernels: the tile's kernel name + "_split", two parameters more (the workspaces).
 
 #: the tiles with split kernels, and the transpose pairs of the plain GEMM's split kernels
-GEMM_SPLIT_TILES = ("t64",)
+GEMM_SPLIT_TILES = ("t64", "tc64")
 GEMM_SPLIT_OPS = ("nn", "nt")
-#: reals of one partial tile (64 x 64: the split tiles' bm * bn)
+#: reals of one partial tile (64 x 64: every split tile's bm * bn)
 GEMM_SPLIT_TILE_ELEMS = 64 * 64
 #: workspace capacity, fixed (CudaBackend._start allocates it before any capture): partial-tile
 #: slots (S * tiles; 2 * 132 SMs and some: the automatic picks need fewer than 2 * SMs) and
@@ -155,7 +174,7 @@ class GemmVariant:
     @property
     def x3_kernels(self) -> tuple[str, ...]:
         """The TF32x3 twins of the tile kernels (--gemm tf32x3; gemm_tf32x3.cuh)."""
-        return tuple(self.kernel(GEMM_X3_TILE[t]) for t in self.tiles)
+        return tuple(self.kernel(GEMM_X3_TILE[t]) for t in self.tiles if t in GEMM_X3_TILE)
 
     @property
     def tile_kernels(self) -> tuple[str, ...]:
@@ -172,28 +191,41 @@ GEMM_CORE_PARAMS = "M:a, M:b, M:out, i:m, i:n, i:k, i:lda, i:ldb, i:ldc"
 #: the fused GEMMs by op name. da1 = W2^T diff has K = 10, which pick_gemm_tile never gives t128:
 #: its variant has t64 and s16 only (a forced or deep-K t128 pick runs as t64).
 GEMM_VARIANTS: dict[str, GemmVariant] = {v.op: v for v in (
-    GemmVariant("gemm_bias_sigmoid", "bias_sigmoid", "nn", ("t128", "t64", "s16"), "t64",
-                GEMM_CORE_PARAMS + ", R:bias", split_tiles=("t64",)),
-    GemmVariant("gemm_sigmoid_backward", "sigmoid_backward", "tn", ("t64", "s16"), "t64",
+    GemmVariant("gemm_bias_sigmoid", "bias_sigmoid", "nn",
+                ("t128", "t64", "s16", "tc64", "tc128"), "t64",
+                GEMM_CORE_PARAMS + ", R:bias", split_tiles=("t64", "tc64")),
+    GemmVariant("gemm_sigmoid_backward", "sigmoid_backward", "tn", ("t64", "s16", "tc64"), "t64",
                 GEMM_CORE_PARAMS + ", M:act, i:ld_act"),
-    GemmVariant("gemm_with_bias_grad", "bias_grad", "nt", ("t128", "t64", "s16"), "t64",
-                GEMM_CORE_PARAMS, ones=True, split_tiles=("t64",)),
+    GemmVariant("gemm_with_bias_grad", "bias_grad", "nt",
+                ("t128", "t64", "s16", "tc64", "tc128"), "t64",
+                GEMM_CORE_PARAMS, ones=True, split_tiles=("t64", "tc64")),
 )}
 
 
-def pick_gemm_tile(m: int, n: int, num_sms: int, k: int | None = None) -> str:
-    """Tile for an M x N (x K) product on a GPU with `num_sms` multiprocessors.
+def pick_gemm_tile(m: int, n: int, num_sms: int, k: int | None = None, tc64: bool = False) -> str:
+    """Tile for an M x N (x K) product on a GPU with `num_sms` multiprocessors; `tc64`: the FP64
+    tensor-core tile may run (tc64_eligible).
 
     Model: blocks spread evenly over the multiprocessors, so the busiest one computes
     ceil(blocks / SMs) tiles; its time is that many tiles' multiply-adds over the tile's efficiency.
     Big tiles win on big products (H=4096), 64 x 64 on the model's mid-sized ones (H=1024, n=800,
     where 128 x 128 would leave most of the GPU idle) and on short K, and the split-K tile on
-    M <= 16 rows. tests/test_kernel_parity.py pins the picks at the model's shapes on an H100.
+    M <= 16 rows; in float64 on sm_80+ (tc64) the FP64 tensor-core tiles on the rest, but for
+    short K: tc128 where its tiles fill every SM to residency, tc64 (split over K where its tiles
+    leave SMs idle) elsewhere. tests/test_kernel_parity.py and tests/test_gemm_tc64.py pin the picks at the model's
+    shapes on an H100.
     """
     if m <= SKINNY_MAX_M:
         return "s16"
     if k is not None and k <= SHORT_K:
         return "t64"
+    if tc64:
+        # Tensor cores have about twice the FP64 FMA pipes' throughput on the deep products; the
+        # 10-row ones (s16) and the short-K da1 (all epilogue) stay on the SIMT tiles above.
+        big = GEMM_TILES["tc128"]
+        if math.ceil(m / big.bm) * math.ceil(n / big.bn) >= TC128_MIN_BLOCKS_PER_SM * num_sms:
+            return "tc128"
+        return "tc64"
     best, best_cost = "t64", math.inf
     for name in ("t128", "t64"):
         tile = GEMM_TILES[name]
@@ -223,7 +255,7 @@ class GemmPlan:
 
 def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: int,
               tile: str | None = None, variant: GemmVariant | None = None,
-              split: int | None = None, mode: str = "simt") -> GemmPlan | None:
+              split: int | None = None, mode: str = "simt", tc64: bool = False) -> GemmPlan | None:
     """Check the shapes of C = op(A) op(B) and choose the launch; None when C is empty.
 
     K = 0 still gets a plan (the kernel then writes beta * C). `tile` forces a tile (tests, tuning).
@@ -232,7 +264,9 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
     tile over K (tests, tuning; None: pick_gemm_split); a split the tile, transpose pair or variant
     has no kernel for, or that does not fit the workspace, runs unsplit (S = 1).
     `mode` (GEMM_MODES): "tf32x3" launches the chosen tile's TF32x3 twin (GEMM_X3_TILE), never
-    split; the caller checks that the dtype and GPU allow it.
+    split; the caller checks that the dtype and GPU allow it. `tc64`: the build and device run the
+    FP64 tensor-core tiles (tc64_eligible); without it a tc64 tile, picked or forced, runs as
+    TC64_FALLBACK.
     """
     if mode not in GEMM_MODES:
         raise ValueError(f"gemm mode must be one of {GEMM_MODES}, got {mode!r}")
@@ -247,13 +281,15 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
             f"gemm shape mismatch: op(A) {m}x{k}, op(B) {kb}x{n}, C {c_shape[0]}x{c_shape[1]}")
     if m == 0 or n == 0:
         return None
-    tile = tile or pick_gemm_tile(m, n, num_sms, k)
+    tile = tile or pick_gemm_tile(m, n, num_sms, k, tc64)
+    if tile in TC64_TILES and not tc64:
+        tile = TC64_FALLBACK
     ops = ("t" if trans_a else "n") + ("t" if trans_b else "n")
     if variant is not None:
         if variant.ops != ops:
             raise ValueError(f"{variant.op} is the {variant.ops} product")
-        if tile not in variant.tiles:
-            tile = variant.fallback
+        if tile not in variant.tiles:  # (a tensor-core pick stays on the tensor cores)
+            tile = "tc64" if tile in TC64_TILES and "tc64" in variant.tiles else variant.fallback
         has_split = tile in variant.split_tiles
     else:
         has_split = tile in GEMM_SPLIT_TILES and ops in GEMM_SPLIT_OPS

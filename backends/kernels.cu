@@ -26,5 +26,6 @@
 #include "common.cuh"
 #include "gemm.cuh"
 #include "gemm_tf32x3.cuh"
+#include "gemm_tc64.cuh"
 #include "elementwise.cuh"
 #include "reductions.cuh"

@@ -74,12 +74,13 @@ class CupyBackend(CudaBackend):
         # one device per process (per rank): make it current for every later CuPy call
         self._device.use()
         self._stream = cupy.cuda.Stream(non_blocking=True)
-        self._capability = divmod(int(self._device.compute_capability), 10)  # "90" -> (9, 0)
         # Arrays go to the kernel as they are, scalars as NumPy scalars of their C types (CuPy
         # would pass a Python int as a 64-bit integer).
         self._ARG = {"P": _as_is, "i": np.int32, "r": self.dtype.type}
+        cc = self._device.compute_capability  # "90" for 9.0
         self._start(_kernels_for(self.dtype, self.device_index),
-                    int(self._device.attributes["MultiProcessorCount"]))
+                    int(self._device.attributes["MultiProcessorCount"]),
+                    (int(cc[:-1]), int(cc[-1])))
 
     def _call(self, fn, grid, block, args):
         fn(grid, block, tuple(args), stream=self._stream)

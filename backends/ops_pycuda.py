@@ -194,10 +194,10 @@ class PycudaBackend(CudaBackend):
         self._context = _primary_context(self.device_index)
         self._dev = cuda.Device(self.device_index)
         self._stream = cuda.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit sync with stream 0
-        self._capability = tuple(int(v) for v in self._dev.compute_capability())
         self._fns = _kernels_for(self.dtype, self.device_index)
         self._start({name: self._fns[name].prepared_async_call for name in op_table.KERNEL_NAMES},
-                    int(self._dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)))
+                    int(self._dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)),
+                    tuple(self._dev.compute_capability()))
 
     def _call(self, fn, grid, block, args):
         fn(grid, block, self._stream, *args)

@@ -397,11 +397,14 @@ def test_split_kernels_in_the_table():
     """Every split kernel is an op-table launch of its op, with the unsplit kernel's parameters
     and the two workspaces; the source defines them (tests/test_cuda_compile.py checks kinds)."""
     for op, kernels in (("gemm", gemm_plan.GEMM_SPLIT_KERNELS),
-                        ("gemm_bias_sigmoid", ("gemm_t64_nn_bias_sigmoid_split",)),
-                        ("gemm_with_bias_grad", ("gemm_t64_nt_bias_grad_split",))):
+                        ("gemm_bias_sigmoid", ("gemm_t64_nn_bias_sigmoid_split",
+                                               "gemm_tc64_nn_bias_sigmoid_split")),
+                        ("gemm_with_bias_grad", ("gemm_t64_nt_bias_grad_split",
+                                                 "gemm_tc64_nt_bias_grad_split"))):
         launches = {launch.kernel: launch for launch in op_table.OP_BY_NAME[op].launches}
         for kernel in kernels:
             split, plain = launches[kernel], launches[kernel.removesuffix("_split")]
             assert split.parameters == plain.parameters + (("W", "gemm_partials"),
                                                            ("C", "gemm_tickets"))
-    assert gemm_plan.GEMM_SPLIT_KERNELS == ("gemm_t64_nn_split", "gemm_t64_nt_split")
+    assert gemm_plan.GEMM_SPLIT_KERNELS == ("gemm_t64_nn_split", "gemm_t64_nt_split",
+                                            "gemm_tc64_nn_split", "gemm_tc64_nt_split")
