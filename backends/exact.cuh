@@ -39,6 +39,8 @@ __device__ __forceinline__ real x_nan() { return real(__longlong_as_double(0x7ff
 #define EXACT_EXP_MAX 710.0
 #define EXACT_EXP_MIN -746.0
 #define EXACT_SQRT_HALF 0x1.6a09e667f3bcdp-1
+// the most classes exact_output_layer handles (a column is held in registers); the model has 10
+#define EXACT_MAX_CLASSES 10
 // EXP_COEFFS: 1/n!, n = 0..13
 __device__ static const double EXACT_EXP_COEFFS[14] = {
     0x1p+0, 0x1p+0, 0x1p-1, 0x1.5555555555555p-3, 0x1.5555555555555p-5, 0x1.1111111111111p-7,
@@ -90,6 +92,18 @@ __device__ __forceinline__ real exact_log(real x)
 __device__ __forceinline__ real exact_sigmoid_of(real x)
 {
     return x_div(real(1), x_add(real(1), exact_exp(-x)));
+}
+
+// out = (grad a)(1 - a), NumPy's order, each operation rounded on its own (sigmoid_backward's
+// formula; a separate kernel so that exact mode never depends on how -fmad treats the other one).
+extern "C" __global__ void exact_sigmoid_backward(const real* grad, const real* __restrict__ a,
+                                                  real* out, int n)
+{
+    GRID_STRIDE_LOOP(idx, n)
+    {
+        const real av = a[idx];
+        out[idx] = x_mul(x_mul(grad[idx], av), x_sub(real(1), av));
+    }
 }
 
 // Element (i, k) of L = op(x) with its optional ones row (i == p0) and ones column (k == q0).

@@ -175,6 +175,9 @@ class NumpyBackend(Backend):
     def exact_sigmoid(self, x, out):
         out[...] = exact_math.sigmoid(x)
 
+    def exact_sigmoid_backward(self, grad, a, out):
+        out[...] = (grad * a) * (1.0 - a)
+
     def exact_output_layer(self, z, labels, scale, diff, nll_acc):
         classes, n = z.shape
         if n == 0:

@@ -17,7 +17,7 @@ import numpy as np
 
 from core.communicator import Communicator
 from core.errors import UserError
-from core.exact import ExactMLP, ExactRangeError, params_sha256
+from core.exact import ExactMLP, ExactRangeError, input_bound, params_sha256
 from core.model import MLP, init_params
 from core.ops import Backend
 
@@ -151,7 +151,7 @@ class DataParallelTrainer:
         max_cols = math.ceil(min(config.batch_size, max(self.n_train, 1)) / comm.size)
         self.exact = exact
         if exact:  # every product exact: the same bits on every backend and rank count
-            x_bound = float(np.abs(train_x).max()) if train_x.size else 1.0
+            x_bound = input_bound(train_x, val_x)
             self.model = ExactMLP(backend, config.hidden, max_cols, params, config.batch_size,
                                   x_bound)
         else:

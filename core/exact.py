@@ -104,6 +104,15 @@ def params_sha256(flat: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(flat, dtype="<f8").tobytes()).hexdigest()
 
 
+def input_bound(*arrays) -> float:
+    """The bound of the inputs' grid: 1 for pixels scaled to [0, 1] (--scale unit), 255 for raw
+    pixels (--scale raw), whatever the pixels of this subset are, so that a validation or test
+    image (or another rank's data) can never leave it; a larger value only for other data. The
+    same on every rank: every rank holds the whole training set."""
+    big = max((float(np.abs(a).max()) for a in arrays if a is not None and a.size), default=0.0)
+    return 1.0 if big <= 1.0 else 255.0 if big <= 255.0 else big
+
+
 def _exponent(bound: float) -> int:
     """e with bound < 2^e (frexp): the grid of values known to lie within [-bound, bound]."""
     return math.frexp(bound)[1]
@@ -274,7 +283,7 @@ class ExactMLP:
         # da1 = W2^T diff: W2^T's rows are W2's columns; diff^T's rows are samples (|.| < 2^g_b)
         self._exact_gemm(self.da1_cut, self.W2, True, False, self.e_W2c,
                          diff, True, False, self._g_batch, h, n, dz1)
-        be.sigmoid_backward(dz1, a1, dz1)  # (da1 a1)(1 - a1): products only, nothing to fuse
+        be.exact_sigmoid_backward(dz1, a1, dz1)  # (da1 a1)(1 - a1), each operation rounded
         da = self._view("_digits_a", h, s * n)
         db = self._view("_digits_b", INPUTS + 1, s * n)
         be.exact_split(dz1, False, False, False, self.e_W2c, self._g_batch + 2, cut.beta, s,

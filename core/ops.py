@@ -43,7 +43,7 @@ FUSED_OPS = ("sgd_step", "gemm_bias_sigmoid", "gemm_sigmoid_backward", "gemm_wit
 #: backend. Optional: the base class raises NotImplementedError, and ``--exact`` names the backend
 #: that lacks them. Their element-wise math is core/exact_math.py's, operation for operation.
 EXACT_OPS = ("exact_row_exponents", "exact_split", "exact_combine", "exact_sigmoid",
-             "exact_output_layer", "exact_sgd_step")
+             "exact_sigmoid_backward", "exact_output_layer", "exact_sgd_step")
 
 
 class Backend(abc.ABC):
@@ -313,6 +313,11 @@ class Backend(abc.ABC):
 
     def exact_sigmoid(self, x: Array, out: Array) -> None:
         """out = 1 / (1 + exact_math.exp(-x)), element-wise. out may alias x."""
+        raise NotImplementedError(f"backend {self.name!r} has no exact ops")
+
+    def exact_sigmoid_backward(self, grad: Array, a: Array, out: Array) -> None:
+        """out = (grad a)(1 - a), element-wise, each product and difference rounded on its own.
+        out may alias grad."""
         raise NotImplementedError(f"backend {self.name!r} has no exact ops")
 
     def exact_output_layer(self, z: Array, labels: Array, scale: float, diff: Array,

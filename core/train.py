@@ -516,6 +516,7 @@ def train_and_report(args, comm, trainer, data, train_x, train_y, say, session=N
     session.progress.finish()
     params = trainer.params()
     if args.exact:
+        trainer.check_exact_range(config.epochs)  # the test pass's products, too (exit 3)
         say(f"params sha256 {trainer.params_sha256()}")
     if args.save and comm.rank == 0:
         checkpoint.save_params(args.save, params)
