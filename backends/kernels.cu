@@ -27,3 +27,4 @@
 #include "gemm.cuh"
 #include "elementwise.cuh"
 #include "reductions.cuh"
+#include "exact.cuh"

@@ -131,7 +131,11 @@ class NumpyBackend(Backend):
 
     # ----------------------------------------------------------------- exact ops (EXACT_OPS)
     def exact_row_exponents(self, x, trans, out):
-        big = np.abs(x.T if trans else x).max(axis=1)
+        rows = x.T if trans else x
+        if rows.shape[1] == 0:  # rows of no elements: the grid of zeros
+            out[...] = 0.0
+            return
+        big = np.abs(rows).max(axis=1)
         with np.errstate(invalid="ignore"):
             out[...] = np.frexp(np.where(np.isfinite(big), big, 0.0))[1]
 

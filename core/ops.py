@@ -283,7 +283,7 @@ class Backend(abc.ABC):
     # Exponents are integer values held in arrays of the backend dtype (float64).
     def exact_row_exponents(self, x: Array, trans: bool, out: Array) -> None:
         """out_i = e with max_k |L_ik| < 2^e (frexp's exponent of the row's largest magnitude;
-        0 for a row of zeros or one holding inf/nan), L = x^T if trans else x (p x q, q >= 1)."""
+        0 for a row of zeros, of no elements or holding inf/nan), L = x^T if trans else x (p x q)."""
         raise NotImplementedError(f"backend {self.name!r} has no exact ops")
 
     def exact_split(self, x: Array, trans: bool, ones_row: bool, ones_col: bool, exps: Array,

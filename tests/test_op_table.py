@@ -20,7 +20,7 @@ import pytest
 from backends import op_table
 from backends.cuda_backend import CudaBackend
 from backends.ops_numpy import NumpyBackend
-from core.ops import FUSED_OPS, Backend
+from core.ops import EXACT_OPS, FUSED_OPS, Backend
 
 # the abstract methods of core.ops.Backend that move or view memory: every other one is an op
 MEMORY = {"empty", "from_host", "to_host", "copy_to_host", "copy_from_host", "flat_views", "cols"}
@@ -37,7 +37,7 @@ def _signature_text(method) -> str:
 
 # ----------------------------------------------------------------------------- the table
 def test_every_op_of_the_contract_has_one_entry():
-    ops = (set(Backend.__abstractmethods__) - MEMORY) | set(FUSED_OPS)
+    ops = (set(Backend.__abstractmethods__) - MEMORY) | set(FUSED_OPS) | set(EXACT_OPS)
     names = [op.name for op in op_table.OPS]
     assert len(names) == len(set(names)), "an op has two entries"
     assert set(names) == ops, (f"ops without an entry: {sorted(ops - set(names))}; "
@@ -88,7 +88,7 @@ def test_reference_runs_on_the_generated_inputs(op, shape, dtype):
         assert (result is None) == (not op.result)
         for name, old in before.items():
             if name not in op.writes:
-                assert np.array_equal(case[name], old), f"{op.name} changed its input {name}"
+                assert np.array_equal(case[name], old, equal_nan=True), f"{op.name} changed its input {name}"
             elif case[name].size and op.name != "gemm":
                 assert not np.isnan(case[name]).all(), f"{op.name} left {name} unwritten"
 
