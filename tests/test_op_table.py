@@ -270,3 +270,35 @@ def test_training_step_runs_the_output_layer_in_one_launch():
     assert args[11] == pytest.approx(1.0 / n)
     assert block == (op_table.OUTPUT_THREADS, 1, 1)
     assert grid == (-(-n // op_table.OUTPUT_COLS[4]), 1, 1)  # float32: 8 columns a block
+
+
+def test_exact_model_dispatches_on_the_gpu_backends():
+    """core/exact.py's ExactMLP through the generated GPU methods (launches recorded, not run):
+    every shape rule and operand check passes on the model's real operands, for a rank with
+    samples and one without, and each launch's arguments are of the kinds its kernel declares."""
+    from core.exact import ExactMLP
+    from core.model import INPUTS, init_params
+
+    backend = RecordingBackend("float64")
+    for n in (7, 0):
+        model = ExactMLP(backend, 33, 7, init_params(33, 0), 20, 1.0)
+        x = backend.from_host(np.random.default_rng(0).uniform(0, 1, (INPUTS, n)))
+        y = backend.from_host(np.zeros(n, np.int32))
+        backend.launches.clear()
+        a1, z2 = model.forward(x, train=True)
+        model.backward(x, y, a1, z2, global_batch=20, nll_acc=backend.zeros((1,)))
+        model.update(0.1, 0.5)
+        kernels = {launch[0] for launch in backend.launches}
+        assert {"exact_combine", "exact_row_exponents", "exact_sgd_step"} <= kernels
+        if n:
+            assert {"exact_split", "exact_sigmoid", "exact_sigmoid_backward",
+                    "exact_output_layer"} <= kernels
+            assert any(k.startswith("gemm") for k in kernels)
+        for kernel, grid, block, args in backend.launches:
+            entry = op_table.KERNELS.get(kernel)
+            if entry is None or entry.geometry is None:
+                continue  # the planned GEMMs
+            assert len(args) == len(entry.parameters), kernel
+            for (kind, _), value in zip(entry.parameters, args):
+                if kind == "i":
+                    assert type(value) is int, (kernel, value)
