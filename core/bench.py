@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from core.errors import UserError
 from core.job import Job, device_for, run_with_error_policy
 from core.model import CLASSES, INPUTS, ParamLayout, init_params
 from core.ops import FUSED_OPS
@@ -43,6 +44,9 @@ def _args(argv):
                    help="comma-separated --cuda-graphs settings to time, each a row (auto)")
     p.add_argument("--no-reference", action="store_true", help="skip the cuBLAS/PyTorch rows")
     p.add_argument("--json", default="bench.json", help="where to write the results (bench.json)")
+    p.add_argument("--modes", default=None,
+                   help="comma-separated training modes to time, each a row: float32, float64, "
+                        "exact (--exact: float64, every product exact); default: --dtype's")
     p.add_argument("--gemm-split", type=int, default=None,
                    help="GPU backends: force S blocks per GEMM tile over K where a split kernel "
                         "exists (1: never split; default: the planner's pick)")
@@ -93,15 +97,26 @@ def _max_over_ranks(comm, values):
     return np.max(np.array(gathered), axis=0)
 
 
-def bench_training(backend_cls, comm, args, x, y, hidden, batch, graphs="auto") -> dict:
-    backend = backend_cls(args.dtype, device_for(backend_cls, comm.local_rank))
+MODES = ("float32", "float64", "exact")
+
+
+def bench_training(backend_cls, comm, args, x, y, hidden, batch, graphs="auto",
+                   mode=None) -> dict:
+    """One row: the median epoch of the training loop; ``mode`` float32, float64 or exact
+    (--exact, float64), by default --dtype's."""
+    mode = mode or args.dtype
+    exact = mode == "exact"
+    dtype = "float64" if exact else mode
+    backend = backend_cls(dtype, device_for(backend_cls, comm.local_rank))
     comm.bind_backend(backend)
     config = TrainConfig(hidden=hidden, batch_size=batch, lr=0.1, reg=1e-4, epochs=1,
-                         dtype=args.dtype)
-    trainer = DataParallelTrainer(backend, comm, config, x, y, params=init_params(hidden, 0),
-                                  cuda_graphs=graphs)
+                         dtype=dtype)
+    trainer = DataParallelTrainer(backend, comm, config, x.astype(dtype, order="F", copy=False),
+                                  y, params=init_params(hidden, 0), cuda_graphs=graphs,
+                                  exact=exact)
     total = statistics.median(time_epochs(trainer, args.epochs))
     row = {"backend": backend_cls.name + (" +graph" if trainer.use_graphs else ""),
+           "mode": mode,
            "comm": comm.name, "ranks": comm.size, "H": hidden,
            "B": batch, "epoch_ms": 1e3 * total, "samples_per_s": x.shape[1] / total,
            "exchange": trainer.exchange.mode, "cuda_graphs": trainer.use_graphs}
@@ -326,7 +341,12 @@ def main(argv=None) -> int:
         for entry in entries:
             if hasattr(entry.cls, "gemm_split"):  # the CUDA backends (CudaBackend.gemm_split)
                 entry.cls.gemm_split = args.gemm_split
-    dtype = np.dtype(args.dtype).type
+    modes = args.modes.split(",") if args.modes else [args.dtype]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise UserError(f"--modes: {', '.join(bad)} is none of {', '.join(MODES)}")
+    # the data in float64 when a row needs it (float32 rows take a rounded copy)
+    dtype = np.float64 if set(modes) & {"float64", "exact"} else np.dtype(args.dtype).type
     x, y, source = _data(args, dtype)
     hiddens = [int(h) for h in args.hidden.split(",")]
     batches = [int(b) for b in args.batch.split(",")]
@@ -342,10 +362,12 @@ def main(argv=None) -> int:
     for hidden in hiddens:
         for batch in batches:
             for entry in entries:
-                for graphs in graph_settings:
-                    row = bench_training(entry.cls, comm, args, x, y, hidden, batch, graphs)
-                    training.append(row)
-                    say(_fmt_training(row), flush=True)
+                for mode in modes:
+                    for graphs in graph_settings:
+                        row = bench_training(entry.cls, comm, args, x, y, hidden, batch, graphs,
+                                             mode)
+                        training.append(row)
+                        say(_fmt_training(row), flush=True)
             if comm.size == 1 and not args.no_reference:
                 for row in reference_rows(args, x, y, hidden, batch):
                     training.append(row)
@@ -408,7 +430,7 @@ def _fmt_training(r) -> str:
     if "comm_share" in r:
         extra = (f"  compute {r['compute_ms']:8.1f} ms  comm {100 * r['comm_share']:5.1f}%"
                  f"  ({r['step_comm_us']:.0f} us/step)")
-    return (f"{r['backend']:22s} {r['comm']:6s} P={r['ranks']}  H={r['H']:5d} B={r['B']:5d}  "
+    return (f"{r['backend']:22s} {r.get('mode', ''):8s} {r['comm']:6s} P={r['ranks']}  H={r['H']:5d} B={r['B']:5d}  "
             f"epoch {r['epoch_ms']:8.1f} ms  {r['samples_per_s']:10.0f} samples/s{extra}")
 
 
