@@ -142,16 +142,23 @@ class NumpyBackend(Backend):
     def exact_split(self, x, trans, ones_row, ones_col, exps, exp_shift, beta, slices, reverse,
                     out, flag):
         rows = x.T if trans else x
-        p, q = rows.shape[0] + bool(ones_row), rows.shape[1] + bool(ones_col)
+        p0, q0 = rows.shape
+        p, q = p0 + bool(ones_row), q0 + bool(ones_col)
         if p == 0 or q == 0:
             return
-        if ones_row or ones_col:
-            full = np.ones((p, q))
-            full[:rows.shape[0], :rows.shape[1]] = rows
-            rows = full
-        e = -(exps.astype(np.int64) + int(exp_shift))[:, None]
+        e = -(exps.astype(np.int64) + int(exp_shift))
+        r = np.empty((p, q), order="F")
         with np.errstate(invalid="ignore", over="ignore"):
-            r = np.ldexp(rows, e)
+            if e.min() >= -1022 and e.max() <= 1022:
+                # times 2^-e_i, a normal power of two: the bits of ldexp (both exact, or both
+                # correctly rounded into the subnormals), in one pass
+                np.multiply(rows, np.ldexp(1.0, e[:p0])[:, None], out=r[:p0, :q0])
+            else:
+                r[:p0, :q0] = np.ldexp(rows, e[:p0, None])
+            if ones_row:
+                r[p0, :] = np.ldexp(1.0, int(e[p0]))
+            if ones_col:
+                r[:, q0] = np.ldexp(np.ones(p), e)
             if not np.max(np.abs(r)) <= 1.0:  # also for nan
                 flag[0] = 1.0
             scale = 2.0 ** beta  # scaling by a power of two: exact, as ldexp(r, beta)

@@ -375,3 +375,29 @@ def test_model_shapes_match_layout():
     assert m.G_W1b1.shape == (4, m.grad_cut.slices * (INPUTS + 1))
     assert m.G_W2b2.shape == (CLASSES, m.grad_cut.slices * 5)
     assert int(m.exchange_buffer.shape[0]) == m.grad_cut.slices * m.size
+
+
+def test_split_scaling_is_ldexp_bit_for_bit(be):
+    """The reference scales by a power of two where it is a normal number (one multiply) and by
+    ldexp elsewhere: the digits are those of the contract's ldexp either way, subnormals too."""
+    rng = np.random.default_rng(8)
+    x = np.asfortranarray(rng.standard_normal((4, 30)) * np.exp2(rng.integers(-1070, -1000,
+                                                                              (4, 30))))
+    cut = Slicing.for_depth(30)
+    for exps in (np.array([-20.0, 0.0, 5.0, 1000.0]), np.array([-1060.0, -1030.0, 0.0, 3.0])):
+        got, _ = split(be, x, exps, 0, cut, ones_col=True)
+        with np.errstate(all="ignore"):  # the ones column is far off a grid of 2^-1060: inf
+            want = _ldexp_digits(x, exps, cut)
+        assert got.tobytes() == want.tobytes()
+
+
+def _ldexp_digits(x, exps, cut):
+    """The contract's digits, written directly with ldexp."""
+    r = np.ldexp(np.concatenate([x, np.ones((4, 1))], axis=1), -exps.astype(np.int64)[:, None])
+    want = np.empty((4, cut.slices * 31))
+    for s in range(cut.slices):
+        r = r * 2.0 ** cut.beta
+        d = np.rint(r)
+        want[:, s * 31:(s + 1) * 31] = d
+        r = r - d
+    return np.asfortranarray(want)
