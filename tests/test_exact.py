@@ -401,3 +401,25 @@ def _ldexp_digits(x, exps, cut):
         want[:, s * 31:(s + 1) * 31] = d
         r = r - d
     return np.asfortranarray(want)
+
+
+def test_exact_cuh_holds_the_output_layers_classes():
+    text = (REPO / "backends" / "exact.cuh").read_text()
+    from backends import op_table
+
+    found = re.search(r"#define EXACT_MAX_CLASSES (\d+)", text)
+    assert found and int(found.group(1)) == op_table.OUTPUT_MAX_CLASSES
+
+
+@pytest.mark.mpi
+def test_resume_at_another_rank_count_is_bit_identical(env, tmp_path):
+    """One epoch on one process, the second on 3 ranks: the hash of two epochs on one process."""
+    whole = cli(SMALL, env)
+    assert whole.returncode == 0, whole.stderr
+    half = cli([*small(epochs=1), "--run-dir", str(tmp_path / "half")], env)
+    assert half.returncode == 0, half.stderr
+    code, out, err, _ = run_mpi(3, ["-m", "core.train", *SMALL, "--resume",
+                                    str(tmp_path / "half")], timeout=180, env=env)
+    assert code == 0, out + err
+    assert sha_of(out) == sha_of(whole.stdout)
+    assert "note:" not in out + err
