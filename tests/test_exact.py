@@ -423,3 +423,15 @@ def test_resume_at_another_rank_count_is_bit_identical(env, tmp_path):
     assert code == 0, out + err
     assert sha_of(out) == sha_of(whole.stdout)
     assert "note:" not in out + err
+
+
+def test_a_backend_without_the_exact_ops_is_named():
+    from core.errors import UserError
+    from core.ops import Backend
+
+    class NoExact(NumpyBackend):
+        name = "noexact"
+        exact_split = Backend.exact_split
+
+    with pytest.raises(UserError, match="noexact.*exact_split"):
+        ExactMLP(NoExact("float64"), 8, 5, init_params(8, 0), 5, 1.0)
