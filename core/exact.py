@@ -20,7 +20,8 @@ over the samples, i.e. over ranks. A per-rank maximum would give each rank anoth
 grids come from bounds that every rank knows (derived from the model, not the data of one rank):
   * diff = (softmax - onehot) / N_b: every |diff| <= 1/N_b < 2^g_b  (g_b = frexp(1/N_b));
   * a1 = sigmoid(...) in [0, 1] and the ones row of the bias: <= 1 < 2^1;
-  * x: the training set's largest pixel (1 for --scale unit, 255 for raw), and the ones row;
+  * x: the scale's bound (1 for --scale unit, 255 for raw: ``input_bound``, whatever the
+    pixels of the subset), and the ones row;
   * dz1 = (W2^T diff) * a1 (1 - a1): |dz1_i| <= (sum_c |W2_ci|) / N_b / 4 <= 10 max_c |W2_ci| 2^g_b
     / 4 < 2^(e_i + g_b + 2), with e_i the exponent of column i of W2 (a parameter, equal on every
     rank). The 10/4 = 2.5 < 4 margin also covers the roundings of the product.
@@ -34,7 +35,8 @@ float64, each |.| <= N_b S 2^2beta <= 2^53 summed over all ranks), so MPI's or N
 tree cannot round; the gradient is rebuilt by exact_combine after the exchange, identically on
 every rank. The exchanged buffer is S times the gradient.
 
-**Element-wise functions are core/exact_math.py's** (exp, log, sigmoid from +, -, *, /, rint, ldexp),
+**Element-wise functions are core/exact_math.py's** (exp, log, sigmoid from +, -, *, /, rint, ldexp;
+the sigmoid backward and the SGD step are exact ops too, each operation rounded on its own),
 with fixed-order sums over the 10 classes; biases are the extra column of [W b] against a ones row,
 so their gradients are part of the exact GEMMs. The loss metric's sum over samples is the only
 order-dependent sum; it does not touch the parameters.
