@@ -88,7 +88,8 @@ def test_reference_runs_on_the_generated_inputs(op, shape, dtype):
         assert (result is None) == (not op.result)
         for name, old in before.items():
             if name not in op.writes:
-                assert np.array_equal(case[name], old, equal_nan=True), f"{op.name} changed its input {name}"
+                assert np.array_equal(case[name], old, equal_nan=True), \
+                    f"{op.name} changed its input {name}"
             elif case[name].size and op.name != "gemm":
                 assert not np.isnan(case[name]).all(), f"{op.name} left {name} unwritten"
 
