@@ -6,7 +6,8 @@
 //   multiply-add (one rounding instead of NumPy's two) unless told not to, and these intrinsics
 //   are never contracted, whatever -fmad says, so this file alone needs no compiler flag;
 // * the operations come in exactly the order of the NumPy code, including Horner's scheme;
-// * only rint, ldexp and frexp beyond + - * /: exact or correctly rounded everywhere.
+// * only rint, ldexp and frexp beyond + - * /: exact or correctly rounded everywhere (ldexp
+//   written out below, from multiplications by powers of two).
 // They are meant for the float64 build (the shape rules refuse other dtypes); the float build
 // compiles them too (with float intrinsics), so kernels.cu stays one source.
 // Included by kernels.cu.
@@ -26,7 +27,36 @@ __device__ __forceinline__ double x_div(double a, double b) { return __ddiv_rn(a
 __device__ __forceinline__ float x_rint(float a) { return rintf(a); }
 __device__ __forceinline__ double x_rint(double a) { return rint(a); }
 __device__ __forceinline__ float x_ldexp(float a, int e) { return ldexpf(a, e); }
-__device__ __forceinline__ double x_ldexp(double a, int e) { return ldexp(a, e); }
+// a 2^e correctly rounded (round to nearest even, subnormals and overflow included), as C's ldexp
+// (glibc's, behind np.ldexp) is: musl's scalbn, whose only inexact step is its last multiply, so
+// that the result does not depend on how the device library implements ldexp.
+__device__ __forceinline__ double x_pow2(int e)  // 2^e for -1022 <= e <= 1023: a normal double
+{
+    return __longlong_as_double((long long)(0x3ff + e) << 52);
+}
+__device__ __forceinline__ double x_ldexp(double a, int e)
+{
+    if (e > 1023) {
+        a = __dmul_rn(a, x_pow2(1023));
+        e -= 1023;
+        if (e > 1023) {
+            a = __dmul_rn(a, x_pow2(1023));
+            e -= 1023;
+            if (e > 1023) e = 1023;
+        }
+    } else if (e < -1022) {
+        // 2^-1022 * 2^53: exact steps that keep a normal, the final one at e < -53 (no double
+        // rounding in the subnormal range)
+        a = __dmul_rn(a, x_pow2(-1022 + 53));
+        e += 1022 - 53;
+        if (e < -1022) {
+            a = __dmul_rn(a, x_pow2(-1022 + 53));
+            e += 1022 - 53;
+            if (e < -1022) e = -1022;
+        }
+    }
+    return __dmul_rn(a, x_pow2(e));
+}
 __device__ __forceinline__ float x_frexp(float a, int* e) { return frexpf(a, e); }
 __device__ __forceinline__ double x_frexp(double a, int* e) { return frexp(a, e); }
 __device__ __forceinline__ real x_inf() { return real(__longlong_as_double(0x7ff0000000000000LL)); }

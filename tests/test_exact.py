@@ -435,3 +435,33 @@ def test_a_backend_without_the_exact_ops_is_named():
 
     with pytest.raises(UserError, match="noexact.*exact_split"):
         ExactMLP(NoExact("float64"), 8, 5, init_params(8, 0), 5, 1.0)
+
+
+def _scalbn(a: float, e: int) -> float:
+    """exact.cuh's x_ldexp (musl's scalbn), operation for operation, in Python's IEEE doubles."""
+    def pow2(n):
+        return float(np.frombuffer(np.int64((0x3FF + n) << 52).tobytes(), np.float64)[0])
+
+    if e > 1023:
+        a, e = a * pow2(1023), e - 1023
+        if e > 1023:
+            a, e = a * pow2(1023), min(e - 1023, 1023)
+    elif e < -1022:
+        a, e = a * pow2(-1022 + 53), e + 1022 - 53
+        if e < -1022:
+            a, e = a * pow2(-1022 + 53), max(e + 1022 - 53, -1022)
+    return a * pow2(e)
+
+
+def test_the_cuda_ldexp_is_numpys():
+    """x_ldexp of exact.cuh (written out so as not to depend on the device library) gives
+    np.ldexp's bits: normal, subnormal, overflowing and underflowing results, ties included."""
+    rng = np.random.default_rng(9)
+    a = np.concatenate([rng.standard_normal(4000) * np.exp2(rng.integers(-60, 60, 4000)),
+                        rng.integers(1, 2**53, 1000) * 1.0, [1.5, -1.5, 3.0, 2.0**53 - 1, 0.0]])
+    e = np.concatenate([rng.integers(-1200, 1100, a.size - 5), [-1075, -1075, -1074, -1100, 5]])
+    with np.errstate(all="ignore"):
+        want = np.ldexp(a, e)
+        got = np.array([_scalbn(float(x), int(k)) for x, k in zip(a, e)])
+    assert got.tobytes() == want.tobytes()
+    assert (want[(e < -1030)] != 0).any() and np.isinf(want).any()  # the ranges were reached
