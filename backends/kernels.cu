@@ -29,3 +29,4 @@
 #include "gemm_tc64.cuh"
 #include "elementwise.cuh"
 #include "reductions.cuh"
+#include "exact.cuh"

@@ -219,6 +219,65 @@ def output_layer_sizes(w2, b2, a1, labels, diff) -> tuple[int, int, int, int] | 
     return classes, hidden, n, min(math.ceil(n / cols), OUTPUT_MAX_BLOCKS)
 
 
+# --exact (core/exact.py, kernels in exact.cuh): float64 in the model; the rules do not look at
+# the dtype (the kernels build for float too, without the NumPy reference's bits)
+def _matrix(name, x):
+    if len(x.shape) != 2:
+        raise ValueError(f"{name}: expected a matrix, got shape {tuple(x.shape)}")
+    return x.shape
+
+
+def exact_row_exponents_sizes(x, trans, out) -> tuple[int, int] | None:
+    """(p, q) of L = op(x), one exponent per row of L."""
+    rows, cols = _matrix("exact_row_exponents", x)
+    p, q = (cols, rows) if trans else (rows, cols)
+    if tuple(out.shape) != (p,):
+        raise ValueError(f"exact_row_exponents: {p} x {q} rows into out {tuple(out.shape)}")
+    check_index_range(p * q)
+    return (p, q) if p else None
+
+
+def exact_split_sizes(x, trans, ones_row, ones_col, exps, slices, out) -> \
+        tuple[int, int, int] | None:
+    """(p0, q0, n) of L = op(x) (p0 x q0) with its ones row / column: n = p q elements."""
+    rows, cols = _matrix("exact_split", x)
+    p0, q0 = (cols, rows) if trans else (rows, cols)
+    p, q = p0 + bool(ones_row), q0 + bool(ones_col)
+    if tuple(exps.shape) != (p,) or tuple(out.shape) != (p, int(slices) * q):
+        raise ValueError(f"exact_split: L {p} x {q}, exps {tuple(exps.shape)}, "
+                         f"{slices} slices into out {tuple(out.shape)} do not fit")
+    check_index_range(p * q * max(int(slices), 1))
+    return (p0, q0, p * q) if p * q and int(slices) > 0 else None
+
+
+def exact_combine_sizes(groups, row_exps, col_exps, out) -> tuple[int, int, int, int] | None:
+    """(m, n, groups, elements) of the combine into out (m x n)."""
+    m, n = _matrix("exact_combine", out)
+    if (len(groups.shape) != 2 or groups.shape[0] != m or not n or groups.shape[1] % n
+            or tuple(row_exps.shape) != (m,) or tuple(col_exps.shape) != (n,)):
+        if m * n == 0:
+            return None
+        raise ValueError(f"exact_combine: groups {tuple(groups.shape)}, row_exps "
+                         f"{tuple(row_exps.shape)}, col_exps {tuple(col_exps.shape)} for out "
+                         f"{tuple(out.shape)}")
+    count = groups.shape[1] // n
+    check_index_range(m * groups.shape[1])
+    return (m, n, count, m * n) if m * n and count else None
+
+
+def exact_output_layer_sizes(z, labels, diff) -> tuple[int, int] | None:
+    """(classes, n) of the output layer from the logits."""
+    classes, n = _matrix("exact_output_layer", z)
+    if not 1 <= classes <= OUTPUT_MAX_CLASSES:
+        raise ValueError(f"exact_output_layer: {classes} classes; the kernel holds 1 to "
+                         f"{OUTPUT_MAX_CLASSES}")
+    if tuple(labels.shape) != (n,) or tuple(diff.shape) != (classes, n):
+        raise ValueError(f"exact_output_layer: z {tuple(z.shape)}, labels {tuple(labels.shape)}, "
+                         f"diff {tuple(diff.shape)} do not fit")
+    check_index_range(classes * n)
+    return (classes, n) if n else None
+
+
 def sum_squares_sizes(x) -> tuple[int, int] | None:
     """(elements, blocks of the partial sums)."""
     n = x.size
@@ -418,6 +477,92 @@ def _output_layer_cases(rng, rows, cols, dtype):
     ]
 
 
+#: values that exact_math must get right too (the parity of the special cases)
+_SPECIALS = (0.0, -0.0, np.inf, -np.inf, np.nan, 1e300, -1e300, 745.5, -745.5, 709.9, -709.9,
+             5e-324, -1e-310, 36.7, -36.7, 1.0)
+
+
+def _with_specials(x):
+    if x.size:
+        flat = x.reshape(-1, order="F")
+        k = min(flat.size, len(_SPECIALS))
+        with np.errstate(over="ignore"):  # 1e300 is inf in float32
+            flat[:k] = np.array(_SPECIALS[:k], dtype=x.dtype)
+    return x
+
+
+def _exact_row_exponents_cases(rng, rows, cols, dtype):
+    x = _normal(rng, (rows, cols), dtype) * np.exp2(rng.integers(-20, 20, (rows, 1))).astype(dtype)
+    x = np.asfortranarray(x)
+    if rows > 2 and cols:
+        x[1, :] = 0.0          # a zero row
+        x[2, 0] = np.inf       # a row holding inf
+    return [{"x": x, "trans": False, "out": _nan((rows,), dtype)},
+            {"x": x, "trans": True, "out": _nan((cols,), dtype)}]
+
+
+def _exact_split_cases(rng, rows, cols, dtype):
+    """Rows on their own grid (exact_row_exponents of x), the ones row / column, reversed slices,
+    a transposed operand, and one case with values off the grid (the flag)."""
+    x = np.asfortranarray(_normal(rng, (rows, cols), dtype)
+                          * np.exp2(rng.integers(-20, 20, (rows, 1))).astype(dtype))
+    big = np.abs(x).max(axis=1) if cols else np.zeros(rows)
+    exps = np.frexp(big)[1].astype(dtype)
+    cases = []
+    for ones_row, ones_col, reverse, slices, beta in ((False, False, False, 3, 20),
+                                                       (True, True, True, 4, 13),
+                                                       (False, True, False, 2, 26)):
+        p, q = rows + ones_row, cols + ones_col
+        e = np.concatenate([exps, [1.0]]).astype(dtype) if ones_row else exps
+        cases.append({"x": x, "trans": False, "ones_row": ones_row, "ones_col": ones_col,
+                      "exps": e, "exp_shift": 0, "beta": beta, "slices": slices,
+                      "reverse": reverse, "out": _nan((p, slices * q), dtype),
+                      "flag": np.zeros(1, dtype)})
+    xt = np.asfortranarray(x.T)
+    cases.append({"x": xt, "trans": True, "ones_row": False, "ones_col": True, "exps": exps,
+                  "exp_shift": 1, "beta": 20, "slices": 3, "reverse": True,
+                  "out": _nan((rows, 3 * (cols + 1)), dtype), "flag": np.zeros(1, dtype)})
+    off = _with_specials(x.copy(order="F"))  # inf, nan, 1e300 off the grid: the flag
+    cases.append({"x": off, "trans": False, "ones_row": False, "ones_col": False, "exps": exps,
+                  "exp_shift": -2, "beta": 20, "slices": 3, "reverse": False,
+                  "out": _nan((rows, 3 * cols), dtype), "flag": np.zeros(1, dtype)})
+    return cases
+
+
+def _exact_combine_cases(rng, rows, cols, dtype):
+    m, n = rows, cols
+    cases = []
+    for count, beta in ((3, 20), (4, 13), (1, 24)):
+        groups = rng.integers(-2**52, 2**52, (m, count * n)).astype(dtype)
+        cases.append({"groups": np.asfortranarray(groups),
+                      "row_exps": rng.integers(-30, 30, m).astype(dtype), "row_shift": -3,
+                      "col_exps": rng.integers(-30, 30, n).astype(dtype), "col_shift": 2,
+                      "beta": beta, "out": _nan((m, n), dtype)})
+    tiny = np.asfortranarray(rng.integers(-2**20, 2**20, (m, 2 * n)).astype(dtype))
+    cases.append({"groups": tiny, "row_exps": np.full(m, -1000.0, dtype), "row_shift": 0,
+                  "col_exps": np.full(n, -40.0, dtype), "col_shift": 0, "beta": 20,
+                  "out": _nan((m, n), dtype)})  # results in the subnormals
+    return cases
+
+
+def _exact_sigmoid_cases(rng, rows, cols, dtype):
+    return [{"x": _with_specials(_normal(rng, (rows, cols), dtype, 8.0)),
+             "out": _nan((rows, cols), dtype)}]
+
+
+def _exact_output_layer_cases(rng, rows, cols, dtype):
+    """rows x cols logits (rows <= 10 classes): O(1), large (hundreds apart) and tied."""
+    classes = min(max(rows, 1), OUTPUT_MAX_CLASSES)
+    n = cols
+    labels = (np.arange(n) % classes).astype(np.int32)
+    ties = np.asfortranarray(np.round(_normal(rng, (classes, n), dtype, 2.0)))
+    return [{"z": _normal(rng, (classes, n), dtype, s), "labels": labels, "scale": 1.0 / 3.0,
+             "diff": _nan((classes, n), dtype), "nll_acc": np.array([1.5], dtype)}
+            for s in (1.0, 300.0)] + [
+            {"z": ties, "labels": labels, "scale": 0.125, "diff": _nan((classes, n), dtype),
+             "nll_acc": np.array([-2.0], dtype)}]
+
+
 def _count_correct_cases(rng, rows, cols, dtype):
     return [{"scores": _normal(rng, (rows, cols), dtype), "labels": _labels(rng, rows, cols),
              "acc": np.array([2.0], dtype)}]
@@ -577,6 +722,40 @@ OPS: tuple[Op, ...] = (
                "W:output_partials, C:output_ticket, i:classes, i:hidden, i:n, r:scale",
                output_layer_launch, "blocks"),),
        "reduction", _output_layer_cases, writes=("diff", "nll_acc")),
+    # --exact (core/exact.py; backends/exact.cuh): each must give the NumPy reference's bits
+    # (tests/test_exact_gpu.py checks them bit for bit, special values included)
+    Op("exact_row_exponents", "x, trans, out", exact_row_exponents_sizes, "", "p, q",
+       (Launch("exact_row_exponents", "M:x, R:out, i:p, i:q, i:ld_x, i:int(trans)",
+               elementwise_launch, "p"),),
+       "exact", _exact_row_exponents_cases, writes=("out",)),
+    Op("exact_split", "x, trans, ones_row, ones_col, exps, exp_shift, beta, slices, reverse, out, "
+       "flag", exact_split_sizes, "x, trans, ones_row, ones_col, exps, slices, out", "p0, q0, n",
+       (Launch("exact_split", "M:x, R:exps, R:out, R:flag, i:p0, i:q0, i:ld_x, i:int(trans), "
+               "i:int(ones_row), i:int(ones_col), i:int(exp_shift), i:int(beta), i:int(slices), "
+               "i:int(reverse)", elementwise_launch, "n"),),
+       "exact", _exact_split_cases, writes=("out", "flag")),
+    Op("exact_combine", "groups, row_exps, row_shift, col_exps, col_shift, beta, out",
+       exact_combine_sizes, "groups, row_exps, col_exps, out", "m, n, count, total",
+       (Launch("exact_combine", "R:groups, R:row_exps, R:col_exps, R:out, i:m, i:n, i:count, "
+               "i:int(row_shift), i:int(col_shift), i:int(beta)", elementwise_launch, "total"),),
+       "exact", _exact_combine_cases, writes=("out",)),
+    _elementwise("exact_sigmoid", "x, out", "R:x, R:out, i:n", tolerance="exact",
+                 cases=_exact_sigmoid_cases, writes=("out",), aliases=(("out", "x"),)),
+    _elementwise("exact_sigmoid_backward", "grad, a, out", "R:grad, R:a, R:out, i:n",
+                 tolerance="exact", cases=_sigmoid_backward_cases, writes=("out",),
+                 aliases=(("out", "grad"),)),
+    # diff is exact; the loss sum over the columns is the one order-dependent sum (a reduction)
+    Op("exact_output_layer", "z, labels, scale, diff, nll_acc", exact_output_layer_sizes,
+       "z, labels, diff", "classes, n",
+       (Launch("exact_output_layer", "R:z, L:labels, R:diff, R:nll_acc, i:classes, i:n, r:scale",
+               one_block_launch),),
+       "reduction", _exact_output_layer_cases, writes=("diff", "nll_acc"),
+       aliases=(("diff", "z"),)),
+    Op("exact_sgd_step", "params, grads, lr, reg=0.0, reg_ranges=()", sgd_sizes,
+       "params, grads, reg, reg_ranges", "n, lo0, hi0, lo1, hi1",
+       (Launch("exact_sgd_step", "R:params, R:grads, i:n, i:lo0, i:hi0, i:lo1, i:hi1, r:reg, "
+               "r:-lr", elementwise_launch, "n"),),
+       "exact", _sgd_cases, writes=("params", "grads")),
     Op("count_correct", "scores, labels, acc", label_sizes, "scores, labels", "rows, cols",
        (Launch("count_correct", "M:scores, L:labels, R:acc, i:rows, i:cols, i:ld_scores",
                one_block_launch),),

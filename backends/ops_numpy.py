@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core import exact_math
 from core.hookspecs import hookimpl
 from core.ops import Backend
 
@@ -127,6 +128,86 @@ class NumpyBackend(Backend):
     def count_correct(self, scores, labels, acc):
         if labels.size:
             acc[0] += np.count_nonzero(scores.argmax(axis=0) == labels)
+
+    # ----------------------------------------------------------------- exact ops (EXACT_OPS)
+    def exact_row_exponents(self, x, trans, out):
+        rows = x.T if trans else x
+        if rows.shape[1] == 0:  # rows of no elements: the grid of zeros
+            out[...] = 0.0
+            return
+        big = np.abs(rows).max(axis=1)
+        with np.errstate(invalid="ignore"):
+            out[...] = np.frexp(np.where(np.isfinite(big), big, 0.0))[1]
+
+    def exact_split(self, x, trans, ones_row, ones_col, exps, exp_shift, beta, slices, reverse,
+                    out, flag):
+        rows = x.T if trans else x
+        p0, q0 = rows.shape
+        p, q = p0 + bool(ones_row), q0 + bool(ones_col)
+        if p == 0 or q == 0:
+            return
+        e = -(exps.astype(np.int64) + int(exp_shift))
+        r = np.empty((p, q), order="F")
+        with np.errstate(invalid="ignore", over="ignore"):
+            if e.min() >= -1022 and e.max() <= 1022:
+                # times 2^-e_i, a normal power of two: the bits of ldexp (both exact, or both
+                # correctly rounded into the subnormals), in one pass
+                np.multiply(rows, np.ldexp(1.0, e[:p0])[:, None], out=r[:p0, :q0])
+            else:
+                r[:p0, :q0] = np.ldexp(rows, e[:p0, None])
+            if ones_row:
+                r[p0, :] = np.ldexp(1.0, int(e[p0]))
+            if ones_col:
+                r[:, q0] = np.ldexp(np.ones(p), e)
+            if not np.max(np.abs(r)) <= 1.0:  # also for nan
+                flag[0] = 1.0
+            scale = 2.0 ** beta  # scaling by a power of two: exact, as ldexp(r, beta)
+            for s in range(slices):
+                b = slices - 1 - s if reverse else s
+                digit = out[:, b * q:(b + 1) * q]
+                np.multiply(r, scale, out=r)
+                np.rint(r, out=digit)
+                np.subtract(r, digit, out=r)
+
+    def exact_combine(self, groups, row_exps, row_shift, col_exps, col_shift, beta, out):
+        m, n = out.shape
+        if out.size == 0:
+            return
+        count = groups.shape[1] // n
+        acc = groups[:, (count - 1) * n:count * n].copy()
+        down = 2.0 ** -beta  # exact: acc is far above the subnormals
+        for g in range(count - 2, -1, -1):
+            np.multiply(acc, down, out=acc)
+            np.add(groups[:, g * n:(g + 1) * n], acc, out=acc)
+        e = ((row_exps.astype(np.int32) + np.int32(row_shift - 2 * beta))[:, None]
+             + (col_exps.astype(np.int32) + np.int32(col_shift))[None, :])
+        np.ldexp(acc, e, out=out)
+
+    def exact_sigmoid(self, x, out):
+        out[...] = exact_math.sigmoid(x)
+
+    def exact_sigmoid_backward(self, grad, a, out):
+        out[...] = (grad * a) * (1.0 - a)
+
+    def exact_output_layer(self, z, labels, scale, diff, nll_acc):
+        classes, n = z.shape
+        if n == 0:
+            return
+        cols = np.arange(n)
+        m = z[0].copy()
+        for c in range(1, classes):
+            m = np.where(z[c] > m, z[c], m)
+        e = [exact_math.exp(z[c] - m) for c in range(classes)]
+        s = e[0]
+        for c in range(1, classes):
+            s = s + e[c]
+        loss = (exact_math.log(s) + m) - z[labels, cols]
+        for c in range(classes):
+            diff[c] = scale * (e[c] / s - (labels == c))
+        nll_acc[0] += loss.sum()
+
+    def exact_sgd_step(self, params, grads, lr, reg=0.0, reg_ranges=()):
+        self.sgd_step(params, grads, lr, reg, reg_ranges)  # NumPy never fuses a multiply-add
 
     def sum_squares(self, x):
         return float(np.sum(x * x))

@@ -48,6 +48,9 @@ def _args(argv):
     p.add_argument("--gemm", default="simt",
                    help="comma-separated --gemm settings to time, each a row (simt; tf32x3: GPU "
                         "backends, float32)")
+    p.add_argument("--modes", default=None,
+                   help="comma-separated training modes to time, each a row: float32, float64, "
+                        "exact (--exact: float64, every product exact); default: --dtype's")
     p.add_argument("--gemm-split", type=int, default=None,
                    help="GPU backends: force S blocks per GEMM tile over K where a split kernel "
                         "exists (1: never split; default: the planner's pick)")
@@ -98,8 +101,11 @@ def _max_over_ranks(comm, values):
     return np.max(np.array(gathered), axis=0)
 
 
-def _backend(backend_cls, args, device, gemm="simt"):
-    backend = backend_cls(args.dtype, device)
+MODES = ("float32", "float64", "exact")
+
+
+def _backend(backend_cls, dtype, device, gemm="simt"):
+    backend = backend_cls(dtype, device)
     apply_gemm_mode(backend, gemm)
     return backend
 
@@ -109,16 +115,22 @@ def _label(name, gemm):
 
 
 def bench_training(backend_cls, comm, args, x, y, hidden, batch, graphs="auto",
-                   gemm="simt") -> dict:
-    backend = _backend(backend_cls, args, device_for(backend_cls, comm.local_rank), gemm)
+                   gemm="simt", mode=None) -> dict:
+    """One row: the median epoch of the training loop; ``mode`` float32, float64 or exact
+    (--exact, float64), by default --dtype's; ``gemm`` the --gemm setting."""
+    mode = mode or args.dtype
+    exact = mode == "exact"
+    dtype = "float64" if exact else mode
+    backend = _backend(backend_cls, dtype, device_for(backend_cls, comm.local_rank), gemm)
     comm.bind_backend(backend)
     config = TrainConfig(hidden=hidden, batch_size=batch, lr=0.1, reg=1e-4, epochs=1,
-                         dtype=args.dtype)
-    trainer = DataParallelTrainer(backend, comm, config, x, y, params=init_params(hidden, 0),
-                                  cuda_graphs=graphs)
+                         dtype=dtype)
+    trainer = DataParallelTrainer(backend, comm, config, x.astype(dtype, order="F", copy=False),
+                                  y, params=init_params(hidden, 0), cuda_graphs=graphs,
+                                  exact=exact)
     total = statistics.median(time_epochs(trainer, args.epochs))
     row = {"backend": _label(backend_cls.name, gemm) + (" +graph" if trainer.use_graphs else ""),
-           "gemm": gemm, "comm": comm.name, "ranks": comm.size, "H": hidden,
+           "gemm": gemm, "mode": mode, "comm": comm.name, "ranks": comm.size, "H": hidden,
            "B": batch, "epoch_ms": 1e3 * total, "samples_per_s": x.shape[1] / total,
            "exchange": trainer.exchange.mode, "cuda_graphs": trainer.use_graphs}
     if comm.size > 1:
@@ -148,7 +160,7 @@ def step_kernel_times(backend_cls, comm, args, x, y, hidden, batch, repeats=20,
         import cupy
     except ImportError:
         return []
-    backend = _backend(backend_cls, args, device_for(backend_cls, 0), gemm)
+    backend = _backend(backend_cls, args.dtype, device_for(backend_cls, 0), gemm)
     if backend.host_resident:
         return []
     rt = cupy.cuda.runtime
@@ -357,7 +369,12 @@ def main(argv=None) -> int:
         for entry in entries:
             if hasattr(entry.cls, "gemm_split"):  # the CUDA backends (CudaBackend.gemm_split)
                 entry.cls.gemm_split = args.gemm_split
-    dtype = np.dtype(args.dtype).type
+    modes = args.modes.split(",") if args.modes else [args.dtype]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise UserError(f"--modes: {', '.join(bad)} is none of {', '.join(MODES)}")
+    # the data in float64 when a row needs it (float32 rows take a rounded copy)
+    dtype = np.float64 if set(modes) & {"float64", "exact"} else np.dtype(args.dtype).type
     x, y, source = _data(args, dtype)
     hiddens = [int(h) for h in args.hidden.split(",")]
     batches = [int(b) for b in args.batch.split(",")]
@@ -373,10 +390,14 @@ def main(argv=None) -> int:
     for hidden in hiddens:
         for batch in batches:
             for entry, gemm in runs:
-                for graphs in graph_settings:
-                    row = bench_training(entry.cls, comm, args, x, y, hidden, batch, graphs, gemm)
-                    training.append(row)
-                    say(_fmt_training(row), flush=True)
+                for mode in modes:
+                    if gemm != "simt" and mode != "float32":
+                        continue  # TF32x3 is a float32 GEMM
+                    for graphs in graph_settings:
+                        row = bench_training(entry.cls, comm, args, x, y, hidden, batch, graphs,
+                                             gemm, mode)
+                        training.append(row)
+                        say(_fmt_training(row), flush=True)
             if comm.size == 1 and not args.no_reference:
                 for row in reference_rows(args, x, y, hidden, batch):
                     training.append(row)
@@ -396,7 +417,7 @@ def main(argv=None) -> int:
                 say(f"{name:15s} H={hidden:5d} B={batch:5d}  total {sum(r['us'] for r in group):7.1f}"
                     "  " + ", ".join(f"{r['op']} {r['us']:.1f}" for r in group))
         for entry, gemm in runs:
-            backend = _backend(entry.cls, args, device_for(entry.cls, 0), gemm)
+            backend = _backend(entry.cls, args.dtype, device_for(entry.cls, 0), gemm)
             for hidden in hiddens:
                 gemms += bench_gemm(backend, model_gemm_shapes(hidden, batches[0]))
         if not args.no_reference:
@@ -441,7 +462,7 @@ def _fmt_training(r) -> str:
     if "comm_share" in r:
         extra = (f"  compute {r['compute_ms']:8.1f} ms  comm {100 * r['comm_share']:5.1f}%"
                  f"  ({r['step_comm_us']:.0f} us/step)")
-    return (f"{r['backend']:22s} {r['comm']:6s} P={r['ranks']}  H={r['H']:5d} B={r['B']:5d}  "
+    return (f"{r['backend']:22s} {r.get('mode', ''):8s} {r['comm']:6s} P={r['ranks']}  H={r['H']:5d} B={r['B']:5d}  "
             f"epoch {r['epoch_ms']:8.1f} ms  {r['samples_per_s']:10.0f} samples/s{extra}")
 
 

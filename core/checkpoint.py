@@ -57,6 +57,7 @@ MUST_MATCH = {
     "scale": "--scale",
     "train_size": "--train-size",
     "val_size": "--val-size",
+    "exact": "--exact",
 }
 #: Keys that may differ; a difference is reported as a note (results then differ by rounding).
 MAY_DIFFER = {"ranks": "ranks", "backend": "--backend", "comm": "--comm", "seed": "--seed",
@@ -359,7 +360,10 @@ def validate_checkpoint(ckpt: Checkpoint, current: dict[str, Any], *,
         raise CheckpointError(f"{where}: already trained {ckpt.epoch} epoch(s); pass --epochs "
                               f"greater than {ckpt.epoch} to train further")
     notes = []
+    exact = bool(current.get("exact")) and bool(saved.get("exact"))
     for key, flag in MAY_DIFFER.items():
+        if exact and key != "seed":
+            continue  # --exact: ranks, backend and communicator do not change a bit
         if key in current and key in saved and not _same(saved[key], current[key]):
             notes.append(f"note: {where} was trained with {flag} {_show(saved[key])}, this run "
                          f"has {_show(current[key])}; the result differs from an uninterrupted "

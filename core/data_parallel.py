@@ -17,6 +17,7 @@ import numpy as np
 
 from core.communicator import Communicator
 from core.errors import UserError
+from core.exact import ExactMLP, ExactRangeError, input_bound, params_sha256
 from core.model import MLP, init_params
 from core.ops import Backend
 
@@ -136,7 +137,8 @@ class DataParallelTrainer:
     def __init__(self, backend: Backend, comm: Communicator, config: TrainConfig,
                  train_x: np.ndarray, train_y: np.ndarray,
                  val_x: np.ndarray | None = None, val_y: np.ndarray | None = None,
-                 params: dict[str, np.ndarray] | None = None, cuda_graphs: str = "off"):
+                 params: dict[str, np.ndarray] | None = None, cuda_graphs: str = "off",
+                 exact: bool = False):
         self.backend, self.comm, self.config = backend, comm, config
         self.n_train = int(train_x.shape[1])
         # The data set goes to the device once; each step only takes column views of it.
@@ -147,9 +149,15 @@ class DataParallelTrainer:
             self.val = (backend.from_host(val_x), backend.from_host(np.asarray(val_y, np.int32)))
         params = params if params is not None else init_params(config.hidden, config.seed)
         max_cols = math.ceil(min(config.batch_size, max(self.n_train, 1)) / comm.size)
-        self.model = MLP(backend, config.hidden, max_cols, params)
-        self.exchange = GradientExchange(backend, comm, self.model.flat_grads,
-                                         self.model.output_layer_offset)
+        self.exact = exact
+        if exact:  # every product exact: the same bits on every backend and rank count
+            x_bound = input_bound(train_x, val_x)
+            self.model = ExactMLP(backend, config.hidden, max_cols, params, config.batch_size,
+                                  x_bound)
+        else:
+            self.model = MLP(backend, config.hidden, max_cols, params)
+        self.exchange = GradientExchange(backend, comm, self.model.exchange_buffer,
+                                         self.model.exchange_split)
         self.steps_done = 0
         self._nll = backend.zeros((1,))
         self._correct = backend.zeros((1,))
@@ -260,6 +268,7 @@ class DataParallelTrainer:
             began = time.perf_counter()
             first = first_step if epoch == start_epoch else 0
             done = self._run_steps(epoch, first, on_step, observe)
+            self.check_exact_range(epoch)
             if done < self.steps_per_epoch:
                 self.stopped_at = (epoch, done)
                 break
@@ -312,6 +321,21 @@ class DataParallelTrainer:
         """Restore the loss sum of a partial epoch (a resume): on rank 0, 0 on the others."""
         self.backend.copy_from_host(
             np.array([value if self.comm.rank == 0 else 0.0], dtype=self.backend.dtype), self._nll)
+
+    def check_exact_range(self, epoch: int) -> None:
+        """--exact: raise ExactRangeError (exit 3) on every rank once any rank's exact split met
+        a value outside its grid (collective; a no-op without --exact)."""
+        if not self.exact:
+            return
+        flags = self.comm.allreduce_host(np.array([float(self.model.out_of_range())]))
+        if flags[0]:
+            raise ExactRangeError(
+                f"--exact: a value left its exact grid by the end of epoch {epoch} (inf or nan, or "
+                f"a bound of core/exact.py broken): the products would no longer be exact")
+
+    def params_sha256(self) -> str:
+        """SHA-256 of the parameters (float64, flat-buffer order): --exact's proof of identity."""
+        return params_sha256(self.backend.to_host(self.model.flat_params).astype(np.float64))
 
     def params_finite(self) -> bool:
         """False once any parameter is inf or nan (training diverged)."""

@@ -215,6 +215,17 @@ class MLP:
         """Where dW2, db2 start in the flat buffer (W1, b1 come first)."""
         return self.layout.output_layer_offset
 
+    @property
+    def exchange_buffer(self):
+        """What the ranks sum after the backward passes: the flat gradient (core/exact.py's model
+        exchanges something else)."""
+        return self.flat_grads
+
+    @property
+    def exchange_split(self) -> int:
+        """Where the output layer's part of ``exchange_buffer`` starts (it is exchanged first)."""
+        return self.output_layer_offset
+
     def add_regularisation(self, reg: float) -> None:
         """dW += reg W on the gradient alone (the gradient checks; training uses ``update``)."""
         if reg:

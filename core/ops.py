@@ -38,6 +38,13 @@ SUPPORTED_DTYPES = ("float32", "float64")
 FUSED_OPS = ("sgd_step", "gemm_bias_sigmoid", "gemm_sigmoid_backward", "gemm_with_bias_grad",
              "output_layer")
 
+#: The ops of ``--exact`` mode (core/exact.py): float64 only, and every one of them must give the
+#: NumPy reference's bits exactly (no tolerance), so that training is bit-identical on every
+#: backend. Optional: the base class raises NotImplementedError, and ``--exact`` names the backend
+#: that lacks them. Their element-wise math is core/exact_math.py's, operation for operation.
+EXACT_OPS = ("exact_row_exponents", "exact_split", "exact_combine", "exact_sigmoid",
+             "exact_sigmoid_backward", "exact_output_layer", "exact_sgd_step")
+
 
 class Backend(abc.ABC):
     """Abstract compute backend. Subclasses implement every abstract method below."""
@@ -285,6 +292,62 @@ class Backend(abc.ABC):
         self.softmax(diff, diff, axis=0)                       # yhat
         self.nll_sum(diff, labels, nll_acc)                    # -log(yhat): not stable
         self.softmax_xent_backward(diff, labels, scale, diff)  # scale (yhat - y)
+
+    # ----------------------------------------------------------------- exact ops (EXACT_OPS)
+    # Exponents are integer values held in arrays of the backend dtype (float64).
+    def exact_row_exponents(self, x: Array, trans: bool, out: Array) -> None:
+        """out_i = e with max_k |L_ik| < 2^e (frexp's exponent of the row's largest magnitude;
+        0 for a row of zeros, of no elements or holding inf/nan), L = x^T if trans else x (p x q)."""
+        raise NotImplementedError(f"backend {self.name!r} has no exact ops")
+
+    def exact_split(self, x: Array, trans: bool, ones_row: bool, ones_col: bool, exps: Array,
+                    exp_shift: int, beta: int, slices: int, reverse: bool, out: Array,
+                    flag: Array) -> None:
+        """Cut each row of L into ``slices`` integer digits on a power-of-two grid (Ozaki's split).
+
+        L is x^T if trans else x, with a row of ones appended below it if ones_row and a column of
+        ones appended to its right if ones_col: p x q. Row i has the grid exponent
+        e_i = exps[i] + exp_shift, and every |L_ik| must be <= 2^e_i. Then, with r = L_ik 2^-e_i,
+        for s = 0 .. slices-1:  t = r 2^beta,  d_s = rint(t),  r = t - d_s   (all exact), so
+        L_ik = 2^e_i (d_0 2^-beta + d_1 2^-2beta + ...) + a remainder below 2^(e_i - slices beta)
+        and |d_s| <= 2^beta. d_s is written to out[i, b q + k] (out: p x slices q) with
+        b = slices - 1 - s if reverse else s. An element with |L_ik| 2^-e_i > 1, inf or nan sets
+        flag[0] = 1 (the exactness of the products would be lost; the caller fails loudly)."""
+        raise NotImplementedError(f"backend {self.name!r} has no exact ops")
+
+    def exact_combine(self, groups: Array, row_exps: Array, row_shift: int, col_exps: Array,
+                      col_shift: int, beta: int, out: Array) -> None:
+        """out (m x n) from G = groups (m x S n, G_g = columns [g n, (g+1) n)): G_g holds the
+        integer-valued sums of the digit products d_s d_t with s + t = g (digits of exact_split,
+        whose product has the weight 2^-(g+2)beta):
+            acc = G_(S-1);  acc = G_g + acc 2^-beta  for g = S-2 .. 0;
+            out_ij = acc 2^(row_exps[i] + row_shift + col_exps[j] + col_shift - 2 beta)
+        (each step rounds once, always in this order). out may not alias groups."""
+        raise NotImplementedError(f"backend {self.name!r} has no exact ops")
+
+    def exact_sigmoid(self, x: Array, out: Array) -> None:
+        """out = 1 / (1 + exact_math.exp(-x)), element-wise. out may alias x."""
+        raise NotImplementedError(f"backend {self.name!r} has no exact ops")
+
+    def exact_sigmoid_backward(self, grad: Array, a: Array, out: Array) -> None:
+        """out = (grad a)(1 - a), element-wise, each product and difference rounded on its own.
+        out may alias grad."""
+        raise NotImplementedError(f"backend {self.name!r} has no exact ops")
+
+    def exact_output_layer(self, z: Array, labels: Array, scale: float, diff: Array,
+                           nll_acc: Array) -> None:
+        """The output layer of ``output_layer`` from the logits z (C x n, bias included), with
+        exact_math's exp and log and fixed orders: for each column, m = the first maximum,
+        e_c = exp(z_c - m), s = (((e_0 + e_1) + e_2) + ...), diff_c = scale (e_c / s - y_c),
+        and nll_acc[0] += sum_j ((log(s) + m) - z_label) (only this sum's order is the backend's).
+        diff may alias z. Zero columns: nothing happens."""
+        raise NotImplementedError(f"backend {self.name!r} has no exact ops")
+
+    def exact_sgd_step(self, params: Array, grads: Array, lr: float, reg: float = 0.0,
+                       reg_ranges: Sequence[tuple[int, int]] = ()) -> None:
+        """``sgd_step`` with every product and sum rounded on its own (never fused into one
+        multiply-add), i.e. NumPy's bits: g = g + (reg p) on the ranges, then p = p + ((-lr) g)."""
+        raise NotImplementedError(f"backend {self.name!r} has no exact ops")
 
     @abc.abstractmethod
     def sum_squares(self, x: Array) -> float:

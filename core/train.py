@@ -30,6 +30,7 @@ from core.rundir import RunDir
 from core.threads import count_local_ranks, limit_blas_threads
 from core.data_parallel import (CUDA_GRAPH_CHOICES, DataParallelTrainer, TrainConfig,
                                 scale_images)
+from core.exact import ExactRangeError, Slicing
 from core.model import INPUTS, ParamLayout
 
 
@@ -89,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="global minibatch size, split over ranks (100)")
     model.add_argument("--seed", type=_non_negative_int, default=0,
                        help="seed of the initial weights (0)")
-    model.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    model.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                       help="float32 (default) or float64 (the default with --exact)")
+    model.add_argument("--exact", action="store_true",
+                       help="bit-identical training on every backend and rank count: float64 with "
+                            "exact products (Ozaki splitting; several times slower); prints the "
+                            "parameters' SHA-256")
     model.add_argument("--scale", choices=("unit", "raw"), default="unit",
                        help="input pixels scaled to [0,1] (unit, default) or raw 0..255 as the course")
     run = p.add_argument_group("execution")
@@ -171,20 +177,26 @@ def mem_available() -> int | None:
 
 
 def memory_estimate(hidden: int, batch: int, ranks: int, itemsize: int, n_train: int,
-                    n_val: int, n_images: int, host_resident: bool) -> dict[str, int]:
+                    n_val: int, n_images: int, host_resident: bool,
+                    exact: bool = False) -> dict[str, int]:
     """Bytes one rank needs, by part: the device's (data set, parameters and gradients,
-    activations of one step) and the host's (uint8 images, scaled copies, parameters). A host
-    backend's device is the host, so both count there."""
+    activations of one step; with --exact its digits and group sums) and the host's (uint8
+    images, scaled copies, parameters). A host backend's device is the host, so both count there."""
     p = ParamLayout(hidden).size
     cols = math.ceil(min(batch, max(n_train, 1)) / ranks)
     n = n_train + n_val
     parts = {"parameters and gradients": 2 * p * itemsize + p * 8,
              "data": itemsize * INPUTS * n + 4 * n + INPUTS * n_images + itemsize * INPUTS * n,
              "activations": itemsize * cols * (2 * hidden + 10)}
+    if exact:  # core/exact.py: S (<= 4 below 2^14 samples a batch) digits and group sums
+        slices = Slicing.for_depth(batch).slices
+        parts["exact digits and group sums"] = itemsize * slices * (
+            p + 2 * (INPUTS + 1) * (hidden + cols) + hidden * cols)
     if not host_resident:  # the device's copies are not in host memory
         parts["parameters and gradients"] -= 2 * p * itemsize
         parts["data"] -= itemsize * INPUTS * n + 4 * n
         parts["activations"] = 0
+        parts.pop("exact digits and group sums", None)
     return parts
 
 
@@ -195,7 +207,7 @@ def check_memory(args, ranks: int, local_ranks: int, n_train: int, n_val: int, n
     if available is None:
         return
     parts = memory_estimate(args.hidden, args.batch_size, ranks, np.dtype(args.dtype).itemsize,
-                            n_train, n_val, n_images, host_resident)
+                            n_train, n_val, n_images, host_resident, exact=args.exact)
     need = sum(parts.values()) * local_ranks
     if need <= available:
         return
@@ -258,6 +270,10 @@ class StopRequest:
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.dtype is None:
+        args.dtype = "float64" if args.exact else "float32"
+    elif args.exact and args.dtype != "float64":
+        raise UserError(f"--exact: trains in float64; drop --dtype {args.dtype}")
     registry = Registry.load()
     if args.list_backends:
         print(list_backends(registry))
@@ -322,15 +338,17 @@ def main(argv=None) -> int:
                   "lr": config.lr, "reg": config.reg, "scale": args.scale,
                   "train_size": int(train_x.shape[1]), "val_size": int(val_x.shape[1]),
                   "ranks": comm.size, "backend": entry.name, "comm": comm.name,
-                  "seed": config.seed, "epochs": config.epochs, "gemm": args.gemm}
+                  "seed": config.seed, "epochs": config.epochs, "gemm": args.gemm,
+                  "exact": args.exact}
     steps_per_epoch = max(1, math.ceil(train_x.shape[1] / config.batch_size))
     if ckpt is not None:
         notes = job.agree(lambda: validate_checkpoint(ckpt, run_config, epochs=config.epochs,
                                                       steps_per_epoch=steps_per_epoch))
         for note in notes:
             say(f"dpmlp: {note}")
-    gemm = "" if args.gemm == "simt" else f", gemm {args.gemm}"
-    say(f"dpmlp: backend {entry.name} ({args.dtype}{gemm}, {backend.describe_device()}), comm {comm.name}, "
+    mode = f"{args.dtype}, exact" if args.exact else args.dtype
+    mode += "" if args.gemm == "simt" else f", gemm {args.gemm}"
+    say(f"dpmlp: backend {entry.name} ({mode}, {backend.describe_device()}), comm {comm.name}, "
         f"{comm.size} rank(s); H={config.hidden} B={config.batch_size} lr={config.lr} "
         f"reg={config.reg} scale={args.scale}; {train_x.shape[1]} train / {val_x.shape[1]} val "
         f"images from {data.source}")
@@ -340,7 +358,7 @@ def main(argv=None) -> int:
 
     trainer = job.agree(lambda: DataParallelTrainer(
         backend, comm, config, train_x, train_y, val_x, val_y, cuda_graphs=args.cuda_graphs,
-        params=ckpt.params if ckpt is not None else None))
+        params=ckpt.params if ckpt is not None else None, exact=args.exact))
     if not backend.host_resident or args.cuda_graphs == "on":
         say("dpmlp: CUDA graphs " + ("on: each epoch replays one graph" if trainer.use_graphs
                                      else f"off: {trainer.graph_note}"))
@@ -361,7 +379,7 @@ def main(argv=None) -> int:
         status = train_and_report(args, comm, trainer, data, train_x, train_y, say, session)
     except SystemExit:
         raise
-    except Diverged as exc:  # every rank saw the same flags: no abort needed
+    except (Diverged, ExactRangeError) as exc:  # every rank saw the same flags: no abort needed
         say(f"dpmlp: error: {exc}", file=sys.stderr, flush=True)
         job.finish()
         return exc.exit_code
@@ -428,9 +446,10 @@ class TrainingSession:
         spe = self.trainer.steps_per_epoch
         if self.run is not None and self.root:
             samples = self.progress.totals.history[-1][4] if self.progress.totals.history else 0
+            more = {"params_sha256": self.trainer.params_sha256()} if self.args.exact else {}
             self.run.append_metrics(self.run.epoch_record(
                 epoch=stats.epoch, step=stats.epoch * spe, loss=stats.loss,
-                val_accuracy=stats.val_accuracy, seconds=stats.seconds, samples=samples))
+                val_accuracy=stats.val_accuracy, seconds=stats.seconds, samples=samples, **more))
         every = self.args.checkpoint_every
         if every and (stats.epoch % every == 0 or stats.epoch == self.config.epochs):
             self.write_checkpoint(stats.epoch, 0)
@@ -504,6 +523,9 @@ def train_and_report(args, comm, trainer, data, train_x, train_y, say, session=N
     say(f"test accuracy {100 * test_acc:.2f}% ({len(data.test_labels)} images)")
     session.progress.finish()
     params = trainer.params()
+    if args.exact:
+        trainer.check_exact_range(config.epochs)  # the test pass's products, too (exit 3)
+        say(f"params sha256 {trainer.params_sha256()}")
     if args.save and comm.rank == 0:
         checkpoint.save_params(args.save, params)
         say(f"saved W1, b1, W2, b2 to {args.save}")

@@ -20,7 +20,7 @@ import pytest
 from backends import op_table
 from backends.cuda_backend import CudaBackend
 from backends.ops_numpy import NumpyBackend
-from core.ops import FUSED_OPS, Backend
+from core.ops import EXACT_OPS, FUSED_OPS, Backend
 
 # the abstract methods of core.ops.Backend that move or view memory: every other one is an op
 MEMORY = {"empty", "from_host", "to_host", "copy_to_host", "copy_from_host", "flat_views", "cols"}
@@ -37,7 +37,7 @@ def _signature_text(method) -> str:
 
 # ----------------------------------------------------------------------------- the table
 def test_every_op_of_the_contract_has_one_entry():
-    ops = (set(Backend.__abstractmethods__) - MEMORY) | set(FUSED_OPS)
+    ops = (set(Backend.__abstractmethods__) - MEMORY) | set(FUSED_OPS) | set(EXACT_OPS)
     names = [op.name for op in op_table.OPS]
     assert len(names) == len(set(names)), "an op has two entries"
     assert set(names) == ops, (f"ops without an entry: {sorted(ops - set(names))}; "
@@ -88,7 +88,8 @@ def test_reference_runs_on_the_generated_inputs(op, shape, dtype):
         assert (result is None) == (not op.result)
         for name, old in before.items():
             if name not in op.writes:
-                assert np.array_equal(case[name], old), f"{op.name} changed its input {name}"
+                assert np.array_equal(case[name], old, equal_nan=True), \
+                    f"{op.name} changed its input {name}"
             elif case[name].size and op.name != "gemm":
                 assert not np.isnan(case[name]).all(), f"{op.name} left {name} unwritten"
 
@@ -270,3 +271,35 @@ def test_training_step_runs_the_output_layer_in_one_launch():
     assert args[11] == pytest.approx(1.0 / n)
     assert block == (op_table.OUTPUT_THREADS, 1, 1)
     assert grid == (-(-n // op_table.OUTPUT_COLS[4]), 1, 1)  # float32: 8 columns a block
+
+
+def test_exact_model_dispatches_on_the_gpu_backends():
+    """core/exact.py's ExactMLP through the generated GPU methods (launches recorded, not run):
+    every shape rule and operand check passes on the model's real operands, for a rank with
+    samples and one without, and each launch's arguments are of the kinds its kernel declares."""
+    from core.exact import ExactMLP
+    from core.model import INPUTS, init_params
+
+    backend = RecordingBackend("float64")
+    for n in (7, 0):
+        model = ExactMLP(backend, 33, 7, init_params(33, 0), 20, 1.0)
+        x = backend.from_host(np.random.default_rng(0).uniform(0, 1, (INPUTS, n)))
+        y = backend.from_host(np.zeros(n, np.int32))
+        backend.launches.clear()
+        a1, z2 = model.forward(x, train=True)
+        model.backward(x, y, a1, z2, global_batch=20, nll_acc=backend.zeros((1,)))
+        model.update(0.1, 0.5)
+        kernels = {launch[0] for launch in backend.launches}
+        assert {"exact_combine", "exact_row_exponents", "exact_sgd_step"} <= kernels
+        if n:
+            assert {"exact_split", "exact_sigmoid", "exact_sigmoid_backward",
+                    "exact_output_layer"} <= kernels
+            assert any(k.startswith("gemm") for k in kernels)
+        for kernel, grid, block, args in backend.launches:
+            entry = op_table.KERNELS.get(kernel)
+            if entry is None or entry.geometry is None:
+                continue  # the planned GEMMs
+            assert len(args) == len(entry.parameters), kernel
+            for (kind, _), value in zip(entry.parameters, args):
+                if kind == "i":
+                    assert type(value) is int, (kernel, value)

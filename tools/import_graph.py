@@ -8,8 +8,10 @@ Layers, top to bottom (a module may import its own layer or lower ones only):
     4  core.train, core.bench, core.plot        the entry points
     3  core.job, core.verify                    the job's lifecycle; the lockstep checker
     2  core.data_parallel, core.model, core.data, core.plugins, core.checkpoint, core.rundir,
-       core.progress, core.threads, core.reference   what a run is made of (and its reference)
-    1  core.ops, core.communicator, core.hookspecs, core.errors, core (the package)   the contracts
+       core.progress, core.threads, core.reference, core.exact   what a run is made of (and its
+       reference; --exact's model)
+    1  core.ops, core.communicator, core.hookspecs, core.errors, core.exact_math, core (the
+       package)   the contracts (exact_math: --exact's element-wise functions, defined once)
 Backends (backends.*) and communicators (comm.*) stand beside the entry points' stack and may
 import the contracts (layer 1) and their own package only; core never imports them statically
 (the built-ins are loaded by name, as plugins).
@@ -28,7 +30,7 @@ CORE_LAYER = {
     "core": 1, "core.ops": 1, "core.communicator": 1, "core.hookspecs": 1, "core.errors": 1,
     "core.data_parallel": 2, "core.model": 2, "core.data": 2, "core.plugins": 2,
     "core.checkpoint": 2, "core.rundir": 2, "core.progress": 2, "core.threads": 2,
-    "core.reference": 2,
+    "core.reference": 2, "core.exact": 2, "core.exact_math": 1,
     "core.job": 3, "core.verify": 3,
     "core.train": 4, "core.bench": 4, "core.plot": 4,
     "core.cli": 5,
