@@ -377,8 +377,8 @@ def test_tc64_gemm_against_reference(name, tile, ops):
                 simt = _gemm(be, case, ta, tb, alpha, beta)
                 where = f"{ops} {m}x{n}x{k} beta={beta}"
                 assert np.all(np.isfinite(got)), f"{where}: unwritten elements"
-                assert_close(got, expected, np.float64, "gemm")
-                assert_close(got, simt, np.float64, "gemm")
+                assert_close(got, expected, "float64", "gemm")
+                assert_close(got, simt, "float64", "gemm")
                 assert np.array_equal(got, again), f"{where}: a rerun differs"
     finally:
         be.gemm_tile = None
@@ -400,7 +400,7 @@ def test_tc64_fused_against_reference(name, variant, tile):
             got, expected = run_fused(be, ref, variant.op,
                                       fused_case(rng, variant.op, m, n, k, np.float64))
             assert np.all(np.isfinite(got)), f"{variant.op} {m}x{n}x{k}: unwritten elements"
-            assert_close(got, expected, np.float64, "gemm")
+            assert_close(got, expected, "float64", "gemm")
     finally:
         be.gemm_tile = be.gemm_split = None
 
@@ -425,7 +425,7 @@ def test_tc64_split_against_reference(name, product, split):
             be.gemm_tile = be.gemm_split = None
         where = f"{product[0]} {m}x{n}x{k} S={split}"
         assert np.all(np.isfinite(got)), f"{where}: unwritten elements"
-        assert_close(got, expected, np.float64, "gemm")
+        assert_close(got, expected, "float64", "gemm")
         assert np.array_equal(got, again), f"{where}: a rerun differs"
         assert not be.to_host(be._gemm_tickets).any(), f"{where}: tickets left set"
 

@@ -64,7 +64,7 @@ def rel_err(got, ref) -> float:
 
 
 def assert_close(got, ref, dtype, kind):
-    tol = TOLERANCES[str(dtype)][kind]
+    tol = TOLERANCES[np.dtype(dtype).name][kind]  # "float64" or np.float64 alike
     if kind == "exact":
         got, ref = np.asarray(got), np.asarray(ref)
         assert got.shape == ref.shape and np.array_equal(got, ref, equal_nan=True), f"not exact ({dtype})"
