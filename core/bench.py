@@ -429,7 +429,7 @@ def main(argv=None) -> int:
                 f"{r['us']:9.1f} {r['gflops']:9.1f}")
     if comm.rank == 0:
         with open(args.json, "w") as fh:
-            json.dump({"machine": _machine(), "dtype": args.dtype, "gemm": gemm_settings,
+            json.dump({"machine": _machine(), "dtype": args.dtype, "gemm_modes": gemm_settings,
                        "samples": int(x.shape[1]),
                        "data": source, "training": training, "gemm": gemms,
                        "step_kernels": kernels}, fh, indent=1)

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import UserError
-from core.model import CLASSES, INPUTS, ParamLayout
+from core.model import CLASSES, INPUTS, FlatParamsModel, ParamLayout
 from core.ops import EXACT_OPS, Backend
 
 #: float64's significand: every digit product sum must stay below 2^53
@@ -120,7 +120,7 @@ def _exponent(bound: float) -> int:
     return math.frexp(bound)[1]
 
 
-class ExactMLP:
+class ExactMLP(FlatParamsModel):
     """The MLP of core/model.py with every product exact (see the module docstring); the same
     interface as core.model.MLP, so the trainer drives either. The gradient exchange carries
     ``exchange_buffer`` (the S group sums of each gradient block) instead of ``flat_grads``;
@@ -309,19 +309,6 @@ class ExactMLP:
     def out_of_range(self) -> bool:
         """True once a value has left its grid since the start (reads the flag: synchronises)."""
         return bool(self.backend.to_host(self.flag)[0] != 0)
-
-    # ------------------------------------------------------------------ as core.model.MLP
-    @property
-    def output_layer_offset(self) -> int:
-        return self.layout.output_layer_offset
-
-    def params_to_host(self) -> dict[str, np.ndarray]:
-        return self.layout.unpack(self.backend.to_host(self.flat_params))
-
-    def reg_loss(self, reg: float) -> float:
-        if not reg:
-            return 0.0
-        return 0.5 * reg * (self.backend.sum_squares(self.W1) + self.backend.sum_squares(self.W2))
 
 
 def _depth(cut: Slicing, n: int) -> Slicing:

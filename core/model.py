@@ -133,7 +133,26 @@ def pack(params: dict[str, np.ndarray]) -> np.ndarray:
     return ParamLayout(hidden).pack(params)
 
 
-class MLP:
+class FlatParamsModel:
+    """What a model holding its parameters in one flat device buffer (``layout``, ``backend``,
+    ``flat_params``, views ``W1`` ... ``b2``) derives from it; MLP and core/exact.py's ExactMLP."""
+
+    @property
+    def output_layer_offset(self) -> int:
+        """Where dW2, db2 start in the flat buffer (W1, b1 come first)."""
+        return self.layout.output_layer_offset
+
+    def params_to_host(self) -> dict[str, np.ndarray]:
+        return self.layout.unpack(self.backend.to_host(self.flat_params))
+
+    def reg_loss(self, reg: float) -> float:
+        """(reg / 2) (||W1||_F^2 + ||W2||_F^2)."""
+        if not reg:
+            return 0.0
+        return 0.5 * reg * (self.backend.sum_squares(self.W1) + self.backend.sum_squares(self.W2))
+
+
+class MLP(FlatParamsModel):
     """Parameters, gradients and work buffers on one backend, plus the forward/backward/step ops."""
 
     def __init__(self, backend: Backend, hidden: int, max_cols: int, params: dict[str, np.ndarray]):
@@ -211,11 +230,6 @@ class MLP:
         be.gemm_with_bias_grad(dz1, x, self.dW1b1)          # dW1 = dz1 x^T, db1 = sum_j dz1
 
     @property
-    def output_layer_offset(self) -> int:
-        """Where dW2, db2 start in the flat buffer (W1, b1 come first)."""
-        return self.layout.output_layer_offset
-
-    @property
     def exchange_buffer(self):
         """What the ranks sum after the backward passes: the flat gradient (core/exact.py's model
         exchanges something else)."""
@@ -239,15 +253,6 @@ class MLP:
                    if p.name in ("W1", "W2")]
         self.backend.sgd_step(self.flat_params, self.flat_grads, lr, reg, weights)
 
-    # ------------------------------------------------------------------ host views
-    def params_to_host(self) -> dict[str, np.ndarray]:
-        return self.layout.unpack(self.backend.to_host(self.flat_params))
-
-    def reg_loss(self, reg: float) -> float:
-        """(reg / 2) (||W1||_F^2 + ||W2||_F^2)."""
-        if not reg:
-            return 0.0
-        return 0.5 * reg * (self.backend.sum_squares(self.W1) + self.backend.sum_squares(self.W2))
 
 
 def _ncols(x) -> int:

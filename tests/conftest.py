@@ -79,6 +79,17 @@ def mpi_env(**extra) -> dict[str, str]:
     return env
 
 
+def one_job_env(tmp_path: Path) -> dict[str, str]:
+    """mpi_env with an empty data cache under tmp_path (so the job reads the bundled subset) and
+    no launcher variables (one process, even when pytest itself runs under a launcher)."""
+    cache = tmp_path / "empty-cache"
+    cache.mkdir(exist_ok=True)
+    env = mpi_env(DPMLP_CACHE_DIR=str(cache))
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"):
+        env.pop(var, None)
+    return env
+
+
 def run_mpi(ranks: int, args: list[str], timeout: float, env: dict | None = None):
     """mpirun -n ranks --oversubscribe python ARGS in the checkout; returns (returncode, stdout,
     stderr, seconds). On timeout the whole process group is killed and the test fails with what

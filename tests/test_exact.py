@@ -24,7 +24,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from conftest import REPO, mpi_env, run_mpi
+from conftest import REPO, one_job_env, run_mpi
 from backends.ops_numpy import NumpyBackend
 from core import exact_math
 from core.exact import ExactMLP, ExactRangeError, Slicing, input_bound, params_sha256
@@ -251,12 +251,7 @@ def test_exact_mlp_needs_float64():
 # ------------------------------------------------------------------ the command line
 @pytest.fixture
 def env(tmp_path):
-    cache = tmp_path / "empty-cache"
-    cache.mkdir()
-    environment = mpi_env(DPMLP_CACHE_DIR=str(cache))  # -> the bundled subset
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"):
-        environment.pop(var, None)
-    return environment
+    return one_job_env(tmp_path)  # -> the bundled subset
 
 
 def cli(args, env, timeout=180):

@@ -239,15 +239,9 @@ def test_flag_parses():
 
 
 def _env(tmp_path):
-    import os
+    from conftest import one_job_env
 
-    cache = tmp_path / "empty-cache"
-    cache.mkdir()
-    environment = dict(os.environ, DPMLP_CACHE_DIR=str(cache))
-    environment.pop("DPMLP_DATA_DIR", None)
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"):
-        environment.pop(var, None)
-    return environment
+    return one_job_env(tmp_path)
 
 
 def _cli(args, tmp_path, timeout=300):
