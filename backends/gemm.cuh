@@ -663,6 +663,26 @@ __device__ __forceinline__ void gemm_pipe(real* smem, const real* __restrict__ A
         call<TA, TB, true>(GEMM_CORE_PASS, EpiScale{real(1), real(0)}, ws, tickets);               \
     }
 
+// A split block's range of K (SplitK above): block z multiplies k = z*chunk .. z*chunk + chunk-1
+// (chunk: K / S rounded up to a multiple of SPLIT_K_ALIGN, which every split tile's slab depth
+// divides or exceeds; gemm_plan.split_chunk computes the same). The last ranges may be short or
+// empty; an empty one contributes a zero partial. Moves A and B to the range's first k; returns
+// its length (and chunk).
+#define SPLIT_K_ALIGN 32
+template <bool TA, bool TB, class Ptr>
+__device__ __forceinline__ int split_k_range(Ptr& A, Ptr& B, int K, int lda, int ldb, int& chunk)
+{
+    const int splits = gridDim.z;
+    chunk = ((K + splits - 1) / splits + SPLIT_K_ALIGN - 1) / SPLIT_K_ALIGN * SPLIT_K_ALIGN;
+    const int k0 = blockIdx.z * chunk;
+    const int klen = K - k0 >= chunk ? chunk : (K - k0 > 0 ? K - k0 : 0);
+    if (klen > 0) {  // op(A) and op(B) from k0 on: the columns of A (rows of A^T) ..., as B
+        A += TA ? k0 : k0 * lda;
+        B += TB ? k0 * ldb : k0;
+    }
+    return klen;
+}
+
 // Tile configurations, all 256 threads. Depths (KPG, STAGES) and micro-tiles are smaller in double,
 // where the float ones would not fit in 48 KB of static shared memory or in the registers of two
 // blocks per multiprocessor. The large tiles are pipelined (gemm_pipe): the K loop of these
@@ -678,6 +698,17 @@ __device__ __forceinline__ void gemm_t128(GEMM_CORE_ARGS, const Epi& epi)
 {
     __shared__ __align__(16) real smem[PipeSmem<128, 128, 1, T128_KPG, 2>::SIZE];
     gemm_pipe<128, 128, 8, 8, 1, T128_KPG, 2, TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
+}
+// t128 split over K across gridDim.z blocks per tile (SPLIT_K_ALIGN is a multiple of T128_KPG)
+template <bool TA, bool TB, bool ONES, class Epi>
+__device__ __forceinline__ void gemm_t128_split(GEMM_CORE_ARGS, const Epi& epi, real* ws,
+                                                int* tickets)
+{
+    __shared__ __align__(16) real smem[PipeSmem<128, 128, 1, T128_KPG, 2>::SIZE];
+    int chunk;
+    const int klen = split_k_range<TA, TB>(A, B, K, lda, ldb, chunk);
+    gemm_pipe<128, 128, 8, 8, 1, T128_KPG, 2, TA, TB, ONES>(smem, A, B, C, M, N, klen, lda, ldb,
+                                                            ldc, SplitK<Epi>{epi, ws, tickets});
 }
 // t64: 64 x 64 tile, four times the tiles of t128, for the model's mid-sized products (H = 1024 x
 // n = 800 fills only 56 of an H100's 132 multiprocessors with 128 x 128 tiles) and short K. The
@@ -706,11 +737,8 @@ __device__ __forceinline__ void gemm_t64(GEMM_CORE_ARGS, const Epi& epi)
     else
         gemm_pipe<64, 64, 8, 4, 2, T64_KPG, 4, TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
 }
-// t64 split over K across gridDim.z blocks per tile (SplitK above): block z multiplies the range
-// k = z*chunk .. z*chunk + chunk-1 of K (chunk: K / S rounded up to a multiple of SPLIT_K_ALIGN,
-// which every t64 slab depth divides; the last ranges may be short or empty, an empty one
-// contributes a zero partial). The configuration is chosen on chunk, the same for every block.
-#define SPLIT_K_ALIGN 32
+// t64 split over K across gridDim.z blocks per tile. The configuration is chosen on the range's
+// length, the same for every block (the first range is the longest).
 template <bool TA, bool TB, bool ONES, class Epi>
 __device__ __forceinline__ void gemm_t64_split(GEMM_CORE_ARGS, const Epi& epi, real* ws,
                                                int* tickets)
@@ -718,14 +746,8 @@ __device__ __forceinline__ void gemm_t64_split(GEMM_CORE_ARGS, const Epi& epi, r
     constexpr int SHORT = PipeSmem<64, 64, 2, T64_KPG, 4>::SIZE;
     constexpr int DEEP = PipeSmem<64, 64, T64_DEEP_KG, T64_DEEP_KPG, T64_DEEP_STAGES>::SIZE;
     __shared__ __align__(16) real smem[SHORT > DEEP ? SHORT : DEEP];
-    const int splits = gridDim.z;
-    const int chunk = ((K + splits - 1) / splits + SPLIT_K_ALIGN - 1) / SPLIT_K_ALIGN * SPLIT_K_ALIGN;
-    const int k0 = blockIdx.z * chunk;
-    const int klen = K - k0 >= chunk ? chunk : (K - k0 > 0 ? K - k0 : 0);
-    if (klen > 0) {  // op(A) and op(B) from k0 on: the columns of A (rows of A^T) ..., as B
-        A += TA ? k0 : k0 * lda;
-        B += TB ? k0 * ldb : k0;
-    }
+    int chunk;
+    const int klen = split_k_range<TA, TB>(A, B, K, lda, ldb, chunk);
     const SplitK<Epi> sk{epi, ws, tickets};
     if (chunk > T64_DEEP_K)
         gemm_pipe<64, 64, 8, T64_DEEP_TN, T64_DEEP_KG, T64_DEEP_KPG, T64_DEEP_STAGES, TA, TB, ONES>(
@@ -741,6 +763,17 @@ template <bool TA, bool TB, bool ONES, class Epi>
 __device__ __forceinline__ void gemm_s16(GEMM_CORE_ARGS, const Epi& epi)
 {
     gemm_block<16, 16, 4, 4, 16, S16_KPG, TA, TB, ONES>(GEMM_CORE_PASS, epi);
+}
+// s16 split over K across gridDim.z blocks per tile ([dW2 db2] = diff [a1^T 1]: 17 tiles at
+// H = 256, each walking all of n, would leave 115 of an H100's SMs idle).
+template <bool TA, bool TB, bool ONES, class Epi>
+__device__ __forceinline__ void gemm_s16_split(GEMM_CORE_ARGS, const Epi& epi, real* ws,
+                                               int* tickets)
+{
+    int chunk;
+    const int klen = split_k_range<TA, TB>(A, B, K, lda, ldb, chunk);
+    gemm_block<16, 16, 4, 4, 16, S16_KPG, TA, TB, ONES>(A, B, C, M, N, klen, lda, ldb, ldc,
+                                                         SplitK<Epi>{epi, ws, tickets});
 }
 
 DEFINE_GEMM(t128, nn, false, false, gemm_t128, 256, T128_MIN_BLOCKS)
@@ -769,12 +802,20 @@ DEFINE_GEMM_BIAS_GRAD(t128, nt, false, true, gemm_t128, 256, T128_MIN_BLOCKS)
 DEFINE_GEMM_BIAS_GRAD(t64, nt, false, true, gemm_t64, 256, T64_MIN_BLOCKS)
 DEFINE_GEMM_BIAS_GRAD(s16, nt, false, true, gemm_s16, 256, 1)
 
-// Split-K: the t64 tile, for the products that leave most multiprocessors idle
-// (gemm_plan.pick_gemm_split): z1 = W1 x (nn) and [dW1 db1] (nt), fused and plain (the plain
-// GEMM's nn and nt only: tn and tt products of the model have K = 10, never split).
+// Split-K: the t128, t64 and s16 tiles, for the products that leave most multiprocessors idle
+// (gemm_plan.pick_gemm_split): z1 = W1 x (nn), [dW1 db1] and [dW2 db2] (nt), fused and plain (the
+// plain GEMM's nn and nt only: tn and tt products of the model have K = 10, never split).
+DEFINE_GEMM_SPLIT(t128, nn, false, false, gemm_t128_split, 256, T128_MIN_BLOCKS)
+DEFINE_GEMM_SPLIT(t128, nt, false, true, gemm_t128_split, 256, T128_MIN_BLOCKS)
+DEFINE_GEMM_BIAS_SIGMOID_SPLIT(t128, nn, false, false, gemm_t128_split, 256, T128_MIN_BLOCKS)
+DEFINE_GEMM_BIAS_GRAD_SPLIT(t128, nt, false, true, gemm_t128_split, 256, T128_MIN_BLOCKS)
 DEFINE_GEMM_SPLIT(t64, nn, false, false, gemm_t64_split, 256, T64_MIN_BLOCKS)
 DEFINE_GEMM_SPLIT(t64, nt, false, true, gemm_t64_split, 256, T64_MIN_BLOCKS)
 DEFINE_GEMM_BIAS_SIGMOID_SPLIT(t64, nn, false, false, gemm_t64_split, 256, T64_MIN_BLOCKS)
 DEFINE_GEMM_BIAS_GRAD_SPLIT(t64, nt, false, true, gemm_t64_split, 256, T64_MIN_BLOCKS)
+DEFINE_GEMM_SPLIT(s16, nn, false, false, gemm_s16_split, 256, 1)
+DEFINE_GEMM_SPLIT(s16, nt, false, true, gemm_s16_split, 256, 1)
+DEFINE_GEMM_BIAS_SIGMOID_SPLIT(s16, nn, false, false, gemm_s16_split, 256, 1)
+DEFINE_GEMM_BIAS_GRAD_SPLIT(s16, nt, false, true, gemm_s16_split, 256, 1)
 
 #endif  // DPMLP_GEMM_CUH

@@ -275,23 +275,16 @@ __device__ __forceinline__ void gemm_tc128(GEMM_CORE_ARGS, const Epi& epi)
 #endif
 }
 
-// tc64 split over K across gridDim.z blocks per tile: K ranges as gemm_t64_split's (chunk: K / S
-// rounded up to SPLIT_K_ALIGN, a multiple of TC64_BK; empty ranges contribute zero partials).
+// tc64 split over K across gridDim.z blocks per tile: the K ranges of gemm.cuh's split_k_range
+// (multiples of SPLIT_K_ALIGN, whole slabs of TC64_BK; empty ranges contribute zero partials).
 template <bool TA, bool TB, bool ONES, class Epi>
 __device__ __forceinline__ void gemm_tc64_split(GEMM_CORE_ARGS, const Epi& epi, real* ws,
                                                 int* tickets)
 {
     static_assert(SPLIT_K_ALIGN % TC64_BK == 0, "split ranges are whole slabs");
     static_assert(TC64_BM == 64 && TC64_BN == 64, "split workspace slots are 64 x 64");
-    const int splits = gridDim.z;
-    const int chunk =
-        ((K + splits - 1) / splits + SPLIT_K_ALIGN - 1) / SPLIT_K_ALIGN * SPLIT_K_ALIGN;
-    const int k0 = blockIdx.z * chunk;
-    const int klen = K - k0 >= chunk ? chunk : (K - k0 > 0 ? K - k0 : 0);
-    if (klen > 0) {
-        A += TA ? k0 : k0 * lda;
-        B += TB ? k0 * ldb : k0;
-    }
+    int chunk;
+    const int klen = split_k_range<TA, TB>(A, B, K, lda, ldb, chunk);
     const SplitK<Epi> sk{epi, ws, tickets};
 #if TC64_MMA
     __shared__ __align__(16) real smem[TC64_SMEM];

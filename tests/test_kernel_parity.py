@@ -210,7 +210,9 @@ def test_fused_gemm_every_tile(gpu, ref, variant, tile):
 # multiple of the slab, K < S * 32 (empty splits), K = 0, one and zero columns of op(B).
 SPLITS = [2, 3, 5]
 SPLIT_SIZES = [(100, 70, 333), (65, 1, 50), (130, 129, 1013), (17, 0, 300), (40, 33, 0),
-               (64, 64, 64), (200, 90, 2000)]
+               (64, 64, 64), (200, 90, 2000),
+               # M <= 16: the s16 tile's split kernels (the 10-class layer's [dW2 db2])
+               (10, 257, 800), (1, 5, 300), (16, 17, 1013), (7, 1, 0)]
 #: the split products: (name, op of the backend, plain GEMM's transpose pair or None)
 SPLIT_PRODUCTS = [("gemm_nn", "gemm", (False, False)), ("gemm_nt", "gemm", (False, True)),
                   ("gemm_bias_sigmoid", "gemm_bias_sigmoid", None),
@@ -254,40 +256,42 @@ def reference_split(ref, product, case):
     return c
 
 
-def split_plan(be, product, case, split):
-    """The plan the backend makes for `case` with S forced (to check that it is a split one)."""
+def split_plan(be, product, case, split, tile=None):
+    """The plan the backend makes for `case` with S (and the tile) forced (to check that it is a
+    split one)."""
     name, op, trans = product
     if trans is None:
         variant = gemm_plan.GEMM_VARIANTS[op]
         return gemm_plan.plan_gemm(case["a"].shape, case["b"].shape, case["out"].shape,
                                    variant.ops[0] == "t", variant.ops[1] == "t", be._num_sms,
-                                   variant=variant, split=split)
+                                   tile, variant=variant, split=split)
     return gemm_plan.plan_gemm(case["a"].shape, case["b"].shape, case["c"].shape, *trans,
-                               be._num_sms, split=split)
+                               be._num_sms, tile, split=split)
 
 
 @gpu_test
 @pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("tile", [None, "t128"], ids=["planned-tile", "t128"])
 @pytest.mark.parametrize("product", SPLIT_PRODUCTS, ids=lambda p: p[0])
-def test_split_gemm_against_reference(gpu, ref, product, split):
-    """Each split kernel with S forced: the reference's result within the GEMM tolerance, every
-    element written, a rerun bit for bit the same, the unsplit kernel's result within tolerance,
-    and the tickets back at 0."""
+def test_split_gemm_against_reference(gpu, ref, product, tile, split):
+    """Each split kernel with S forced (on the planner's tile: t64, s16 for M <= 16; and on t128):
+    the reference's result within the GEMM tolerance, every element written, a rerun bit for bit
+    the same, the unsplit kernel's result within tolerance, and the tickets back at 0."""
     rng = np.random.default_rng(31)
     for m, n, k in SPLIT_SIZES:
         case = split_case(rng, product, m, n, k, gpu.dtype)
-        plan = split_plan(gpu, product, case, split)
+        plan = split_plan(gpu, product, case, split, tile)
         if plan is None:  # no output columns: nothing to launch
             continue
         assert plan.split == split and plan.kernel.endswith("_split"), plan
         expected = reference_split(ref, product, case)
-        gpu.gemm_split = split
+        gpu.gemm_split, gpu.gemm_tile = split, tile
         try:
             got = run_split(gpu, product, case)
             again = run_split(gpu, product, case)
         finally:
-            gpu.gemm_split = None
-        where = f"{product[0]} {m}x{n}x{k} S={split}"
+            gpu.gemm_split = gpu.gemm_tile = None
+        where = f"{product[0]} {m}x{n}x{k} S={split} {plan.kernel}"
         assert np.all(np.isfinite(got)), f"{where}: unwritten elements"
         assert_close(got, expected, gpu.dtype, "gemm")
         assert np.array_equal(got, again), f"{where}: a rerun differs"
@@ -302,12 +306,14 @@ def test_split_gemm_against_reference(gpu, ref, product, split):
 
 @gpu_test
 def test_split_gemm_at_the_model_shapes(gpu, ref):
-    """The planner's own splits (H = 256, n = 800: z1 and [dW1 db1] split in 3 on an H100) against
-    the reference, and against S = 1 within tolerance."""
+    """The planner's own splits (H = 256, n = 800: z1 and [dW1 db1] split in 5 on an H100,
+    [dW2 db2] in 5) against the reference, and against S = 1 within tolerance."""
     rng = np.random.default_rng(32)
     for product, (m, n, k) in ((SPLIT_PRODUCTS[2], (256, 800, 784)),
                                (SPLIT_PRODUCTS[3], (256, 784, 800)),
-                               (SPLIT_PRODUCTS[3], (256, 784, 3200))):
+                               (SPLIT_PRODUCTS[3], (256, 784, 3200)),
+                               (SPLIT_PRODUCTS[3], (10, 256, 800)),
+                               (SPLIT_PRODUCTS[3], (10, 1024, 800))):
         case = split_case(rng, product, m, n, k, gpu.dtype)
         expected = reference_split(ref, product, case)
         got = run_split(gpu, product, case)
