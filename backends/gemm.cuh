@@ -502,16 +502,24 @@ struct AsyncSlabLoader {
             const bool ok = ((a_ok >> l) & 1u) && a_k + (TA ? 0 : l * A_LSTEP) < K;
             copy_elem(smem, sbase, stage + a_dst + l * A_DSTEP, ok ? A + (a_off + l * a_lstride) : A, ok);
         }
+        if (ONES && TB && b_one) {
+            // (op(B) = B^T: every load of this thread lies in its one column, here the ones
+            // column; deciding once per slab keeps the other threads' copies free of the branch)
+            // The stage is free: the barrier before this issue ended its last reads.
 #pragma unroll
-        for (int l = 0; l < B_LOADS; ++l) {
-            const bool k_in = b_k + (TB ? l * B_LSTEP : 0) < K;
-            if (ONES && ((b_one >> l) & 1u)) {
-                // the stage is free: the barrier before this issue ended its last reads
-                smem[stage + b_dst + l * B_DSTEP] = k_in ? real(1) : real(0);
-            } else {
-                const bool ok = ((b_ok >> l) & 1u) && k_in;
-                copy_elem(smem, sbase, stage + b_dst + l * B_DSTEP,
-                          ok ? B + (b_off + l * b_lstride) : B, ok);
+            for (int l = 0; l < B_LOADS; ++l)
+                smem[stage + b_dst + l * B_DSTEP] = (b_k + l * B_LSTEP < K) ? real(1) : real(0);
+        } else {
+#pragma unroll
+            for (int l = 0; l < B_LOADS; ++l) {
+                const bool k_in = b_k + (TB ? l * B_LSTEP : 0) < K;
+                if (ONES && !TB && ((b_one >> l) & 1u)) {
+                    smem[stage + b_dst + l * B_DSTEP] = k_in ? real(1) : real(0);
+                } else {
+                    const bool ok = ((b_ok >> l) & 1u) && k_in;
+                    copy_elem(smem, sbase, stage + b_dst + l * B_DSTEP,
+                              ok ? B + (b_off + l * b_lstride) : B, ok);
+                }
             }
         }
         a_k += BK;
@@ -699,17 +707,6 @@ __device__ __forceinline__ void gemm_t128(GEMM_CORE_ARGS, const Epi& epi)
     __shared__ __align__(16) real smem[PipeSmem<128, 128, 1, T128_KPG, 2>::SIZE];
     gemm_pipe<128, 128, 8, 8, 1, T128_KPG, 2, TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
 }
-// t128 split over K across gridDim.z blocks per tile (SPLIT_K_ALIGN is a multiple of T128_KPG)
-template <bool TA, bool TB, bool ONES, class Epi>
-__device__ __forceinline__ void gemm_t128_split(GEMM_CORE_ARGS, const Epi& epi, real* ws,
-                                                int* tickets)
-{
-    __shared__ __align__(16) real smem[PipeSmem<128, 128, 1, T128_KPG, 2>::SIZE];
-    int chunk;
-    const int klen = split_k_range<TA, TB>(A, B, K, lda, ldb, chunk);
-    gemm_pipe<128, 128, 8, 8, 1, T128_KPG, 2, TA, TB, ONES>(smem, A, B, C, M, N, klen, lda, ldb,
-                                                            ldc, SplitK<Epi>{epi, ws, tickets});
-}
 // t64: 64 x 64 tile, four times the tiles of t128, for the model's mid-sized products (H = 1024 x
 // n = 800 fills only 56 of an H100's 132 multiprocessors with 128 x 128 tiles) and short K. The
 // configuration is chosen per launch on K (uniform: no divergence), on one shared buffer:
@@ -802,13 +799,9 @@ DEFINE_GEMM_BIAS_GRAD(t128, nt, false, true, gemm_t128, 256, T128_MIN_BLOCKS)
 DEFINE_GEMM_BIAS_GRAD(t64, nt, false, true, gemm_t64, 256, T64_MIN_BLOCKS)
 DEFINE_GEMM_BIAS_GRAD(s16, nt, false, true, gemm_s16, 256, 1)
 
-// Split-K: the t128, t64 and s16 tiles, for the products that leave most multiprocessors idle
-// (gemm_plan.pick_gemm_split): z1 = W1 x (nn), [dW1 db1] and [dW2 db2] (nt), fused and plain (the
+// Split-K: the t64 and s16 tiles, for the products that leave most multiprocessors idle or have a
+// deep K (gemm_plan.pick_gemm_split): z1 = W1 x (nn), [dW1 db1] and [dW2 db2] (nt), fused and plain (the
 // plain GEMM's nn and nt only: tn and tt products of the model have K = 10, never split).
-DEFINE_GEMM_SPLIT(t128, nn, false, false, gemm_t128_split, 256, T128_MIN_BLOCKS)
-DEFINE_GEMM_SPLIT(t128, nt, false, true, gemm_t128_split, 256, T128_MIN_BLOCKS)
-DEFINE_GEMM_BIAS_SIGMOID_SPLIT(t128, nn, false, false, gemm_t128_split, 256, T128_MIN_BLOCKS)
-DEFINE_GEMM_BIAS_GRAD_SPLIT(t128, nt, false, true, gemm_t128_split, 256, T128_MIN_BLOCKS)
 DEFINE_GEMM_SPLIT(t64, nn, false, false, gemm_t64_split, 256, T64_MIN_BLOCKS)
 DEFINE_GEMM_SPLIT(t64, nt, false, true, gemm_t64_split, 256, T64_MIN_BLOCKS)
 DEFINE_GEMM_BIAS_SIGMOID_SPLIT(t64, nn, false, false, gemm_t64_split, 256, T64_MIN_BLOCKS)

@@ -89,19 +89,19 @@ GEMM_X3_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(GEMM_X3_TILE[t], ops[0
 
 # ------------------------------------------------------------------------ cross-block split-K
 # A product whose tiles leave most multiprocessors idle (z1 and [dW1 db1] at H = 256: 52 tiles of
-# 64 x 64 on 132 SMs, each walking all of K; [dW2 db2]: 17 to 65 tiles of 16 x 16) runs as S blocks per tile (grid.z = S), each over
+# 64 x 64 on 132 SMs, each walking all of K; [dW2 db2]: 17 to 65 tiles of 16 x 16), or whose deep
+# K is better spread over more blocks (K = 3200), runs as S blocks per tile (grid.z = S), each over
 # its share of K; the last block of a tile adds the S partial tiles in a fixed order (gemm.cuh,
 # SplitK). Kernels: the tile's kernel name + "_split", two parameters more (the workspaces).
 
 #: the tiles with split kernels, and the transpose pairs of the plain GEMM's split kernels
-GEMM_SPLIT_TILES = ("t128", "t64", "s16", "tc64")
+GEMM_SPLIT_TILES = ("t64", "s16", "tc64")
 GEMM_SPLIT_OPS = ("nn", "nt")
-#: reals of one workspace slot (64 x 64): a partial tile of t64 or tc64 takes one, of t128 four,
-#: of s16 a sixteenth
+#: reals of one workspace slot (64 x 64, t64's and tc64's tile; an s16 partial takes a sixteenth)
 GEMM_SPLIT_TILE_ELEMS = 64 * 64
 #: workspace capacity, fixed (CudaBackend._start allocates it before any capture): partial-tile
-#: slots (the automatic picks make at most 2 blocks per SM, a t128 partial takes 4 slots: 8 per
-#: SM of a 148-SM GPU; 19 MB in float32, 39 MB in float64) and tickets (one per tile)
+#: slots (room for a deep product split over several waves: [dW1 db1] at H = 1024, n = 3200 is
+#: 208 tiles x 5; 19 MB in float32, 39 MB in float64) and tickets (one per tile)
 GEMM_SPLIT_SLOTS = 8 * 148
 GEMM_SPLIT_TICKETS = 320
 #: the most splits pick_gemm_split gives, and the least K each split gets (4 slabs of 32)
@@ -109,13 +109,14 @@ GEMM_SPLIT_MAX = 8
 GEMM_SPLIT_MIN_K = 128
 #: the kernels' K ranges are multiples of this (gemm.cuh SPLIT_K_ALIGN)
 SPLIT_K_ALIGN = 32
-#: blocks per multiprocessor the automatic split aims at, per tile: the FP32 SIMT tiles fill every
-#: SM to the two blocks it keeps resident (one wave, every SM as busy as the next). Measured on an
-#: H100 (tools/bench_gemm.py --sweep, 52 tiles of z1 at H = 256, n = 800): S = 5 (260 blocks)
-#: 24.7 us, S = 2 25.7, S = 6 28.5, S = 3 (156 blocks: 24 SMs with two, the rest one) 31.3.
-#: Tiles not listed (tc64) take the least S whose blocks cover the SMs once. (t128 is never
-#: picked with fewer tiles than SMs: pick_gemm_tile gives such products t64.)
-SPLIT_FILL = {"t128": 2, "t64": 2, "s16": 2}
+#: the split cost model (split_cost): blocks resident per SM (every split kernel keeps two) and a
+#: block's fixed cost in K-equivalents (filling its pipeline, the partials' reduction, the
+#: epilogue). Fitted to tools/bench_gemm.py --sweep on an H100 (float32 t64; tc64 alike):
+#: z1 at H = 256, n = 800 (52 tiles) is fastest at S = 5 (24.7 us; S = 3: 31.3, unsplit: more),
+#: [dW1 db1] at H = 1024, n = 3200 (208 tiles, K = 3200) at S = 5 (190 us against 223 unsplit),
+#: z1 and [dW1 db1] at H = 1024, n = 800 (208 tiles, K = 800) unsplit (59 us; S = 5: 64).
+SPLIT_BLOCKS_PER_SM = 2
+SPLIT_BLOCK_OVERHEAD_K = 128
 #: the split kernels' extra parameters (GEMM_WS_ARGS), kinds as in op_table
 GEMM_SPLIT_PARAMS = "W:gemm_partials, C:gemm_tickets"
 
@@ -139,29 +140,37 @@ def split_fits(tile: str, tiles: int, split: int) -> bool:
 
 def split_chunk(k: int, split: int) -> int:
     """The K range of each of `split` blocks, as the split kernels compute it: K / S rounded up to
-    a multiple of SPLIT_K_ALIGN (the last ranges may be short or empty)."""
+    a multiple of SPLIT_K_ALIGN (the last ranges may be short or empty). S = 1: all of K."""
+    if split == 1:
+        return k
     return -(-(-(-k // split)) // SPLIT_K_ALIGN) * SPLIT_K_ALIGN
 
 
+def split_cost(tiles: int, k: int, split: int, num_sms: int) -> int:
+    """Model of a split product's time: the waves of its tiles * S blocks over the SMs' resident
+    slots, each wave as long as one block's K range plus a block's fixed cost."""
+    waves = math.ceil(tiles * split / (SPLIT_BLOCKS_PER_SM * num_sms))
+    return waves * (split_chunk(k, split) + SPLIT_BLOCK_OVERHEAD_K)
+
+
 def pick_gemm_split(tile: str, m: int, n: int, k: int, num_sms: int) -> int:
-    """S, the blocks per tile of C over K: 1 (the unsplit kernel) unless the tiles leave
-    multiprocessors idle. Then as many splits as fill every SM to SPLIT_FILL blocks (the least
-    that covers the SMs once for a tile without), at most GEMM_SPLIT_MAX, each split at least
-    GEMM_SPLIT_MIN_K deep, fitting the workspace, and none of them empty."""
-    if tile not in GEMM_SPLIT_TILES:
+    """S, the blocks per tile of C over K: the S of least split_cost, at most GEMM_SPLIT_MAX, each
+    split at least GEMM_SPLIT_MIN_K deep, fitting the workspace and with no K range empty; the
+    unsplit kernel (S = 1) on a tie. Splits where tiles alone leave SMs idle (H = 256) and where
+    a deep K spreads over more, fuller waves (K = 3200 at H = 1024)."""
+    if tile not in GEMM_SPLIT_TILES or k < 2 * GEMM_SPLIT_MIN_K:
         return 1
     gx, gy, _ = gemm_grid(tile, m, n)
     tiles = gx * gy
-    if tiles >= num_sms:
-        return 1
-    fill = SPLIT_FILL.get(tile)
-    split = fill * num_sms // tiles if fill else math.ceil(num_sms / tiles)
-    split = min(split, GEMM_SPLIT_MAX, k // GEMM_SPLIT_MIN_K)
-    while split > 1 and not split_fits(tile, tiles, split):
-        split -= 1
-    if split <= 1:
-        return 1
-    return math.ceil(k / split_chunk(k, split))  # (fewer, if the rounded ranges leave one empty)
+    best, best_cost = 1, split_cost(tiles, k, 1, num_sms)
+    for split in range(2, min(GEMM_SPLIT_MAX, k // GEMM_SPLIT_MIN_K) + 1):
+        split = math.ceil(k / split_chunk(k, split))  # (fewer, where the rounding leaves one empty)
+        if not split_fits(tile, tiles, split):
+            break
+        cost = split_cost(tiles, k, split, num_sms)
+        if cost < best_cost:
+            best, best_cost = split, cost
+    return best
 
 
 @dataclass(frozen=True)
@@ -216,12 +225,12 @@ GEMM_CORE_PARAMS = "M:a, M:b, M:out, i:m, i:n, i:k, i:lda, i:ldb, i:ldc"
 GEMM_VARIANTS: dict[str, GemmVariant] = {v.op: v for v in (
     GemmVariant("gemm_bias_sigmoid", "bias_sigmoid", "nn",
                 ("t128", "t64", "s16", "tc64", "tc128"), "t64",
-                GEMM_CORE_PARAMS + ", R:bias", split_tiles=("t128", "t64", "s16", "tc64")),
+                GEMM_CORE_PARAMS + ", R:bias", split_tiles=("t64", "s16", "tc64")),
     GemmVariant("gemm_sigmoid_backward", "sigmoid_backward", "tn", ("t64", "s16", "tc64"), "t64",
                 GEMM_CORE_PARAMS + ", M:act, i:ld_act"),
     GemmVariant("gemm_with_bias_grad", "bias_grad", "nt",
                 ("t128", "t64", "s16", "tc64", "tc128"), "t64",
-                GEMM_CORE_PARAMS, ones=True, split_tiles=("t128", "t64", "s16", "tc64")),
+                GEMM_CORE_PARAMS, ones=True, split_tiles=("t64", "s16", "tc64")),
 )}
 
 

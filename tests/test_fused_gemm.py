@@ -252,10 +252,11 @@ def _dw1_plan(h, n, sms=132, split=None):
 
 
 def test_split_picks_at_the_model_shapes():
-    """On an H100 (132 SMs): the under-occupied z1, [dW1 db1] and [dW2 db2] split, filling every SM
-    to two blocks; the rest do not."""
+    """On an H100 (132 SMs), the picks the H100 sweep measured fastest (gemm_plan.split_cost): the
+    under-occupied z1, [dW1 db1] and [dW2 db2] split, and the deep [dW1 db1] at n = 3200; the
+    rest do not."""
     v = gemm_plan.GEMM_VARIANTS
-    # H = 256, n = 800: 4 x 13 = 52 tiles of 64 x 64 -> 5 splits (260 blocks <= 2 x 132)
+    # H = 256, n = 800: 4 x 13 = 52 tiles of 64 x 64 -> 5 splits (260 blocks, one wave)
     plan = _z1_plan(256, 800)
     assert plan.kernel == "gemm_t64_nn_bias_sigmoid_split" and plan.grid == (4, 13, 5)
     assert plan.split == 5
@@ -264,17 +265,19 @@ def test_split_picks_at_the_model_shapes():
     # n = 3200: [dW1 db1] (K = 3200) still 52 tiles; z1 256 x 3200 has 200 tiles: unsplit
     assert _dw1_plan(256, 3200).grid == (4, 13, 5)
     assert _z1_plan(256, 3200).kernel == "gemm_t64_nn_bias_sigmoid" and _z1_plan(256, 3200).split == 1
-    # H = 1024, n = 800: 208 tiles >= 132 SMs, the kernels and bits of before
+    # H = 1024, n = 800: 208 tiles, K = 800: unsplit, the kernels and bits of before
     assert _z1_plan(1024, 800).kernel == "gemm_t64_nn_bias_sigmoid"
     assert _dw1_plan(1024, 800).kernel == "gemm_t64_nt_bias_grad"
     assert _z1_plan(1024, 800).grid == (16, 13, 1)
+    # ... n = 3200: [dW1 db1]'s K = 3200 in 5 ranges of 640 (1040 blocks: 4 full waves)
+    assert _dw1_plan(1024, 3200).grid == (16, 13, 5)
     # H = 4096: 128 x 128 tiles, no split kernel
     assert _z1_plan(4096, 800).kernel == "gemm_t128_nn_bias_sigmoid"
     assert _dw1_plan(4096, 3200).kernel == "gemm_t128_nt_bias_grad"
-    # the 10-class layer's [dW2 db2] (s16): 17 tiles at H = 256 -> min(264 // 17, 800 // 128) = 6
-    # splits of 160 (134 rounded up to 32) leave one empty: 5; 65 tiles at H = 1024 -> 4;
-    # 257 tiles at H = 4096: unsplit
-    for hidden, n, split in ((256, 800, 5), (1024, 800, 4), (256, 3200, 8), (4096, 800, 1)):
+    # the 10-class layer's [dW2 db2] (s16): 17 tiles at H = 256 -> 6 splits of 160 (134 rounded
+    # up to 32) would leave one empty: 5; 65 tiles at H = 1024 -> 4; 257 at H = 4096: unsplit
+    for hidden, n, split in ((256, 800, 5), (1024, 800, 4), (256, 3200, 8), (4096, 800, 1),
+                             (4096, 3200, 1)):
         plan = gemm_plan.plan_gemm((10, n), (hidden, n), (10, hidden + 1), False, True, 132,
                                    variant=v["gemm_with_bias_grad"])
         assert plan.kernel.startswith("gemm_s16_nt_bias_grad") and plan.split == split, plan
@@ -287,51 +290,49 @@ def test_split_picks_at_the_model_shapes():
     assert plan.kernel == "gemm_t64_nn_split" and plan.grid == (4, 13, 5)
     plan = gemm_plan.plan_gemm((256, 800), (INPUTS, 800), (256, INPUTS), False, True, 132)
     assert plan.kernel == "gemm_t64_nt_split" and plan.grid == (4, 13, 5)
-    # fewer SMs: fewer splits; as many tiles as SMs: none
+    # fewer SMs: fewer splits
     assert _z1_plan(256, 800, sms=80).split == 3
-    assert _z1_plan(256, 800, sms=52).split == 1
-    # float64 on the FP64 tensor cores (tc64): the least S that covers the SMs once
+    assert _z1_plan(256, 800, sms=26).split == 1
+    # float64 on the FP64 tensor cores (tc64): the same model
     plan = gemm_plan.plan_gemm((256, INPUTS), (INPUTS, 800), (256, 800), False, False, 132,
                                variant=v["gemm_bias_sigmoid"], tc64=True)
-    assert plan.kernel == "gemm_tc64_nn_bias_sigmoid_split" and plan.grid == (4, 13, 3)
+    assert plan.kernel == "gemm_tc64_nn_bias_sigmoid_split" and plan.grid == (4, 13, 5)
 
 
 @pytest.mark.parametrize("sms", [20, 108, 132, 148])
 def test_split_rules_over_shapes(sms):
-    """S = 1 wherever the tiles fill the GPU or K is short; otherwise S fills the SMs to
-    SPLIT_FILL blocks (t64, s16) or covers them once (tc64), at most GEMM_SPLIT_MAX, each split
-    GEMM_SPLIT_MIN_K deep, within the workspace, and none of the kernel's K ranges empty."""
+    """S = 1 where K is short or no split tile; otherwise S has the least split_cost of every
+    feasible S (at most GEMM_SPLIT_MAX, each split GEMM_SPLIT_MIN_K deep, within the workspace),
+    S = 1 on a tie, and none of the kernel's K ranges is empty."""
     for tile in gemm_plan.GEMM_SPLIT_TILES:
-        fill = gemm_plan.SPLIT_FILL.get(tile)
         for m in (5, 16, 17, 64, 100, 256, 513, 1024, 2000):
             for n in (1, 50, 100, 785, 800, 3200):
                 for k in (0, 10, 100, 255, 256, 784, 3200, 60000):
                     split = gemm_plan.pick_gemm_split(tile, m, n, k, sms)
                     gx, gy, _ = gemm_plan.gemm_grid(tile, m, n)
                     tiles = gx * gy
-                    where = (tile, m, n, k)
+                    where = (tile, m, n, k, split)
                     assert 1 <= split <= gemm_plan.GEMM_SPLIT_MAX
-                    assert split == 1 or gemm_plan.split_fits(tile, tiles, split)
-                    if tiles >= sms or k < 2 * gemm_plan.GEMM_SPLIT_MIN_K:
+                    if k < 2 * gemm_plan.GEMM_SPLIT_MIN_K:
                         assert split == 1, where
                     if split > 1:
+                        assert gemm_plan.split_fits(tile, tiles, split), where
                         assert k // split >= gemm_plan.GEMM_SPLIT_MIN_K, where
                         chunk = gemm_plan.split_chunk(k, split)
                         assert (split - 1) * chunk < k <= split * chunk, where  # none empty
-                        if fill:
-                            assert tiles * split <= fill * sms, where
-                        else:
-                            assert tiles * (split - 1) < sms, where  # the least that covers
-                    elif tiles < sms and k >= 2 * gemm_plan.GEMM_SPLIT_MIN_K and fill:
-                        # unsplit although SMs idle: two splits would overfill or not fit
-                        assert (tiles * 2 > fill * sms
-                                or not gemm_plan.split_fits(tile, tiles, 2)), where
-    assert gemm_plan.pick_gemm_split("tc128", 256, 800, 784, sms) == 1  # no split kernel
+                    cost = gemm_plan.split_cost(tiles, k, split, sms)
+                    assert cost < gemm_plan.split_cost(tiles, k, 1, sms) or split == 1, where
+                    for other in range(2, min(gemm_plan.GEMM_SPLIT_MAX,
+                                              k // gemm_plan.GEMM_SPLIT_MIN_K) + 1):
+                        if gemm_plan.split_fits(tile, tiles, other):
+                            assert cost <= gemm_plan.split_cost(tiles, k, other, sms), (where, other)
+    assert gemm_plan.pick_gemm_split("t128", 256, 800, 784, sms) == 1  # no split kernel
+    assert gemm_plan.pick_gemm_split("tc128", 256, 800, 784, sms) == 1
 
 
 def test_forced_split_plans():
     """The override (CudaBackend.gemm_split): any S on a tile with a split kernel, where it fits;
-    S = 1 otherwise (no split kernel: tc128, the tn/tt plain GEMMs, gemm_sigmoid_backward)."""
+    S = 1 otherwise (no split kernel: t128, tc128, the tn/tt plain GEMMs, gemm_sigmoid_backward)."""
     v = gemm_plan.GEMM_VARIANTS
     for split in (2, 3, 5):
         plan = gemm_plan.plan_gemm((100, 333), (333, 70), (100, 70), False, False, 132, "t64",
@@ -343,9 +344,9 @@ def test_forced_split_plans():
         plan = gemm_plan.plan_gemm((65, 0), (0, 9), (65, 9), False, False, 132, split=split)  # K = 0
         assert plan.kernel == "gemm_t64_nn_split" and plan.split == split
     assert _z1_plan(256, 800, split=1).kernel == "gemm_t64_nn_bias_sigmoid"
-    assert _z1_plan(4096, 800, split=3).kernel == "gemm_t128_nn_bias_sigmoid"  # 224 x 3 x 4 slots
+    assert _z1_plan(4096, 800, split=3).kernel == "gemm_t128_nn_bias_sigmoid"
     assert gemm_plan.plan_gemm((100, 333), (333, 70), (100, 70), False, False, 132, "t128",
-                               split=3).kernel == "gemm_t128_nn_split"
+                               split=3).kernel == "gemm_t128_nn"
     plan = gemm_plan.plan_gemm((10, 800), (256, 800), (10, 257), False, True, 132,
                                variant=v["gemm_with_bias_grad"], split=3)
     assert plan.kernel == "gemm_s16_nt_bias_grad_split" and plan.grid == (1, 17, 3)
@@ -353,18 +354,12 @@ def test_forced_split_plans():
                                split=3).kernel == "gemm_t64_tn"
     assert gemm_plan.plan_gemm((10, 256), (10, 800), (256, 800), True, False, 132,
                                variant=v["gemm_sigmoid_backward"], split=3).split == 1
-    # forced beyond the automatic picks (208 tiles): within the workspace, S = 5 (1040 slots);
-    # beyond it (S = 6: 1248 slots), unsplit; t128 partials take four slots each
+    # forced (208 tiles): within the workspace, S = 5 (1040 slots); beyond it (S = 6: 1248
+    # slots), unsplit; s16 partials take a sixteenth of a slot
     assert _z1_plan(1024, 800, split=5).split == 5
     assert _z1_plan(1024, 800, split=6).split == 1
     assert _z1_plan(1024, 800, split=1).split == 1
-    plan = _dw1_plan(1024, 3200, split=4)  # the t64 pick (208 tiles), split forced
-    assert plan.kernel == "gemm_t64_nt_bias_grad_split" and plan.split == 4
-    plan = gemm_plan.plan_gemm((1024, 3200), (INPUTS, 3200), (1024, INPUTS + 1), False, True, 132,
-                               "t128", variant=gemm_plan.GEMM_VARIANTS["gemm_with_bias_grad"],
-                               split=4)
-    assert plan.kernel == "gemm_t128_nt_bias_grad_split" and plan.grid == (8, 7, 4)
-    assert gemm_plan.split_fits("t128", 56, 5) and not gemm_plan.split_fits("t128", 56, 6)
+    assert gemm_plan.split_fits("s16", 257, 8) and not gemm_plan.split_fits("t64", 257, 8)
     with pytest.raises(ValueError, match="split"):
         _z1_plan(256, 800, split=0)
 
@@ -374,8 +369,10 @@ def test_split_workspace():
     tiles in the backend's dtype, the tickets int32 zeros; a 64 x 64 slot per split and tile."""
     assert gemm_plan.GEMM_SPLIT_TILE_ELEMS == gemm_plan.GEMM_TILES["t64"].bm * gemm_plan.GEMM_TILES["t64"].bn
     assert set(gemm_plan.GEMM_SPLIT_TILES) <= set(gemm_plan.GEMM_TILES)
-    # the automatic picks (at most 2 blocks per SM; t128 partials four slots) fit a GPU of 148
-    assert gemm_plan.GEMM_SPLIT_SLOTS >= 4 * 2 * 148 and gemm_plan.GEMM_SPLIT_TICKETS >= 148
+    # one wave of two split blocks per SM fits a GPU of 148 SMs, and so does the deep [dW1 db1]
+    # at H = 1024 (208 tiles x 5)
+    assert gemm_plan.GEMM_SPLIT_SLOTS >= 2 * 148 and gemm_plan.GEMM_SPLIT_TICKETS >= 148
+    assert gemm_plan.split_fits("t64", 208, 5)
     for dtype in ("float64", "float32"):
         be = RecordingBackend(dtype)
         partials, tickets = be._gemm_partials, be._gemm_tickets
@@ -430,12 +427,10 @@ def test_split_kernels_in_the_table():
     """Every split kernel is an op-table launch of its op, with the unsplit kernel's parameters
     and the two workspaces; the source defines them (tests/test_cuda_compile.py checks kinds)."""
     for op, kernels in (("gemm", gemm_plan.GEMM_SPLIT_KERNELS),
-                        ("gemm_bias_sigmoid", ("gemm_t128_nn_bias_sigmoid_split",
-                                               "gemm_t64_nn_bias_sigmoid_split",
+                        ("gemm_bias_sigmoid", ("gemm_t64_nn_bias_sigmoid_split",
                                                "gemm_s16_nn_bias_sigmoid_split",
                                                "gemm_tc64_nn_bias_sigmoid_split")),
-                        ("gemm_with_bias_grad", ("gemm_t128_nt_bias_grad_split",
-                                                 "gemm_t64_nt_bias_grad_split",
+                        ("gemm_with_bias_grad", ("gemm_t64_nt_bias_grad_split",
                                                  "gemm_s16_nt_bias_grad_split",
                                                  "gemm_tc64_nt_bias_grad_split"))):
         launches = {launch.kernel: launch for launch in op_table.OP_BY_NAME[op].launches}
@@ -443,7 +438,6 @@ def test_split_kernels_in_the_table():
             split, plain = launches[kernel], launches[kernel.removesuffix("_split")]
             assert split.parameters == plain.parameters + (("W", "gemm_partials"),
                                                            ("C", "gemm_tickets"))
-    assert gemm_plan.GEMM_SPLIT_KERNELS == ("gemm_t128_nn_split", "gemm_t128_nt_split",
-                                            "gemm_t64_nn_split", "gemm_t64_nt_split",
+    assert gemm_plan.GEMM_SPLIT_KERNELS == ("gemm_t64_nn_split", "gemm_t64_nt_split",
                                             "gemm_s16_nn_split", "gemm_s16_nt_split",
                                             "gemm_tc64_nn_split", "gemm_tc64_nt_split")

@@ -256,41 +256,39 @@ def reference_split(ref, product, case):
     return c
 
 
-def split_plan(be, product, case, split, tile=None):
-    """The plan the backend makes for `case` with S (and the tile) forced (to check that it is a
-    split one)."""
+def split_plan(be, product, case, split):
+    """The plan the backend makes for `case` with S forced (to check that it is a split one)."""
     name, op, trans = product
     if trans is None:
         variant = gemm_plan.GEMM_VARIANTS[op]
         return gemm_plan.plan_gemm(case["a"].shape, case["b"].shape, case["out"].shape,
                                    variant.ops[0] == "t", variant.ops[1] == "t", be._num_sms,
-                                   tile, variant=variant, split=split)
+                                   variant=variant, split=split)
     return gemm_plan.plan_gemm(case["a"].shape, case["b"].shape, case["c"].shape, *trans,
-                               be._num_sms, tile, split=split)
+                               be._num_sms, split=split)
 
 
 @gpu_test
 @pytest.mark.parametrize("split", SPLITS)
-@pytest.mark.parametrize("tile", [None, "t128"], ids=["planned-tile", "t128"])
 @pytest.mark.parametrize("product", SPLIT_PRODUCTS, ids=lambda p: p[0])
-def test_split_gemm_against_reference(gpu, ref, product, tile, split):
-    """Each split kernel with S forced (on the planner's tile: t64, s16 for M <= 16; and on t128):
-    the reference's result within the GEMM tolerance, every element written, a rerun bit for bit
-    the same, the unsplit kernel's result within tolerance, and the tickets back at 0."""
+def test_split_gemm_against_reference(gpu, ref, product, split):
+    """Each split kernel with S forced (on the planner's tile: t64 or tc64, s16 for M <= 16): the
+    reference's result within the GEMM tolerance, every element written, a rerun bit for bit the
+    same, the unsplit kernel's result within tolerance, and the tickets back at 0."""
     rng = np.random.default_rng(31)
     for m, n, k in SPLIT_SIZES:
         case = split_case(rng, product, m, n, k, gpu.dtype)
-        plan = split_plan(gpu, product, case, split, tile)
+        plan = split_plan(gpu, product, case, split)
         if plan is None:  # no output columns: nothing to launch
             continue
         assert plan.split == split and plan.kernel.endswith("_split"), plan
         expected = reference_split(ref, product, case)
-        gpu.gemm_split, gpu.gemm_tile = split, tile
+        gpu.gemm_split = split
         try:
             got = run_split(gpu, product, case)
             again = run_split(gpu, product, case)
         finally:
-            gpu.gemm_split = gpu.gemm_tile = None
+            gpu.gemm_split = None
         where = f"{product[0]} {m}x{n}x{k} S={split} {plan.kernel}"
         assert np.all(np.isfinite(got)), f"{where}: unwritten elements"
         assert_close(got, expected, gpu.dtype, "gemm")
@@ -307,11 +305,13 @@ def test_split_gemm_against_reference(gpu, ref, product, tile, split):
 @gpu_test
 def test_split_gemm_at_the_model_shapes(gpu, ref):
     """The planner's own splits (H = 256, n = 800: z1 and [dW1 db1] split in 5 on an H100,
-    [dW2 db2] in 5) against the reference, and against S = 1 within tolerance."""
+    [dW2 db2] in 5; the deep [dW1 db1] at H = 1024, n = 3200 in 5) against the reference, and
+    against S = 1 within tolerance."""
     rng = np.random.default_rng(32)
     for product, (m, n, k) in ((SPLIT_PRODUCTS[2], (256, 800, 784)),
                                (SPLIT_PRODUCTS[3], (256, 784, 800)),
                                (SPLIT_PRODUCTS[3], (256, 784, 3200)),
+                               (SPLIT_PRODUCTS[3], (1024, 784, 3200)),
                                (SPLIT_PRODUCTS[3], (10, 256, 800)),
                                (SPLIT_PRODUCTS[3], (10, 1024, 800))):
         case = split_case(rng, product, m, n, k, gpu.dtype)
