@@ -1,8 +1,10 @@
 """Benchmark: ``python -m core.bench`` (one process) or ``mpirun -n P python -m core.bench``.
 
 For each backend: time per epoch and samples/s of the real training loop on a 60k-sample epoch,
-and GEMM GFLOP/s at the model's shapes. In the same run, the same MLP written with cupy.matmul
-(cuBLAS) and, if installed, PyTorch eager, so the ratios are measured side by side on one machine.
+the GPU time of each kernel of a step, and GEMM GFLOP/s at the model's shapes (CUDA events on a
+GPU). In the same run, the same MLP written with cupy.matmul (cuBLAS) and, if installed, PyTorch
+eager and PyTorch with one CUDA graph per epoch, so the ratios are measured side by side on one
+machine.
 Under mpirun it adds the multi-rank rows: epoch time at P ranks and the share of each step spent
 in the gradient exchange (the epoch timed again with the exchange switched off).
 
