@@ -734,8 +734,8 @@ __device__ __forceinline__ void gemm_t64(GEMM_CORE_ARGS, const Epi& epi)
     else
         gemm_pipe<64, 64, 8, 4, 2, T64_KPG, 4, TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
 }
-// t64 split over K across gridDim.z blocks per tile. The configuration is chosen on the range's
-// length, the same for every block (the first range is the longest).
+// t64 split over K across gridDim.z blocks per tile. The configuration is chosen on chunk (the
+// length of the first ranges), the same for every block.
 template <bool TA, bool TB, bool ONES, class Epi>
 __device__ __forceinline__ void gemm_t64_split(GEMM_CORE_ARGS, const Epi& epi, real* ws,
                                                int* tickets)

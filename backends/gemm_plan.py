@@ -109,9 +109,9 @@ GEMM_SPLIT_MAX = 8
 GEMM_SPLIT_MIN_K = 128
 #: the kernels' K ranges are multiples of this (gemm.cuh SPLIT_K_ALIGN)
 SPLIT_K_ALIGN = 32
-#: the split cost model (split_cost): blocks resident per SM (every split kernel keeps two) and a
-#: block's fixed cost in K-equivalents (filling its pipeline, the partials' reduction, the
-#: epilogue). Fitted to tools/bench_gemm.py --sweep on an H100 (float32 t64; tc64 alike):
+#: the split cost model (split_cost): the blocks it counts as resident on an SM (t64's launch bound
+#: in float; it fits the measured tc64 and s16 picks too) and a block's fixed cost in K-equivalents
+#: (filling its pipeline, the partials' reduction, the epilogue). Fitted to tools/bench_gemm.py --sweep on an H100 (float32 t64; tc64 alike):
 #: z1 at H = 256, n = 800 (52 tiles) is fastest at S = 5 (24.7 us; S = 3: 31.3, unsplit: more),
 #: [dW1 db1] at H = 1024, n = 3200 (208 tiles, K = 3200) at S = 5 (190 us against 223 unsplit),
 #: z1 and [dW1 db1] at H = 1024, n = 800 (208 tiles, K = 800) unsplit (59 us; S = 5: 64).

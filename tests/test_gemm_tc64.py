@@ -274,6 +274,7 @@ def test_header_matches_the_planner():
     align = int(re.search(r"^#define SPLIT_K_ALIGN (\d+)", cuda_compile.read_source(),
                           flags=re.MULTILINE).group(1))
     assert align % d["TC64_BK"] == 0 and d["TC64_BK"] % 4 == 0
+    assert align == gemm_plan.SPLIT_K_ALIGN  # (the planner's split_chunk computes the same ranges)
     # the tensor-core code only where it can compile (sm_80+, double)
     assert re.search(r"#if defined\(__CUDA_ARCH__\) && __CUDA_ARCH__ >= 800", source)
 
