@@ -27,8 +27,8 @@ from backends import cuda_compile, gemm_plan, op_table
 from backends.ops_numpy import NumpyBackend
 from core.model import CLASSES, INPUTS, ParamLayout
 from tests.test_kernel_parity import (GPU_BACKENDS, SPLIT_PRODUCTS, SPLIT_SIZES, assert_close,
-                                      fused_case, make_backend, rand, reference_split, run_fused,
-                                      run_split, split_case)
+                                      fused_case, fused_graph_replays, make_backend, rand,
+                                      reference_split, run_fused, run_split, split_case)
 from tests.test_op_table import RecordingBackend
 
 H100_SMS = 132
@@ -503,25 +503,9 @@ def test_tc64_split_graph_replays(name):
         pytest.skip(f"CUDA graphs unavailable with {name}: {why}")
     rng = np.random.default_rng(46)
     m, n, k = 139, 95, 1003  # a shape no other test plans: planned during the capture
-    z_case = fused_case(rng, "gemm_bias_sigmoid", m, n, k, be.dtype)
-    g_case = fused_case(rng, "gemm_with_bias_grad", m, n, k, be.dtype)
-    z_dev = {key: be.from_host(v) for key, v in z_case.items()}
-    g_dev = {key: be.from_host(v) for key, v in g_case.items()}
     be.gemm_split = 3
     try:
-        be.synchronize()
-        be.begin_capture()
-        be.gemm_bias_sigmoid(**z_dev)
-        be.gemm_with_bias_grad(**g_dev)
-        graph = be.end_capture()
-        replays = []
-        for _ in range(2):
-            graph.launch()
-            be.synchronize()
-            replays.append((be.to_host(z_dev["out"]), be.to_host(g_dev["out"])))
-        be.gemm_bias_sigmoid(**z_dev)
-        be.gemm_with_bias_grad(**g_dev)
-        eager = (be.to_host(z_dev["out"]), be.to_host(g_dev["out"]))
+        replays, eager = fused_graph_replays(be, rng, m, n, k)
     finally:
         be.gemm_split = None
     for replay in replays:

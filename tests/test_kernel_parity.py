@@ -344,6 +344,29 @@ def test_split_gemm_cupy_and_pycuda_agree_bitwise(dtype):
                 assert np.array_equal(*outs), f"{product[0]} {m}x{n}x{k} S={split}: differs"
 
 
+def fused_graph_replays(be, rng, m, n, k):
+    """gemm_bias_sigmoid and gemm_with_bias_grad on fresh M x N x K cases (fused_case), planned
+    and launched inside a CUDA-graph capture, the graph replayed twice, then both launched
+    eagerly: (replays, eager) on the host, each a (bias_sigmoid out, bias_grad out) pair."""
+    z = {key: be.from_host(v) for key, v in
+         fused_case(rng, "gemm_bias_sigmoid", m, n, k, be.dtype).items()}
+    g = {key: be.from_host(v) for key, v in
+         fused_case(rng, "gemm_with_bias_grad", m, n, k, be.dtype).items()}
+    be.synchronize()
+    be.begin_capture()
+    be.gemm_bias_sigmoid(**z)
+    be.gemm_with_bias_grad(**g)
+    graph = be.end_capture()
+    replays = []
+    for _ in range(2):
+        graph.launch()
+        be.synchronize()
+        replays.append((be.to_host(z["out"]), be.to_host(g["out"])))
+    be.gemm_bias_sigmoid(**z)
+    be.gemm_with_bias_grad(**g)
+    return replays, (be.to_host(z["out"]), be.to_host(g["out"]))
+
+
 @gpu_test
 @pytest.mark.parametrize("name", list(GPU_BACKENDS))
 def test_split_gemm_graph_replays(name):
@@ -355,25 +378,9 @@ def test_split_gemm_graph_replays(name):
         pytest.skip(f"CUDA graphs unavailable with {name}: {why}")
     rng = np.random.default_rng(34)
     m, n, k = 131, 97, 1001  # a shape no other test plans: its plan is made during the capture
-    z_case = fused_case(rng, "gemm_bias_sigmoid", m, n, k, be.dtype)
-    g_case = fused_case(rng, "gemm_with_bias_grad", m, n, k, be.dtype)
-    z_dev = {key: be.from_host(v) for key, v in z_case.items()}
-    g_dev = {key: be.from_host(v) for key, v in g_case.items()}
     be.gemm_split = 3
     try:
-        be.synchronize()
-        be.begin_capture()
-        be.gemm_bias_sigmoid(**z_dev)
-        be.gemm_with_bias_grad(**g_dev)
-        graph = be.end_capture()
-        replays = []
-        for _ in range(2):
-            graph.launch()
-            be.synchronize()
-            replays.append((be.to_host(z_dev["out"]), be.to_host(g_dev["out"])))
-        be.gemm_bias_sigmoid(**z_dev)
-        be.gemm_with_bias_grad(**g_dev)
-        eager = (be.to_host(z_dev["out"]), be.to_host(g_dev["out"]))
+        replays, eager = fused_graph_replays(be, rng, m, n, k)
     finally:
         be.gemm_split = None
     for replay in replays:

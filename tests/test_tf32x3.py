@@ -487,23 +487,7 @@ def test_graph_replays(name):
             pytest.skip(f"CUDA graphs unavailable with {name}: {why}")
         rng = np.random.default_rng(44)
         m, n, k = 137, 91, 1003  # a shape no other test plans: planned during the capture
-        z = {key: be.from_host(v) for key, v in
-             kp.fused_case(rng, "gemm_bias_sigmoid", m, n, k, be.dtype).items()}
-        g = {key: be.from_host(v) for key, v in
-             kp.fused_case(rng, "gemm_with_bias_grad", m, n, k, be.dtype).items()}
-        be.synchronize()
-        be.begin_capture()
-        be.gemm_bias_sigmoid(**z)
-        be.gemm_with_bias_grad(**g)
-        graph = be.end_capture()
-        replays = []
-        for _ in range(2):
-            graph.launch()
-            be.synchronize()
-            replays.append((be.to_host(z["out"]), be.to_host(g["out"])))
-        be.gemm_bias_sigmoid(**z)
-        be.gemm_with_bias_grad(**g)
-        eager = (be.to_host(z["out"]), be.to_host(g["out"]))
+        replays, eager = kp.fused_graph_replays(be, rng, m, n, k)
     for replay in replays:
         assert np.array_equal(replay[0], eager[0]) and np.array_equal(replay[1], eager[1])
     assert np.all(np.isfinite(eager[0])) and np.all(np.isfinite(eager[1]))

@@ -18,7 +18,6 @@ TFLOP/s = 2 M N K / time (the output's N, so [dW1 db1] counts its ones column).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.bench import gpu_seconds  # noqa: E402
 from core.model import CLASSES, INPUTS  # noqa: E402
 
 
@@ -58,23 +58,6 @@ def _products(cp, be, hidden, n, rng):
         ("[dW2 db2]", CLASSES, hidden + 1, n, lambda: be.gemm_with_bias_grad(diff, a1, dw2),
          lambda: cp.matmul(diff, a1.T)),
     ]
-
-
-def _gpu_seconds(cp, stream, run, calls, repeats):
-    """Median GPU seconds of one call of run() over `repeats` timings of `calls` calls."""
-    for _ in range(2):  # warm-up: compile, plan, caches
-        run()
-    stream.synchronize()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    times = []
-    for _ in range(repeats):
-        start.record(stream)
-        for _ in range(calls):
-            run()
-        end.record(stream)
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end) / 1e3 / calls)
-    return statistics.median(times)
 
 
 def _kernel(be, run):
@@ -179,7 +162,7 @@ def main(argv=None) -> int:
     stream = be._stream
 
     def time_it(run):
-        return _gpu_seconds(cp, stream, run, args.calls, args.repeats)
+        return gpu_seconds(run, be.stream_handle(), args.repeats, args.calls)
 
     tiles = [t for t in gemm_plan.GEMM_TILES
              if tc_ok or t not in gemm_plan.TC64_TILES]
