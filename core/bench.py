@@ -25,10 +25,10 @@ import time
 import numpy as np
 
 from core.errors import UserError
-from core.job import (GEMM_CHOICES, Job, apply_gemm_mode, check_gemm_flags, device_for,
+from core.job import (Job, apply_gemm_mode, check_gemm_flags, device_for,
                       run_with_error_policy)
 from core.model import CLASSES, INPUTS, ParamLayout, init_params
-from core.ops import FUSED_OPS
+from core.ops import FUSED_OPS, GEMM_MODES
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 
 
@@ -392,8 +392,8 @@ def main(argv=None) -> int:
         entries = [e for e in entries if e.name != "numpy"]
     gemm_settings = args.gemm.split(",")
     for gemm in gemm_settings:
-        if gemm not in GEMM_CHOICES:
-            raise UserError(f"--gemm {gemm}: choose from {', '.join(GEMM_CHOICES)}")
+        if gemm not in GEMM_MODES:
+            raise UserError(f"--gemm {gemm}: choose from {', '.join(GEMM_MODES)}")
         check_gemm_flags(gemm, args.dtype)
     # (entry, gemm) pairs: a setting a backend lacks (numpy has only simt) is no row of it
     runs = [(e, g) for e in entries for g in gemm_settings

@@ -32,6 +32,12 @@ Array = Any  # the backend's own array type: numpy.ndarray, cupy.ndarray, a devi
 
 SUPPORTED_DTYPES = ("float32", "float64")
 
+#: Every GEMM algorithm a backend may offer (``--gemm``'s choices; ``Backend.gemm_modes`` says
+#: which one backend has): "simt", the plain floating-point GEMM every backend has, and "tf32x3",
+#: the GPU backends' float32 GEMM on the TF32 tensor cores. The one list: core's flags and the GPU
+#: backends' planner (backends/gemm_plan.py) both name these.
+GEMM_MODES = ("simt", "tf32x3")
+
 #: Fused ops: each does the work of several contract ops in one pass. They are not abstract: the
 #: base class computes them from the contract's ops, so every backend has them, and a backend
 #: overrides one to do it in fewer launches. Each still has a NumPy reference and parity tests.

@@ -350,10 +350,12 @@ def lockstep_for(args, comm, trainer, data, train_x, train_y, say) -> Lockstep:
     return checker
 
 
-def reference_data(args, data):
-    """The reference's own training rows (uint8 images, labels) for --verify=final."""
+def final_for(args, data, snapshots: list[dict], cfg, say) -> int:
+    """--verify=final of a CLI run, on rank 0: the reference, on its own training rows
+    (core/reference.py's split), against the parameters after each epoch (``snapshots``)."""
     rows, _ = reference.split(len(data.train_labels), args.train_size, args.val_size)
-    return data.train_images[rows.start:rows.stop], data.train_labels[rows.start:rows.stop]
+    take = slice(rows.start, rows.stop)
+    return final(snapshots, data.train_images[take], data.train_labels[take], args.scale, cfg, say)
 
 
 def final(trainer_epochs: list[dict], images, labels, scale: str, cfg, say) -> int:

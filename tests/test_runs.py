@@ -88,7 +88,8 @@ def test_memory_preflight_is_one_line_before_allocating(env):
 
 
 def test_memory_estimate_fits_a_normal_run():
-    from core.train import build_parser, check_memory
+    from core.preflight import check_memory
+    from core.train_flags import build_parser
 
     args = build_parser().parse_args([])
     check_memory(args, 1, 1, 54000, 6000, 70000, True, available=2 * 10**9)  # fits
@@ -258,7 +259,7 @@ def test_signal_checkpoints_exits_130_and_resume_is_bit_identical(env, tmp_path,
 
 def test_second_signal_exits_at_once(monkeypatch):
     from comm.single import SingleCommunicator
-    from core.train import StopRequest
+    from core.session import StopRequest
 
     exits = []
     monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))

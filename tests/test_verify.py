@@ -31,7 +31,7 @@ from core import data, reference, verify
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 from core.hookspecs import ENTRY_POINT_GROUP
 from core.model import init_params
-from core.train import split_data
+from core.preflight import split_data
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent

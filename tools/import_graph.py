@@ -6,7 +6,9 @@ inside functions) and check that every arrow points down the layers.
 Layers, top to bottom (a module may import its own layer or lower ones only):
     5  core.cli                                 the `dpmlp` command, dispatching to the entry points
     4  core.train, core.bench, core.plot        the entry points
-    3  core.job, core.verify                    the job's lifecycle; the lockstep checker
+    3  core.job, core.verify, core.train_flags, core.preflight, core.session
+                                                the job's lifecycle; the lockstep checker; the
+                                                training CLI's flags, pre-flight checks, session
     2  core.data_parallel, core.model, core.data, core.plugins, core.checkpoint, core.rundir,
        core.progress, core.threads, core.reference, core.exact   what a run is made of (and its
        reference; --exact's model)
@@ -32,6 +34,7 @@ CORE_LAYER = {
     "core.checkpoint": 2, "core.rundir": 2, "core.progress": 2, "core.threads": 2,
     "core.reference": 2, "core.exact": 2, "core.exact_math": 1,
     "core.job": 3, "core.verify": 3,
+    "core.train_flags": 3, "core.preflight": 3, "core.session": 3,
     "core.train": 4, "core.bench": 4, "core.plot": 4,
     "core.cli": 5,
 }
