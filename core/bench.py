@@ -383,29 +383,8 @@ def _torch_graph_epoch(dtype, x, y, hidden, batch):
 def main(argv=None) -> int:
     args = _args(argv)
     job = Job.start(args.comm)
-    registry, comm, say = job.registry, job.comm, job.say
-    entries = [e for e in registry.backends() if e.available]
-    if args.backends:
-        wanted = args.backends.split(",")
-        entries = [registry.backend(name) for name in wanted]
-    elif any(e.name != "numpy" for e in entries):
-        entries = [e for e in entries if e.name != "numpy"]
-    gemm_settings = args.gemm.split(",")
-    for gemm in gemm_settings:
-        if gemm not in GEMM_MODES:
-            raise UserError(f"--gemm {gemm}: choose from {', '.join(GEMM_MODES)}")
-        check_gemm_flags(gemm, args.dtype)
-    # (entry, gemm) pairs: a setting a backend lacks (numpy has only simt) is no row of it
-    runs = [(e, g) for e in entries for g in gemm_settings
-            if g in getattr(e.cls, "gemm_modes", ("simt",))]
-    for entry in entries:
-        for gemm in gemm_settings:
-            if (entry, gemm) not in runs:
-                say(f"dpmlp bench: note: backend {entry.name} has no --gemm {gemm}; no such rows")
-    if args.gemm_split is not None:
-        for entry in entries:
-            if hasattr(entry.cls, "gemm_split"):  # the CUDA backends (CudaBackend.gemm_split)
-                entry.cls.gemm_split = args.gemm_split
+    comm, say = job.comm, job.say
+    entries, runs, gemm_settings = _chosen_runs(args, job.registry, say)
     modes = args.modes.split(",") if args.modes else [args.dtype]
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -417,54 +396,16 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batch.split(",")]
     say(f"dpmlp bench: {', '.join(e.name for e in entries)}; comm {comm.name} x{comm.size}; "
         f"{args.dtype}; {x.shape[1]} samples/epoch ({source}); median of {args.epochs} epochs")
-    training, gemms = [], []
     # A throwaway row first: GPU clocks ramp up and kernels load on first use, which would
     # otherwise be charged to whichever row happens to come first.
-    graph_settings = args.cuda_graphs.split(",")
     for entry in entries:
         bench_training(entry.cls, comm, argparse.Namespace(**{**vars(args), "epochs": 1}), x, y,
                        hiddens[0], batches[0])
-    for hidden in hiddens:
-        for batch in batches:
-            for entry, gemm in runs:
-                for mode in modes:
-                    if gemm != "simt" and mode != "float32":
-                        continue  # TF32x3 is a float32 GEMM
-                    for graphs in graph_settings:
-                        row = bench_training(entry.cls, comm, args, x, y, hidden, batch, graphs,
-                                             gemm, mode)
-                        training.append(row)
-                        say(_fmt_training(row), flush=True)
-            if comm.size == 1 and not args.no_reference:
-                for row in reference_rows(args, x, y, hidden, batch):
-                    training.append(row)
-                    say(_fmt_training(row), flush=True)
-    kernels = []
+    training = _training_rows(args, comm, say, runs, modes, x, y, hiddens, batches)
+    kernels, gemms = [], []
     if comm.size == 1:
-        for entry, gemm in runs:
-            for hidden in hiddens:
-                for batch in batches:
-                    kernels += step_kernel_times(entry.cls, comm, args, x, y, hidden, batch,
-                                                 gemm=gemm)
-        if kernels:
-            say("\nKernels of one eager training step (CUDA events, median of 20 steps, us)")
-            for (name, hidden, batch), group in itertools.groupby(
-                    kernels, key=lambda r: (r["backend"], r["H"], r["B"])):
-                group = list(group)
-                say(f"{name:15s} H={hidden:5d} B={batch:5d}  total {sum(r['us'] for r in group):7.1f}"
-                    "  " + ", ".join(f"{r['op']} {r['us']:.1f}" for r in group))
-        for entry, gemm in runs:
-            backend = _backend(entry.cls, args.dtype, device_for(entry.cls, 0), gemm)
-            for hidden in hiddens:
-                gemms += bench_gemm(backend, model_gemm_shapes(hidden, batches[0]))
-        if not args.no_reference:
-            gemms += _cupy_gemm_rows(args.dtype, hiddens, batches[0])
-        say("\nGEMM at the model's shapes (n = B on one rank; GPU time by CUDA events, median of "
-            "20 timings of 10 back-to-back calls; wall time for host backends)")
-        say(f"{'backend':22s} {'gemm':15s} {'M':>5s} {'N':>5s} {'K':>5s} {'us':>9s} {'GFLOP/s':>9s}")
-        for r in gemms:
-            say(f"{r['backend']:22s} {r['gemm']:15s} {r['M']:5d} {r['N']:5d} {r['K']:5d} "
-                f"{r['us']:9.1f} {r['gflops']:9.1f}")
+        kernels = _kernel_rows(args, comm, say, runs, x, y, hiddens, batches)
+        gemms = _gemm_rows(args, say, runs, hiddens, batches[0])
     if comm.rank == 0:
         with open(args.json, "w") as fh:
             json.dump({"machine": _machine(), "dtype": args.dtype, "gemm_modes": gemm_settings,
@@ -474,6 +415,90 @@ def main(argv=None) -> int:
         say(f"\nwrote {args.json}")
     job.finish()
     return 0
+
+
+def _chosen_runs(args, registry, say):
+    """The backends (--backends, else every available GPU backend, else numpy), the (entry,
+    gemm) pairs to time (a --gemm setting a backend lacks is no row of it: a note says so), and
+    the --gemm settings; --gemm-split set on the CUDA backends."""
+    entries = [e for e in registry.backends() if e.available]
+    if args.backends:
+        entries = [registry.backend(name) for name in args.backends.split(",")]
+    elif any(e.name != "numpy" for e in entries):
+        entries = [e for e in entries if e.name != "numpy"]
+    gemm_settings = args.gemm.split(",")
+    for gemm in gemm_settings:
+        if gemm not in GEMM_MODES:
+            raise UserError(f"--gemm {gemm}: choose from {', '.join(GEMM_MODES)}")
+        check_gemm_flags(gemm, args.dtype)
+    runs = [(e, g) for e in entries for g in gemm_settings
+            if g in getattr(e.cls, "gemm_modes", ("simt",))]
+    for entry in entries:
+        for gemm in gemm_settings:
+            if (entry, gemm) not in runs:
+                say(f"dpmlp bench: note: backend {entry.name} has no --gemm {gemm}; no such rows")
+    if args.gemm_split is not None:
+        for entry in entries:
+            if hasattr(entry.cls, "gemm_split"):  # the CUDA backends (CudaBackend.gemm_split)
+                entry.cls.gemm_split = args.gemm_split
+    return entries, runs, gemm_settings
+
+
+def _training_rows(args, comm, say, runs, modes, x, y, hiddens, batches) -> list[dict]:
+    """An epoch-time row per shape, backend, --gemm, mode and --cuda-graphs setting, then (one
+    rank) the cuBLAS and PyTorch rows of the shape; each printed as it is measured."""
+    rows = []
+    for hidden in hiddens:
+        for batch in batches:
+            for entry, gemm in runs:
+                for mode in modes:
+                    if gemm != "simt" and mode != "float32":
+                        continue  # TF32x3 is a float32 GEMM
+                    for graphs in args.cuda_graphs.split(","):
+                        rows.append(bench_training(entry.cls, comm, args, x, y, hidden, batch,
+                                                   graphs, gemm, mode))
+                        say(_fmt_training(rows[-1]), flush=True)
+            if comm.size == 1 and not args.no_reference:
+                for row in reference_rows(args, x, y, hidden, batch):
+                    rows.append(row)
+                    say(_fmt_training(row), flush=True)
+    return rows
+
+
+def _kernel_rows(args, comm, say, runs, x, y, hiddens, batches) -> list[dict]:
+    """The GPU time of each kernel of one eager step, per backend and shape, printed as a table."""
+    kernels = []
+    for entry, gemm in runs:
+        for hidden in hiddens:
+            for batch in batches:
+                kernels += step_kernel_times(entry.cls, comm, args, x, y, hidden, batch,
+                                             gemm=gemm)
+    if kernels:
+        say("\nKernels of one eager training step (CUDA events, median of 20 steps, us)")
+        for (name, hidden, batch), group in itertools.groupby(
+                kernels, key=lambda r: (r["backend"], r["H"], r["B"])):
+            group = list(group)
+            say(f"{name:15s} H={hidden:5d} B={batch:5d}  total {sum(r['us'] for r in group):7.1f}"
+                "  " + ", ".join(f"{r['op']} {r['us']:.1f}" for r in group))
+    return kernels
+
+
+def _gemm_rows(args, say, runs, hiddens, n) -> list[dict]:
+    """Each GEMM of the model at n samples, per backend and H (and cuBLAS's), printed as a table."""
+    gemms = []
+    for entry, gemm in runs:
+        backend = _backend(entry.cls, args.dtype, device_for(entry.cls, 0), gemm)
+        for hidden in hiddens:
+            gemms += bench_gemm(backend, model_gemm_shapes(hidden, n))
+    if not args.no_reference:
+        gemms += _cupy_gemm_rows(args.dtype, hiddens, n)
+    say("\nGEMM at the model's shapes (n = B on one rank; GPU time by CUDA events, median of "
+        "20 timings of 10 back-to-back calls; wall time for host backends)")
+    say(f"{'backend':22s} {'gemm':15s} {'M':>5s} {'N':>5s} {'K':>5s} {'us':>9s} {'GFLOP/s':>9s}")
+    for r in gemms:
+        say(f"{r['backend']:22s} {r['gemm']:15s} {r['M']:5d} {r['N']:5d} {r['K']:5d} "
+            f"{r['us']:9.1f} {r['gflops']:9.1f}")
+    return gemms
 
 
 def _cupy_gemm_rows(dtype, hiddens, n):

@@ -131,26 +131,12 @@ class ExactMLP(FlatParamsModel):
         ok, why = exact_support(backend)
         if not ok:
             raise UserError(why)
-        self.backend = be = backend
+        self.backend = backend
         self.hidden = h = hidden
         self.max_cols = cols = max(1, max_cols)
         self.layout = ParamLayout(hidden)
         self.size = self.layout.size
-        shapes = self.layout.shapes
-
-        self.flat_params = be.from_host(self.layout.pack(params))
-        self.W1, self.b1, self.W2, self.b2 = be.flat_views(self.flat_params, shapes)
-        self.flat_grads = be.zeros((self.size,))
-        (_, w1b1_offset, w1b1_shape), (_, w2b2_offset, w2b2_shape) = self.layout.grad_blocks
-        self.W1b1, self.W2b2 = (be.flat_views(be.cols(self.flat_params, off, off + math.prod(shp)),
-                                              [shp])[0]
-                                for off, shp in ((w1b1_offset, w1b1_shape),
-                                                 (w2b2_offset, w2b2_shape)))
-        self.dW1b1, self.dW2b2 = (be.flat_views(be.cols(self.flat_grads, off, off + math.prod(shp)),
-                                                [shp])[0]
-                                  for off, shp in ((w1b1_offset, w1b1_shape),
-                                                   (w2b2_offset, w2b2_shape)))
-
+        self._allocate_params(params)
         # the slicing of each product, by its inner dimension (+1: the bias column / ones row)
         self.z1_cut = Slicing.for_depth(INPUTS + 1)
         self.z2_cut = Slicing.for_depth(hidden + 1)
@@ -158,16 +144,38 @@ class ExactMLP(FlatParamsModel):
         # over the GLOBAL minibatch: the group sums are summed over ranks, too
         self.grad_cut = Slicing.for_depth(batch_size)
         self.x_exp = _exponent(max(float(x_bound), 1.0))  # pixels and the ones row
+        self._allocate_exchange()
+        self._allocate_work(h, cols)
 
-        gs = self.grad_cut.slices
-        # the exchange: [dW1 db1] group sums, then [dW2 db2]'s (the output layer's: the tail,
-        # exchanged first while the hidden layer's are computed)
+    def _allocate_params(self, params: dict[str, np.ndarray]) -> None:
+        """The flat parameters and gradients, their views, and [W1 b1], [W2 b2], [dW1 db1],
+        [dW2 db2] as one matrix a layer (the bias the last column)."""
+        be = self.backend
+        self.flat_params = be.from_host(self.layout.pack(params))
+        self.W1, self.b1, self.W2, self.b2 = be.flat_views(self.flat_params, self.layout.shapes)
+        self.flat_grads = be.zeros((self.size,))
+
+        def block_views(flat):
+            return [be.flat_views(be.cols(flat, offset, offset + math.prod(shape)), [shape])[0]
+                    for _, offset, shape in self.layout.grad_blocks]
+
+        self.W1b1, self.W2b2 = block_views(self.flat_params)
+        self.dW1b1, self.dW2b2 = block_views(self.flat_grads)
+
+    def _allocate_exchange(self) -> None:
+        """The exchange: [dW1 db1]'s S group sums, then [dW2 db2]'s (the output layer's: the tail,
+        exchanged first while the hidden layer's are computed)."""
+        be, h, gs = self.backend, self.hidden, self.grad_cut.slices
         self.exchange_buffer = be.zeros((gs * self.size,))
         self.exchange_split = gs * self.layout.output_layer_offset
         self.G_W1b1 = be.flat_views(self.exchange_buffer, [(h, gs * (INPUTS + 1))])[0]
         self.G_W2b2 = be.flat_views(be.cols(self.exchange_buffer, self.exchange_split,
                                             gs * self.size), [(CLASSES, gs * (h + 1))])[0]
 
+    def _allocate_work(self, h: int, cols: int) -> None:
+        """Activations, grid exponents, and the digit and group-sum buffers every product reuses
+        (the stream orders their uses), each for the largest product it serves."""
+        be = self.backend
         self._a1 = be.empty((h, cols))        # z1, then a1
         self._z2 = be.empty((CLASSES, cols))  # z2, then diff in place
         self._dz1 = be.empty((h, cols))       # da1, then dz1 in place
@@ -177,7 +185,6 @@ class ExactMLP(FlatParamsModel):
         self.e_W2 = be.zeros((CLASSES,))      # of the rows of [W2 b2]
         self.e_W2c = be.zeros((h,))           # of the columns of W2 (rows of W2^T)
         self.zeros = be.zeros((max(cols, h + 1, INPUTS + 1),))  # "no per-row part" of a grid
-        # digit buffers (reused by every product; the stream orders their uses) and group sums
         z1, z2, da1, gr = self.z1_cut, self.z2_cut, self.da1_cut, self.grad_cut
         a_need = max(h * z1.slices * z1.k, CLASSES * z2.slices * z2.k, h * da1.slices * da1.k,
                      CLASSES * gr.slices * cols, h * gr.slices * cols)
