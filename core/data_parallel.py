@@ -127,11 +127,6 @@ class GradientExchange:
         if self.mode == "staged":
             self.backend.copy_from_host(self.staging, self.flat)
 
-    def allreduce(self) -> None:
-        """The whole buffer at once (no overlap)."""
-        self.start()
-        self.finish()
-
 
 class DataParallelTrainer:
     def __init__(self, backend: Backend, comm: Communicator, config: TrainConfig,
@@ -200,7 +195,7 @@ class DataParallelTrainer:
         x, y = be.cols(self.X, lo, hi), be.cols(self.Y, lo, hi)
         a1 = out = None
         if hi > lo:
-            a1, out = model.forward(x, train=True)  # the hidden layer
+            a1, out = model.forward_hidden(x)
         # the output layer, its softmax, diff and the loss (into _nll): one fused op
         model.backward_output(x, y, a1, out, global_batch=batch, nll_acc=self._nll)
         self.exchange.start()   # output layer's sum travels while the hidden layer's is computed

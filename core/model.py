@@ -113,10 +113,6 @@ class ParamLayout:
                 GemmShape("dW1=dz1 x^T", h, inputs, n, False, True)]
 
 
-def param_shapes(hidden: int) -> list[tuple[int, ...]]:
-    return ParamLayout(hidden).shapes
-
-
 def init_params(hidden: int, seed: int) -> dict[str, np.ndarray]:
     """Reference initialisation W = 0.01 N(0, 1), b = 0, in float64 from one seeded generator
     (W1 drawn first, then W2), so every rank and every backend starts from the same numbers."""
@@ -125,12 +121,6 @@ def init_params(hidden: int, seed: int) -> dict[str, np.ndarray]:
     w2 = 0.01 * rng.standard_normal((CLASSES, hidden))
     return {"W1": np.asfortranarray(w1), "b1": np.zeros(hidden),
             "W2": np.asfortranarray(w2), "b2": np.zeros(CLASSES)}
-
-
-def pack(params: dict[str, np.ndarray]) -> np.ndarray:
-    """Concatenate parameters column-major into one flat float64 vector (the flat-buffer layout)."""
-    hidden = params["W1"].shape[0]
-    return ParamLayout(hidden).pack(params)
 
 
 class FlatParamsModel:
@@ -173,25 +163,32 @@ class MLP(FlatParamsModel):
                                [shape]) for _, offset, shape in self.layout.grad_blocks)
 
         cols = self.max_cols
-        self._a1 = backend.empty((hidden, cols))    # z1, then a1 = sigmoid(z1) in place
-        self._yhat = backend.empty((CLASSES, cols))  # z2, then yhat, then diff in place
-        self._dz1 = backend.empty((hidden, cols))   # da1, then dz1 in place
+        # Each written whole by one fused op (no intermediate z1, z2 or da1 is ever stored):
+        self._a1 = backend.empty((hidden, cols))     # a1 (gemm_bias_sigmoid)
+        self._yhat = backend.empty((CLASSES, cols))  # training: diff (output_layer), which
+                                                     # backward_hidden reads; evaluation: z2,
+                                                     # then yhat in place
+        self._dz1 = backend.empty((hidden, cols))    # dz1 (gemm_sigmoid_backward)
         self._nll_discard = backend.zeros((1,))      # the loss sum of backward_output's callers
                                                      # that do not ask for it
 
     # ------------------------------------------------------------------ passes
-    def forward(self, x, train: bool = False) -> tuple:
-        """Forward pass over the columns of ``x`` (784 x n, n <= max_cols): returns (a1, yhat).
-
-        With ``train=True`` only the hidden layer runs: it returns (a1, out), ``out`` the
-        output layer's buffer, which ``backward_output`` fills with diff (the output layer, its
-        softmax and the loss are one fused op there, ``Backend.output_layer``)."""
+    def forward_hidden(self, x) -> tuple:
+        """The forward pass of a training step, over the columns of ``x`` (784 x n, n <=
+        max_cols): the hidden layer only. Returns (a1, out), ``out`` the output layer's buffer,
+        which ``backward_output`` fills with diff (the output layer, its softmax and the loss are
+        one fused op there, ``Backend.output_layer``)."""
         be, n = self.backend, _ncols(x)
-        a1, yhat = be.cols(self._a1, 0, n), be.cols(self._yhat, 0, n)
+        a1 = be.cols(self._a1, 0, n)
         be.gemm_bias_sigmoid(self.W1, x, self.b1, a1)  # a1 = sigmoid(W1 x + b1)
-        if train:
-            return a1, yhat
-        # evaluation: softmax kept, so count_correct's first-maximum rule sees what it always saw
+        return a1, be.cols(self._yhat, 0, n)
+
+    def forward(self, x) -> tuple:
+        """The whole forward pass over the columns of ``x`` (784 x n, n <= max_cols), as
+        evaluation uses it: returns (a1, yhat)."""
+        a1, yhat = self.forward_hidden(x)
+        be = self.backend
+        # the softmax kept, so count_correct's first-maximum rule sees what it always saw
         be.gemm(self.W2, a1, yhat)               # z2 = W2 a1
         be.add_bias(yhat, self.b2)               # z2 += b2
         be.softmax(yhat, yhat, axis=0)           # yhat = softmax over each sample's column
@@ -199,7 +196,8 @@ class MLP(FlatParamsModel):
 
     def backward(self, x, labels, a1, out, global_batch: int, nll_acc=None) -> None:
         """Gradient contribution of this rank's samples into ``flat_grads`` (no reg term), from
-        the (a1, out) of ``forward`` (either mode); the loss sum goes to ``nll_acc`` if given."""
+        the (a1, out) of ``forward_hidden`` or ``forward``; the loss sum goes to ``nll_acc`` if
+        given."""
         self.backward_output(x, labels, a1, out, global_batch, nll_acc)
         self.backward_hidden(x, a1, out)
 
@@ -221,7 +219,7 @@ class MLP(FlatParamsModel):
 
     def backward_hidden(self, x, a1, diff) -> None:
         """Hidden layer: dW1, db1 (the head of ``flat_grads``) from the ``diff`` that
-        backward_output left in place of yhat."""
+        backward_output left in the output layer's buffer."""
         be, n = self.backend, _ncols(x)
         if n == 0:
             return
@@ -239,12 +237,6 @@ class MLP(FlatParamsModel):
     def exchange_split(self) -> int:
         """Where the output layer's part of ``exchange_buffer`` starts (it is exchanged first)."""
         return self.output_layer_offset
-
-    def add_regularisation(self, reg: float) -> None:
-        """dW += reg W on the gradient alone (the gradient checks; training uses ``update``)."""
-        if reg:
-            self.backend.axpy(reg, self.W1, self.dW1)
-            self.backend.axpy(reg, self.W2, self.dW2)
 
     def update(self, reg: float, lr: float) -> None:
         """dW += reg W (applied once to the summed gradient, identically on every rank), then

@@ -109,8 +109,10 @@ def _execution_flags(group) -> None:
                        help="replay each epoch as one captured CUDA graph: auto (wherever it "
                             "works, else eager with one line saying why), on, off")
     group.add_argument("--gemm", choices=GEMM_MODES, default="simt",
-                       help="GEMM algorithm: simt (FP32/FP64 FMA kernels, default) or tf32x3 (GPU "
-                            "backends, float32, compute capability 8.0+: tensor cores with the "
+                       help="GEMM algorithm: simt (default: in the run's own precision; on the "
+                            "GPU backends FP32 FMA kernels for float32, the FP64 tensor cores for "
+                            "float64 on compute capability 8.0+) or tf32x3 (GPU backends, "
+                            "float32, compute capability 8.0+: tensor cores with the "
                             "error-compensated three-product TF32 split)")
     group.add_argument("--list-backends", action="store_true",
                        help="list backends and communicators with availability, then exit")

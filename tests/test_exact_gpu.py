@@ -70,7 +70,7 @@ def _steps(be, split=None, steps=3, hidden=33, batch=29, seed=3):
         X, Y = be.from_host(x), be.from_host(y)
         for s in range(steps):
             xs, ys = be.cols(X, s * batch, (s + 1) * batch), be.cols(Y, s * batch, (s + 1) * batch)
-            a1, z2 = model.forward(xs, train=True)
+            a1, z2 = model.forward_hidden(xs)
             model.backward(xs, ys, a1, z2, global_batch=batch, nll_acc=nll)
             model.update(0.05, 0.5)
         assert not model.out_of_range()

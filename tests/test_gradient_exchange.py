@@ -20,6 +20,7 @@ from conftest import relative_max_error, run_mpi
 from core.communicator import Communicator
 from core.data_parallel import DataParallelTrainer, GradientExchange
 from core.model import PARAM_NAMES
+from model_helpers import exchange_whole
 from subset_training import STAGED_CASE, StagedNumpy, config_of, dataset
 
 WORKER = Path(__file__).resolve().parent / "comm_worker.py"
@@ -59,7 +60,7 @@ def test_staged_exchange_hands_only_the_host_buffer_to_the_communicator():
     flat = backend.from_host(np.arange(10.0))
     exchange = GradientExchange(backend, comm, flat, split=6)
     assert exchange.mode == "staged"
-    exchange.allreduce()
+    exchange_whole(exchange)
     assert len(comm.seen) == 2  # tail (output layer) first, then head: two calls, one buffer
     assert all(np.shares_memory(buf, exchange.staging) for buf in comm.seen)
     assert not any(np.shares_memory(buf, flat) for buf in comm.seen)
@@ -74,7 +75,7 @@ def test_host_resident_backend_is_reduced_in_place():
     flat = backend.from_host(np.arange(10.0))
     exchange = GradientExchange(backend, comm, flat, split=6)
     assert exchange.mode == "host"
-    exchange.allreduce()
+    exchange_whole(exchange)
     assert all(np.shares_memory(buf, flat) for buf in comm.seen)
 
 
@@ -83,7 +84,7 @@ def test_single_rank_exchange_does_nothing():
     flat = backend.from_host(np.arange(4.0))
     exchange = GradientExchange(backend, SingleCommunicator(), flat, split=2)
     assert exchange.mode == "none"
-    exchange.allreduce()
+    exchange_whole(exchange)
     np.testing.assert_array_equal(flat, np.arange(4.0))
 
 

@@ -1,6 +1,6 @@
 """The model's loss and gradients (core/model.py): a central finite-difference check, in float64,
 of the full loss J of SPEC.md w.r.t. sampled entries of W1, b1, W2, b2, through MLP.forward /
-backward + add_regularisation; gradients of a batch cut into pieces (as ranks cut it) summing to
+backward + the reg term; gradients of a batch cut into pieces (as ranks cut it) summing to
 the whole batch's; the SGD step, the flat parameter layout and the initial weights.
 """
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from backends.ops_numpy import NumpyBackend
-from core.model import CLASSES, INPUTS, MLP, PARAM_NAMES, init_params, pack, param_shapes
+from core.model import CLASSES, INPUTS, MLP, PARAM_NAMES, init_params
+from model_helpers import add_regularisation
 
 H, NS, REG = 7, 13, 0.1
 
@@ -40,8 +41,9 @@ def _loss(params, x, labels, reg):
 
 
 def _model_gradient(params, x, labels, reg, split=None):
-    """Gradient from MLP.forward/backward + add_regularisation. With ``split``, the batch is cut
-    into contiguous pieces whose contributions are summed, the way ranks do it."""
+    """Gradient from MLP.forward/backward + the reg term (model_helpers.add_regularisation).
+    With ``split``, the batch is cut into contiguous pieces whose contributions are summed, the
+    way ranks do it."""
     be = NumpyBackend("float64")
     model = MLP(be, H, NS, params)
     total = np.zeros(model.size)
@@ -57,7 +59,7 @@ def _model_gradient(params, x, labels, reg, split=None):
         total += model.flat_grads
         lo += count
     model.flat_grads[...] = total
-    model.add_regularisation(reg)
+    add_regularisation(model, reg)
     grads = {"W1": model.dW1.copy(), "b1": model.db1.copy(), "W2": model.dW2.copy(),
              "b2": model.db2.copy()}
     return grads, model
@@ -117,7 +119,7 @@ def test_backward_with_no_samples_gives_zero_gradient():
     be.fill(model.flat_grads, np.nan)
     model.backward(be.empty((INPUTS, 0)), be.from_host(np.zeros(0, np.int32)), None, None, 13)
     assert (model.flat_grads == 0).all()
-    model.add_regularisation(REG)
+    add_regularisation(model, REG)
     np.testing.assert_array_equal(model.dW1, REG * params["W1"])
     assert (model.db1 == 0).all() and (model.db2 == 0).all()
 
@@ -130,17 +132,19 @@ def test_sgd_step_and_flat_layout():
     for name in PARAM_NAMES:
         np.testing.assert_allclose(after[name], params[name] - 0.5 * grads[name], rtol=1e-15,
                                    atol=1e-17)
-    assert model.size == sum(int(np.prod(s)) for s in param_shapes(H))
-    np.testing.assert_array_equal(model.flat_params, pack(after))
+    # W1, b1, W2, b2 back to back, each column-major
+    assert model.size == H * INPUTS + H + CLASSES * H + CLASSES
+    np.testing.assert_array_equal(model.flat_params, np.concatenate(
+        [np.ravel(after[name], order="F") for name in PARAM_NAMES]))
 
 
 def test_fused_update_equals_regularisation_then_step_bitwise():
-    """update(reg, lr) is add_regularisation(reg) then p -= lr dp, bit for bit, biases unpenalised."""
+    """update(reg, lr) is the reg term then p -= lr dp, bit for bit, biases unpenalised."""
     x, labels, params = _problem()
     _, fused = _model_gradient(params, x, labels, 0.0)
     _, plain = _model_gradient(params, x, labels, 0.0)
     fused.update(REG, 0.5)
-    plain.add_regularisation(REG)
+    add_regularisation(plain, REG)
     plain.backend.axpy(-0.5, plain.flat_grads, plain.flat_params)
     np.testing.assert_array_equal(fused.flat_params, plain.flat_params)
     np.testing.assert_array_equal(fused.flat_grads, plain.flat_grads)
