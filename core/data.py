@@ -267,12 +267,11 @@ DEFAULT_MIRRORS = [
     "http://yann.lecun.com/exdb/mnist/",
 ]
 
-# MD5 of the UNCOMPRESSED content: a mirror may recompress the .gz (the train-images .gz of the copy
-# this project was developed against, ../shared/data/mnist beside the checkout, is one: its .gz MD5
-# is e3fc4e8c..., not the standard f68b3c2d...), or an HTTP client may inflate it, and the pixels
-# are still right. How these were obtained: train-images is given in SPEC.md; for the other three,
-# the .gz MD5 of that copy was first checked against the standard one in SPEC.md (all three
-# equal), then `zcat FILE | md5sum` was taken.
+# MD5 of the UNCOMPRESSED content (docs/spec.md, "Data format"): a mirror may recompress the .gz
+# (the train-images .gz of the copy this project was developed against is one: its .gz MD5 is
+# e3fc4e8c..., not the standard f68b3c2d...), or an HTTP client may inflate it, and the pixels are
+# still right. How these were obtained: the other three .gz files of that copy have the standard
+# .gz MD5s, and `zcat FILE | md5sum` of each gave its content's.
 STANDARD_MD5 = {
     "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",

@@ -1,4 +1,4 @@
-"""Data-parallel minibatch SGD, exactly as SPEC.md's "Data parallelism" section.
+"""Data-parallel minibatch SGD, exactly as docs/spec.md's "Data parallelism" section.
 
 Every rank holds the whole (scaled) training set on its device, takes its contiguous slice of each
 minibatch by the course rule, computes its gradient contribution normalised by the GLOBAL minibatch

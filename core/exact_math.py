@@ -7,9 +7,9 @@ SAME ulp: a GPU run and a NumPy run of one model differ in the last bit of a sig
 grows that bit. Written as below, a function is a fixed sequence of correctly rounded operations,
 so NumPy (here, vectorised) and CUDA (backends/exact.cuh, the same sequence per element, never
 contracted into fused multiply-adds) return the same bits for every input. Accuracy: a few ulp
-(tests/test_exact_math.py measures it against np.exp / np.log).
+(tests/test_exact.py measures it against np.exp / np.log).
 
-The constants are doubles written in hex, as exact.cuh writes them; tests/test_exact_math.py checks
+The constants are doubles written in hex, as exact.cuh writes them; tests/test_exact.py checks
 that the two lists are the same numbers. Pure NumPy: no GPU library is imported.
 """
 

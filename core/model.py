@@ -1,4 +1,5 @@
-"""The two-layer MLP of SPEC.md, written once in terms of the ops contract (core/ops.py).
+"""The two-layer MLP of docs/spec.md ("Model" to "SGD"), written once over the ops contract
+(core/ops.py).
 
     z1 = W1 x + b1,  a1 = sigmoid(z1),  z2 = W2 a1 + b2,  yhat = softmax(z2)
     diff = (yhat - y) / N_b        (N_b: the GLOBAL size of this minibatch)

@@ -1,7 +1,8 @@
-"""The yardstick of ``--verify``: SPEC.md's MLP as a plain single-process SGD loop in NumPy float64.
+"""The yardstick of ``--verify``: the MLP of docs/spec.md as a plain single-process SGD loop in
+NumPy float64.
 
-Written from SPEC.md's formulas alone, beside the trainer rather than on top of it (as llm.c keeps
-``train_gpt2.c`` beside its kernels): its own data split, scaling, initialisation, minibatch
+Written from docs/spec.md's formulas alone, beside the trainer rather than on top of it (as llm.c
+keeps ``train_gpt2.c`` beside its kernels): its own data split, scaling, initialisation, minibatch
 schedule, forward, backward, softmax and update. It imports nothing from the trainer, the model,
 the ops contract or any backend, so a bug in the shared training loop cannot cancel out of a
 comparison with it. Arrays are ordinary NumPy float64; matrices hold one sample per column.

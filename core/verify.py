@@ -9,9 +9,9 @@ summed gradient after the exchange (reg term included) and the updated parameter
 reference takes the backend's parameters again, so errors never compound: each step is judged on
 its own rounding, not on the chaotic growth of rounding differences over a long run. Before the
 first step it also checks what the trainer was given against the reference's own reading of
-SPEC.md: the training and validation images (first N rows; validation from the END of the file)
-and the initial parameters (its own draw from the seed). On every step, on every rank, it checks
-the trainer's schedule: ceil(N / B) steps an epoch, in file order, the last one smaller.
+docs/spec.md ("Minibatches", "Initialisation"): the training and validation images (first N
+rows; validation from the END of the file) and the initial parameters (its own draw from the
+seed). On every step, on every rank, it checks the trainer's schedule: ceil(N / B) steps an epoch, in file order, the last one smaller.
 
 Errors are relative max-norms, as the course's check: ``||S - P||_inf / ||S||_inf`` per
 parameter (S the reference, P the backend), for each of W1, b1, W2, b2 and each of "gradient"
@@ -195,8 +195,9 @@ class Lockstep:
                                        ("validation", val_x, val_y, self.val_reference)):
             if x.shape[1] != len(lab) or len(y) != len(lab):
                 return (f"verify FAILED before training: the trainer got {x.shape[1]} {what} "
-                        f"images, the reference reads {len(lab)} from the training file (SPEC.md: "
-                        f"first N for training, validation held out from the END)")
+                        f"images, the reference reads {len(lab)} from the training file "
+                        f"(docs/spec.md, Minibatches: first N for training, validation held out "
+                        f"from the END)")
             if not np.array_equal(np.asarray(y), lab):
                 return f"verify FAILED before training: the {what} labels differ from the file's"
             for lo in range(0, len(lab), 4096):

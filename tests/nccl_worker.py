@@ -1,4 +1,4 @@
-"""Run under mpirun by tests/test_nccl.py: the NCCL communicator's device path on one backend.
+"""Run under mpirun by tests/test_nccl_communicator.py: the NCCL communicator's device path on one backend.
 
     mpirun -n P python tests/nccl_worker.py BACKEND DTYPE
 

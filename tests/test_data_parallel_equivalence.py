@@ -3,7 +3,7 @@
 tests/mpi_worker.py trains DataParallelTrainer (NumPy backend, float64, MpiCommunicator) under
 ``mpirun -n P`` for P = 1, 2, 3, 4 and every rank saves its parameters; the test compares each
 with the same training done here in one process (SingleCommunicator), by the course's relative
-max-norm error, at 1e-12. The cases are the known pitfalls of SPEC.md: B not divisible by P, a
+max-norm error, at 1e-12. The cases are docs/spec.md's "Known pitfalls": B not divisible by P, a
 smaller last batch, B < P (ranks with no samples), and a large reg (0.1) under which counting reg
 once per rank could not hide. A negative control shows that such a bug would be caught.
 
@@ -27,7 +27,8 @@ WORKER = Path(__file__).resolve().parent / "mpi_worker.py"
 TOLERANCE = 1e-12
 RANKS = [1, 2, 3, 4]
 
-# name -> case; each one a pitfall of SPEC.md (all small: H=16, <= 300 samples, 2 epochs)
+# name -> case; each one of docs/spec.md's "Known pitfalls" (all small: H=16, <= 300 samples,
+# 2 epochs)
 CASES = {
     # 67 is odd and prime: uneven split on 2, 3 and 4 ranks (3: 23/22/22); last batch 300-268=32
     "uneven_lastbatch_bigreg": dict(hidden=16, n=300, batch=67, epochs=2, reg=0.1, lr=0.5, seed=1),

@@ -81,7 +81,7 @@ def test_cupy_matches_pycuda_bitwise(tmp_path, dtype, extra):
         assert np.array_equal(a[name], b[name]), f"{name}: worst {_worst(a, b):.3e}"
 
 
-#: SPEC.md's grading modes: mode -> learning rate (H=100, B=800, reg 1e-4, raw pixels)
+#: docs/spec.md, "Grading modes": mode -> learning rate (H=100, B=800, reg 1e-4, raw pixels)
 GRADING_LR = {1: "0.001", 2: "0.01", 3: "0.025"}
 
 
@@ -90,7 +90,7 @@ GRADING_LR = {1: "0.001", 2: "0.01", 3: "0.025"}
                           for ranks in (1, 2, 3)] + [(2, 2, "float32")])
 @pytest.mark.parametrize("backend", ["cupy", "pycuda"])
 def test_lockstep_verify_passes_on_a_grading_configuration(backend, mode, ranks, dtype):
-    """SPEC.md's three grading configurations (raw pixels, H=100, B=800, reg 1e-4, lr by mode),
+    """docs/spec.md's three "Grading modes" (raw pixels, H=100, B=800, reg 1e-4, lr by mode),
     short: every step of the GPU run checked against the float64 reference, at 1 to 3 ranks."""
     backend_entry_or_skip(backend)
     grading = ["--train-size", "2400", "--val-size", "200", "-e", "2", "-b", "800", "-n", "100",

@@ -1,5 +1,5 @@
 """The model's loss and gradients (core/model.py): a central finite-difference check, in float64,
-of the full loss J of SPEC.md w.r.t. sampled entries of W1, b1, W2, b2, through MLP.forward /
+of the full loss J of docs/spec.md ("Loss") w.r.t. sampled entries of W1, b1, W2, b2, through MLP.forward /
 backward + the reg term; gradients of a batch cut into pieces (as ranks cut it) summing to
 the whole batch's; the SGD step, the flat parameter layout and the initial weights.
 """
@@ -30,7 +30,7 @@ def _problem(seed=5):
 
 
 def _loss(params, x, labels, reg):
-    """J of SPEC.md written out directly in float64: mean CE + reg/2 (||W1||^2 + ||W2||^2)."""
+    """J of docs/spec.md ("Loss") written out directly in float64: mean CE + reg/2 (||W1||^2 + ||W2||^2)."""
     z1 = params["W1"] @ x + params["b1"][:, None]
     a1 = 1.0 / (1.0 + np.exp(-z1))
     z2 = params["W2"] @ a1 + params["b2"][:, None]

@@ -1,6 +1,6 @@
 """--verify (issue 12): lockstep checking against the independent float64 reference.
 
-* core/reference.py against SPEC.md: its schedule, split and initialisation, and the trainer's
+* core/reference.py against docs/spec.md: its schedule, split and initialisation, and the trainer's
   (the hand mutations of the issue: the last smaller minibatch dropped, validation taken from the
   start of the file, W2 drawn before W1);
 * the comparison itself (relative, max, scale-free), on numbers and through the CLI with backends
@@ -121,7 +121,7 @@ def assert_failed(proc, *must_name) -> str:
     return line
 
 
-# ------------------------------------------------------------------ the reference vs SPEC.md
+# ------------------------------------------------------------------ the reference vs docs/spec.md
 def test_reference_schedule_is_ceil_batches_last_smaller():
     assert reference.schedule(500, 67) == [(67 * i, 67) for i in range(7)] + [(469, 31)]
     assert reference.schedule(800, 800) == [(0, 800)]
@@ -306,7 +306,8 @@ def test_bad_verify_choice_is_a_user_error(env):
 
 
 # ------------------------------------------------------------------ grading configs under mpirun
-GRADING = {1: "0.001", 2: "0.01", 3: "0.025"}  # SPEC.md: mode -> lr (H=100, B=800, reg=1e-4, raw)
+#: docs/spec.md, "Grading modes": mode -> lr (H=100, B=800, reg=1e-4, raw pixels)
+GRADING = {1: "0.001", 2: "0.01", 3: "0.025"}
 
 
 def grading_args(mode: int, epochs: str = "2") -> list[str]:
