@@ -6,6 +6,9 @@
   removed) and ``run_mpi(ranks, args, timeout, env=None)``. Every test marked ``mpi`` skips, with
   the reason, where mpirun or mpi4py is missing: mark a test (or a module, through ``pytestmark``)
   ``pytest.mark.mpi`` instead of repeating that check.
+* The command line: the ``cli_env`` fixture (``one_job_env``: one process, the bundled subset,
+  no launcher variables) and ``cli(args, env, timeout=180, ranks=None)``, which runs ``python -m
+  core.train`` (under mpirun with ``ranks``).
 * Backend or skip: ``backend_entry_or_skip(name)`` gives a backend's registry entry and
   ``backend_or_skip(name, dtype)`` an instance of it, or skip with the reason its
   ``availability()`` gave (or that it is not registered, or that its plugin failed to load).
@@ -88,6 +91,25 @@ def one_job_env(tmp_path: Path) -> dict[str, str]:
     for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"):
         env.pop(var, None)
     return env
+
+
+@pytest.fixture
+def cli_env(tmp_path) -> dict[str, str]:
+    """The environment of a command-line run (``cli``, or ``run_mpi`` of ``-m core.train``): one
+    process unless launched, the bundled subset, Open MPI allowed to run as root."""
+    return one_job_env(tmp_path)
+
+
+def cli(args: list[str], env: dict[str, str], timeout: float = 180, ranks: int | None = None,
+        cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """``python -m core.train ARGS`` in ``cwd`` (the checkout), under ``mpirun -n ranks`` when
+    ``ranks`` is given; its output captured as text."""
+    cmd = [sys.executable, "-m", "core.train", *args]
+    if ranks is not None:
+        if MPI_MISSING:
+            pytest.skip(MPI_MISSING)
+        cmd = [MPIRUN, "--oversubscribe", "-n", str(ranks), *cmd]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def run_mpi(ranks: int, args: list[str], timeout: float, env: dict | None = None):

@@ -12,26 +12,20 @@ import sys
 
 import pytest
 
-from conftest import MPIRUN, REPO, mpi_env, run_mpi
+from conftest import MPIRUN, REPO, run_mpi
 
 pytestmark = pytest.mark.mpi
-
-
-def cli_env(tmp_path):
-    empty_cache = tmp_path / "empty-cache"
-    empty_cache.mkdir(exist_ok=True)
-    return mpi_env(DPMLP_CACHE_DIR=str(empty_cache))  # -> the bundled subset
 
 
 def dpmlp_lines(stderr):
     return [line for line in stderr.splitlines() if line.startswith("dpmlp:")]
 
 
-def test_cli_verify_under_mpirun(tmp_path):
+def test_cli_verify_under_mpirun(cli_env, tmp_path):
     code, out, err, _ = run_mpi(3, ["-m", "core.train", "--backend", "numpy", "--dtype",
                                     "float64", "--train-size", "300", "--val-size", "100",
                                     "-e", "1", "-b", "67", "--verify"],
-                                timeout=120, env=cli_env(tmp_path))
+                                timeout=120, env=cli_env)
     assert code == 0, out + err
     assert "verify passed" in out
     assert "3 rank(s)" in out and "comm mpi" in out
@@ -41,9 +35,9 @@ def test_cli_verify_under_mpirun(tmp_path):
 BAD_FLAG = ["--backend", "numpy", "-b", "0"]
 
 
-def test_cli_bad_flag_under_mpirun_is_one_line(tmp_path):
+def test_cli_bad_flag_under_mpirun_is_one_line(cli_env, tmp_path):
     code, out, err, _ = run_mpi(2, ["-m", "core.train", *BAD_FLAG], timeout=60,
-                                env=cli_env(tmp_path))
+                                env=cli_env)
     assert code == 2, out + err
     lines = dpmlp_lines(err)
     assert len(lines) == 1, err
@@ -51,14 +45,14 @@ def test_cli_bad_flag_under_mpirun_is_one_line(tmp_path):
     assert "Traceback" not in err
 
 
-def test_cli_bad_flag_reported_when_rank0_is_slow(tmp_path):
+def test_cli_bad_flag_reported_when_rank0_is_slow(cli_env, tmp_path):
     """Deterministic form of the race: rank 0 starts 1 s later than rank 1 (MPMD launch)."""
     delayed = ("import runpy, sys, time; time.sleep(1); "
                f"sys.argv = ['core.train'] + {BAD_FLAG!r}; "
                "runpy.run_module('core.train', run_name='__main__')")
     cmd = [MPIRUN, "--oversubscribe", "-n", "1", sys.executable, "-c", delayed,
            ":", "-n", "1", sys.executable, "-m", "core.train", *BAD_FLAG]
-    proc = subprocess.run(cmd, cwd=REPO, env=cli_env(tmp_path), capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=REPO, env=cli_env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = dpmlp_lines(proc.stderr)
@@ -66,11 +60,11 @@ def test_cli_bad_flag_reported_when_rank0_is_slow(tmp_path):
     assert "--batch-size" in lines[0]
 
 
-def test_cli_bad_data_dir_under_mpirun_is_one_line(tmp_path):
+def test_cli_bad_data_dir_under_mpirun_is_one_line(cli_env, tmp_path):
     empty = tmp_path / "nothing-here"
     empty.mkdir()
     code, out, err, _ = run_mpi(2, ["-m", "core.train", "--backend", "numpy", "--data-dir",
-                                    str(empty)], timeout=60, env=cli_env(tmp_path))
+                                    str(empty)], timeout=60, env=cli_env)
     assert code == 2, out + err
     lines = dpmlp_lines(err)
     assert len(lines) == 1, err

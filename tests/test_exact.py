@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from conftest import REPO, one_job_env, run_mpi
+from conftest import REPO, cli, run_mpi
 from backends.ops_numpy import NumpyBackend
 from core import exact_math
 from core.exact import ExactMLP, ExactRangeError, Slicing, input_bound, params_sha256
@@ -249,16 +247,6 @@ def test_exact_mlp_needs_float64():
 
 
 # ------------------------------------------------------------------ the command line
-@pytest.fixture
-def env(tmp_path):
-    return one_job_env(tmp_path)  # -> the bundled subset
-
-
-def cli(args, env, timeout=180):
-    return subprocess.run([sys.executable, "-m", "core.train", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def sha_of(out: str) -> str:
     found = re.findall(r"^params sha256 ([0-9a-f]{64})$", out, re.M)
     assert len(found) == 1, out
@@ -276,34 +264,34 @@ SMALL = small()
 
 
 @pytest.mark.mpi
-def test_one_hash_for_1_2_3_4_ranks(env, tmp_path):
-    one = cli([*SMALL, "--save", str(tmp_path / "p1.npz")], env)
+def test_one_hash_for_1_2_3_4_ranks(cli_env, tmp_path):
+    one = cli([*SMALL, "--save", str(tmp_path / "p1.npz")], cli_env)
     assert one.returncode == 0, one.stderr
     want = sha_of(one.stdout)
     saved = np.load(tmp_path / "p1.npz")
     flat = np.concatenate([saved[k].reshape(-1, order="F") for k in ("W1", "b1", "W2", "b2")])
     assert params_sha256(flat) == want  # the hash is of the saved parameters
     for ranks in (1, 2, 3, 4):
-        code, out, err, _ = run_mpi(ranks, ["-m", "core.train", *SMALL], timeout=180, env=env)
+        code, out, err, _ = run_mpi(ranks, ["-m", "core.train", *SMALL], timeout=180, env=cli_env)
         assert code == 0, out + err
         assert f"{ranks} rank(s)" in out
         assert sha_of(out) == want, f"{ranks} ranks"
 
 
 @pytest.mark.mpi
-def test_one_hash_with_fewer_samples_than_ranks(env):
+def test_one_hash_with_fewer_samples_than_ranks(cli_env):
     """B = 2 on 3 ranks: one rank never has a sample."""
     args = small(epochs=1, batch=2, hidden=8, train=21)
-    one = cli(args, env)
+    one = cli(args, cli_env)
     assert one.returncode == 0, one.stderr
-    code, out, err, _ = run_mpi(3, ["-m", "core.train", *args], timeout=180, env=env)
+    code, out, err, _ = run_mpi(3, ["-m", "core.train", *args], timeout=180, env=cli_env)
     assert code == 0, out + err
     assert sha_of(out) == sha_of(one.stdout)
 
 
-def test_hash_line_and_metrics(env, tmp_path):
+def test_hash_line_and_metrics(cli_env, tmp_path):
     run = tmp_path / "run"
-    proc = cli([*SMALL, "--run-dir", str(run)], env)
+    proc = cli([*SMALL, "--run-dir", str(run)], cli_env)
     assert proc.returncode == 0, proc.stderr
     assert "(float64, exact, cpu)" in proc.stdout
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -313,36 +301,36 @@ def test_hash_line_and_metrics(env, tmp_path):
     assert json.loads((run / "config.json").read_text())["flags"]["exact"] is True
 
 
-def test_resume_is_bit_identical(env, tmp_path):
-    whole = cli([*SMALL, "--run-dir", str(tmp_path / "whole")], env)
+def test_resume_is_bit_identical(cli_env, tmp_path):
+    whole = cli([*SMALL, "--run-dir", str(tmp_path / "whole")], cli_env)
     assert whole.returncode == 0, whole.stderr
-    half = cli([*small(epochs=1), "--run-dir", str(tmp_path / "half")], env)
+    half = cli([*small(epochs=1), "--run-dir", str(tmp_path / "half")], cli_env)
     assert half.returncode == 0, half.stderr
-    rest = cli([*SMALL, "--resume", str(tmp_path / "half")], env)
+    rest = cli([*SMALL, "--resume", str(tmp_path / "half")], cli_env)
     assert rest.returncode == 0, rest.stderr
     assert sha_of(rest.stdout) == sha_of(whole.stdout)
     assert "note:" not in rest.stdout + rest.stderr
 
 
-def test_exact_learns_like_float64(env):
+def test_exact_learns_like_float64(cli_env):
     common = ["--backend", "numpy", "--train-size", "2000", "--val-size", "500", "-e", "2",
               "-b", "50", "-n", "32", "--quiet"]
-    exact = cli(["--exact", *common], env)
-    plain = cli(["--dtype", "float64", *common], env)
+    exact = cli(["--exact", *common], cli_env)
+    plain = cli(["--dtype", "float64", *common], cli_env)
     assert exact.returncode == 0 and plain.returncode == 0, exact.stderr + plain.stderr
     acc = [float(re.search(r"test accuracy ([\d.]+)%", p.stdout).group(1)) for p in (exact, plain)]
     assert acc[0] > 70.0 and abs(acc[0] - acc[1]) <= 0.5, acc
 
 
-def test_exact_with_float32_is_a_user_error(env):
-    proc = cli(["--exact", "--dtype", "float32", "--train-size", "100"], env)
+def test_exact_with_float32_is_a_user_error(cli_env):
+    proc = cli(["--exact", "--dtype", "float32", "--train-size", "100"], cli_env)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "--exact" in lines[0] and "float32" in lines[0] and "Traceback" not in proc.stderr
 
 
-def test_inf_parameters_end_with_exit_3(env):
-    proc = cli([*SMALL, "-l", "1e308"], env)
+def test_inf_parameters_end_with_exit_3(cli_env):
+    proc = cli([*SMALL, "-l", "1e308"], cli_env)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert len(lines) == 1 and lines[0].startswith("dpmlp: error:"), proc.stderr
@@ -407,14 +395,14 @@ def test_exact_cuh_holds_the_output_layers_classes():
 
 
 @pytest.mark.mpi
-def test_resume_at_another_rank_count_is_bit_identical(env, tmp_path):
+def test_resume_at_another_rank_count_is_bit_identical(cli_env, tmp_path):
     """One epoch on one process, the second on 3 ranks: the hash of two epochs on one process."""
-    whole = cli(SMALL, env)
+    whole = cli(SMALL, cli_env)
     assert whole.returncode == 0, whole.stderr
-    half = cli([*small(epochs=1), "--run-dir", str(tmp_path / "half")], env)
+    half = cli([*small(epochs=1), "--run-dir", str(tmp_path / "half")], cli_env)
     assert half.returncode == 0, half.stderr
     code, out, err, _ = run_mpi(3, ["-m", "core.train", *SMALL, "--resume",
-                                    str(tmp_path / "half")], timeout=180, env=env)
+                                    str(tmp_path / "half")], timeout=180, env=cli_env)
     assert code == 0, out + err
     assert sha_of(out) == sha_of(whole.stdout)
     assert "note:" not in out + err

@@ -65,16 +65,10 @@ def installed(tmp_path_factory):
 
 
 @pytest.fixture
-def env(installed, tmp_path):
-    """The example installed, this checkout importable, the bundled subset as data, one process."""
-    cache = tmp_path / "empty-cache"
-    cache.mkdir()
-    environment = dict(os.environ, DPMLP_CACHE_DIR=str(cache),
-                       PYTHONPATH=os.pathsep.join([str(installed), str(REPO)]))
-    environment.pop("DPMLP_DATA_DIR", None)
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"):
-        environment.pop(var, None)
-    return environment
+def env(installed, cli_env):
+    """cli_env (one process, the bundled subset) with the example installed and this checkout
+    importable."""
+    return dict(cli_env, PYTHONPATH=os.pathsep.join([str(installed), str(REPO)]))
 
 
 def run(args, env, timeout=300):

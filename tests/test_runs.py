@@ -19,28 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MPIRUN, REPO, mpi_env, relative_max_error
+from conftest import MPIRUN, REPO, cli, relative_max_error
 from core import __version__
 from core.checkpoint import list_checkpoints, load_checkpoint
 from core.data_parallel import DataParallelTrainer, TrainConfig
 
 SMALL = ["--backend", "numpy", "--dtype", "float64", "--train-size", "3000", "--val-size", "200",
          "-n", "32", "-b", "10"]
-
-
-@pytest.fixture
-def env(tmp_path):
-    cache = tmp_path / "empty-cache"
-    cache.mkdir()
-    environment = mpi_env(DPMLP_CACHE_DIR=str(cache))
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"):
-        environment.pop(var, None)
-    return environment
-
-
-def cli(args, env, timeout=120):
-    return subprocess.run([sys.executable, "-m", "core.train", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def one_error_line(proc, code=2):
@@ -63,8 +48,8 @@ def assert_identical(a, b):
 
 
 # ------------------------------------------------------------------ flags
-def test_version(env):
-    proc = cli(["--version"], env)
+def test_version(cli_env):
+    proc = cli(["--version"], cli_env)
     assert proc.returncode == 0 and proc.stdout.strip() == f"dpmlp {__version__}"
 
 
@@ -75,14 +60,14 @@ def test_version(env):
     (["-l", "fast"], "argument -l/--lr: must be a positive number, got 'fast'"),
     (["--checkpoint-every", "2"], "--checkpoint-every: needs --run-dir"),
 ])
-def test_flag_mistakes_are_one_line(env, args, expected):
-    line = one_error_line(cli(SMALL + ["-e", "1"] + args, env))
+def test_flag_mistakes_are_one_line(cli_env, args, expected):
+    line = one_error_line(cli(SMALL + ["-e", "1"] + args, cli_env))
     assert expected in line and "_positive" not in line
 
 
-def test_memory_preflight_is_one_line_before_allocating(env):
+def test_memory_preflight_is_one_line_before_allocating(cli_env):
     began = time.monotonic()
-    line = one_error_line(cli(["--backend", "numpy", "-n", "100000000", "-e", "1"], env))
+    line = one_error_line(cli(["--backend", "numpy", "-n", "100000000", "-e", "1"], cli_env))
     assert "--hidden 100000000 / --batch-size 100: needs about" in line and "available" in line
     assert time.monotonic() - began < 30
 
@@ -98,53 +83,53 @@ def test_memory_estimate_fits_a_normal_run():
 
 
 @pytest.mark.parametrize("flag", ["--save", "--run-dir"])
-def test_unwritable_targets_are_one_line(env, tmp_path, flag):
+def test_unwritable_targets_are_one_line(cli_env, tmp_path, flag):
     a_file = tmp_path / "f"
     a_file.write_text("x")
     target = {"--save": tmp_path, "--run-dir": a_file}[flag]
-    line = one_error_line(cli(SMALL + ["-e", "1", flag, str(target)], env))
+    line = one_error_line(cli(SMALL + ["-e", "1", flag, str(target)], cli_env))
     assert line.startswith(f"dpmlp: error: {flag} {target}")
     missing = tmp_path / "no" / "such" / "x"
-    line = one_error_line(cli(SMALL + ["-e", "1", flag, str(missing)], env))
+    line = one_error_line(cli(SMALL + ["-e", "1", flag, str(missing)], cli_env))
     assert flag in line and "does not exist" in line
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
-def test_read_only_directory_is_one_line(env, tmp_path):
+def test_read_only_directory_is_one_line(cli_env, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        line = one_error_line(cli(SMALL + ["-e", "1", "--save", str(ro / "p.npz")], env))
+        line = one_error_line(cli(SMALL + ["-e", "1", "--save", str(ro / "p.npz")], cli_env))
         assert "--save" in line and "cannot write" in line
     finally:
         ro.chmod(0o755)
 
 
-def test_run_dir_with_a_run_needs_resume(env, tmp_path):
+def test_run_dir_with_a_run_needs_resume(cli_env, tmp_path):
     run = tmp_path / "run"
-    assert cli(SMALL + ["-e", "1", "--run-dir", str(run)], env).returncode == 0
-    line = one_error_line(cli(SMALL + ["-e", "1", "--run-dir", str(run)], env))
+    assert cli(SMALL + ["-e", "1", "--run-dir", str(run)], cli_env).returncode == 0
+    line = one_error_line(cli(SMALL + ["-e", "1", "--run-dir", str(run)], cli_env))
     assert "already holds a run" in line and "--resume" in line
 
 
-def test_resume_missing_is_one_line(env, tmp_path):
-    line = one_error_line(cli(SMALL + ["-e", "1", "--resume", str(tmp_path / "nothing")], env))
+def test_resume_missing_is_one_line(cli_env, tmp_path):
+    line = one_error_line(cli(SMALL + ["-e", "1", "--resume", str(tmp_path / "nothing")], cli_env))
     assert "--resume" in line and "not found" in line
 
 
 # ------------------------------------------------------------------ output
-def test_quiet_keeps_only_the_summary(env):
-    proc = cli(SMALL + ["-e", "2", "--quiet"], env)
+def test_quiet_keeps_only_the_summary(cli_env):
+    proc = cli(SMALL + ["-e", "2", "--quiet"], cli_env)
     assert proc.returncode == 0, proc.stderr
     assert not re.search(r"^epoch ", proc.stdout, re.M)
     assert re.search(r"^done: 2 epoch\(s\)", proc.stdout, re.M)
     assert re.search(r"^test accuracy", proc.stdout, re.M)
 
 
-def test_run_dir_config_metrics_checkpoints_and_plot(env, tmp_path):
+def test_run_dir_config_metrics_checkpoints_and_plot(cli_env, tmp_path):
     run = tmp_path / "run"
-    proc = cli(SMALL + ["-e", "3", "--run-dir", str(run), "--checkpoint-every", "2"], env)
+    proc = cli(SMALL + ["-e", "3", "--run-dir", str(run), "--checkpoint-every", "2"], cli_env)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^done: 3 epoch\(s\)", proc.stdout, re.M)
     config = json.loads((run / "config.json").read_text())
@@ -157,17 +142,17 @@ def test_run_dir_config_metrics_checkpoints_and_plot(env, tmp_path):
     assert [p.name for p in list_checkpoints(run)] == ["ckpt-0002-00000000.npz",
                                                        "ckpt-0003-00000000.npz"]
     pytest.importorskip("matplotlib")
-    plot = subprocess.run([sys.executable, "-m", "core.plot", str(run)], cwd=REPO, env=env,
+    plot = subprocess.run([sys.executable, "-m", "core.plot", str(run)], cwd=REPO, env=cli_env,
                           capture_output=True, text=True, timeout=120)
     assert plot.returncode == 0, plot.stderr
     assert (run / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_resume_from_an_epoch_checkpoint_is_bit_identical(env, tmp_path):
+def test_resume_from_an_epoch_checkpoint_is_bit_identical(cli_env, tmp_path):
     full, part, run = tmp_path / "full.npz", tmp_path / "part.npz", tmp_path / "run"
-    assert cli(SMALL + ["-e", "3", "--save", str(full), "--quiet"], env).returncode == 0
-    assert cli(SMALL + ["-e", "2", "--run-dir", str(run)], env).returncode == 0
-    proc = cli(SMALL + ["-e", "3", "--resume", str(run), "--save", str(part)], env)
+    assert cli(SMALL + ["-e", "3", "--save", str(full), "--quiet"], cli_env).returncode == 0
+    assert cli(SMALL + ["-e", "2", "--run-dir", str(run)], cli_env).returncode == 0
+    proc = cli(SMALL + ["-e", "3", "--resume", str(run), "--save", str(part)], cli_env)
     assert proc.returncode == 0, proc.stderr
     assert "resuming from" in proc.stdout
     assert re.findall(r"^epoch\s+(\d+)/3", proc.stdout, re.M) == ["3"]
@@ -176,10 +161,10 @@ def test_resume_from_an_epoch_checkpoint_is_bit_identical(env, tmp_path):
     assert [r["epoch"] for r in records] == [1, 2, 3]
 
 
-def test_resume_with_other_hidden_is_one_line(env, tmp_path):
+def test_resume_with_other_hidden_is_one_line(cli_env, tmp_path):
     run = tmp_path / "run"
-    assert cli(SMALL + ["-e", "1", "--run-dir", str(run)], env).returncode == 0
-    line = one_error_line(cli(SMALL + ["-e", "2", "-n", "16", "--resume", str(run)], env))
+    assert cli(SMALL + ["-e", "1", "--run-dir", str(run)], cli_env).returncode == 0
+    line = one_error_line(cli(SMALL + ["-e", "2", "-n", "16", "--resume", str(run)], cli_env))
     assert "--hidden 32" in line and "--hidden 16" in line
 
 
@@ -232,12 +217,12 @@ def _wait_for_epoch(proc, epoch, pids=None, sig=signal.SIGTERM):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_checkpoints_exits_130_and_resume_is_bit_identical(env, tmp_path, sig):
+def test_signal_checkpoints_exits_130_and_resume_is_bit_identical(cli_env, tmp_path, sig):
     full, part, run = tmp_path / "full.npz", tmp_path / "part.npz", tmp_path / "run"
     args = SMALL + ["-e", "8"]
-    assert cli(args + ["--save", str(full), "--quiet"], env).returncode == 0
+    assert cli(args + ["--save", str(full), "--quiet"], cli_env).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "core.train", *args, "--run-dir", str(run),
-                             "--save", str(part)], cwd=REPO, env=env, text=True,
+                             "--save", str(part)], cwd=REPO, env=cli_env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     head = _wait_for_epoch(proc, 2, sig=sig)
     out, err = proc.communicate(timeout=60)
@@ -250,7 +235,7 @@ def test_signal_checkpoints_exits_130_and_resume_is_bit_identical(env, tmp_path,
     ckpt = load_checkpoint(run)
     assert (ckpt.epoch + 1, ckpt.step) == (int(m.group(1)), int(m.group(2)))
     assert part.exists()  # --save written on interrupt too
-    proc = cli(args + ["--resume", str(run), "--save", str(part)], env)
+    proc = cli(args + ["--resume", str(run), "--save", str(part)], cli_env)
     assert proc.returncode == 0, proc.stderr
     assert_identical(params_of(full), params_of(part))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -271,10 +256,10 @@ def test_second_signal_exits_at_once(monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
-def test_divergence_exits_3_with_one_line(env, tmp_path):
+def test_divergence_exits_3_with_one_line(cli_env, tmp_path):
     run = tmp_path / "run"
     proc = cli(["--backend", "numpy", "--train-size", "2000", "--val-size", "100", "-n", "16",
-                "-e", "2", "--scale", "raw", "-l", "1e6", "--run-dir", str(run)], env)
+                "-e", "2", "--scale", "raw", "-l", "1e6", "--run-dir", str(run)], cli_env)
     line = one_error_line(proc, code=3)
     assert re.fullmatch(r"dpmlp: error: loss is not finite at epoch 1 step \d+; lower --lr "
                         r"\(--scale raw needs --lr near 0\.01\)", line), line
@@ -282,10 +267,10 @@ def test_divergence_exits_3_with_one_line(env, tmp_path):
     assert list_checkpoints(run) == []  # nothing non-finite is kept
 
 
-def test_a_healthy_raw_run_with_an_infinite_float32_loss_is_not_stopped(env):
+def test_a_healthy_raw_run_with_an_infinite_float32_loss_is_not_stopped(cli_env):
     """-log(softmax) can be inf in float32 for one sample while the parameters are fine."""
     proc = cli(["--backend", "numpy", "--train-size", "2000", "--val-size", "100", "-n", "16",
-                "-e", "1", "--scale", "raw", "-l", "50"], env)
+                "-e", "1", "--scale", "raw", "-l", "50"], cli_env)
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr
 
@@ -312,27 +297,27 @@ def _rank_pids(root: int) -> list[int]:
     return found
 
 
-def mpirun(ranks, args, env):
+def mpirun(ranks, args, cli_env):
     return [MPIRUN, "--oversubscribe", "-n", str(ranks), sys.executable, "-m", "core.train",
             *args]
 
 
 @pytest.mark.mpi
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the ranks")
-def test_issue_done_when_under_mpirun(env, tmp_path):
+def test_issue_done_when_under_mpirun(cli_env, tmp_path):
     """mpirun -n 2 -e 6 --run-dir R --checkpoint-every 1, SIGTERM during epoch 4, --resume R:
     bit-identical to an uninterrupted -e 6 run, six epochs in metrics.jsonl, a plot; and the
     checkpoint resumed in one process matches within 1e-10 (float64)."""
     args = ["--backend", "numpy", "--dtype", "float64", "--train-size", "4000", "--val-size",
             "500", "-n", "64", "-b", "20", "-e", "6"]
     full, part, run = tmp_path / "full.npz", tmp_path / "part.npz", tmp_path / "R"
-    done = subprocess.run(mpirun(2, args + ["--save", str(full), "--quiet"], env), cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(mpirun(2, args + ["--save", str(full), "--quiet"], cli_env), cwd=REPO,
+                          env=cli_env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("dpmlp: BLAS threads") == 1  # rank 0 only
     proc = subprocess.Popen(mpirun(2, args + ["--run-dir", str(run), "--checkpoint-every", "1"],
-                                   env), cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                                   cli_env), cwd=REPO, env=cli_env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         # signalled as a batch system signals a job: every rank (mpirun would end them at once)
         head = _wait_for_epoch(proc, 3, pids=lambda: _rank_pids(proc.pid))
@@ -351,7 +336,7 @@ def test_issue_done_when_under_mpirun(env, tmp_path):
     assert (ckpt.epoch, ckpt.step) == (3, int(m.group(1)))
     # the checkpoint taken at 2 ranks, resumed in 1: within 1e-10
     one = subprocess.run([sys.executable, "-m", "core.train", *args, "--resume",
-                          str(ckpt.path), "--save", str(part)], cwd=REPO, env=env,
+                          str(ckpt.path), "--save", str(part)], cwd=REPO, env=cli_env,
                          capture_output=True, text=True, timeout=120)
     assert one.returncode == 0, one.stderr
     assert "note:" in one.stdout and "ranks 2" in one.stdout
@@ -359,14 +344,14 @@ def test_issue_done_when_under_mpirun(env, tmp_path):
     for k in expected:
         assert relative_max_error(expected[k], got[k]) < 1e-10, k
     # resumed at 2 ranks: bit-identical
-    resumed = subprocess.run(mpirun(2, args + ["--resume", str(run), "--save", str(part)], env),
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(mpirun(2, args + ["--resume", str(run), "--save", str(part)], cli_env),
+                             cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert_identical(params_of(full), params_of(part))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
     pytest.importorskip("matplotlib")
-    plot = subprocess.run([sys.executable, "-m", "core.plot", str(run)], cwd=REPO, env=env,
+    plot = subprocess.run([sys.executable, "-m", "core.plot", str(run)], cwd=REPO, env=cli_env,
                           capture_output=True, text=True, timeout=120)
     assert plot.returncode == 0, plot.stderr
     assert (run / "curves.png").read_bytes().startswith(b"\x89PNG")

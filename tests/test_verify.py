@@ -12,59 +12,32 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import re
-import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from comm.single import SingleCommunicator
+from conftest import REPO, TESTS, cli
 from core import data, reference, verify
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 from core.hookspecs import ENTRY_POINT_GROUP
 from core.model import init_params
 from core.preflight import split_data
 
-REPO = Path(__file__).resolve().parent.parent
-TESTS = Path(__file__).resolve().parent
 # N = 500 is not a multiple of B = 67: 8 steps an epoch, the last one of 31 samples
 TINY = ["--backend", "numpy", "--train-size", "500", "--val-size", "100", "-e", "2", "-n", "16",
         "-b", "67", "--reg", "0.1"]
 
 
-def _mpirun():
-    beside = Path(sys.executable).parent / "mpirun"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which("mpirun")
-
-
-MPIRUN = _mpirun()
-HAVE_MPI = MPIRUN is not None and importlib.util.find_spec("mpi4py") is not None
-
-
-def _full_mnist_dir():
-    env = os.environ.get("DPMLP_FULL_MNIST")
-    if env and os.path.isdir(env):
-        return Path(env)
-    shared = Path("/work/shared/data/mnist")
-    return shared if shared.is_dir() else None
-
-
 # ------------------------------------------------------------------ environment for the CLI
 @pytest.fixture
-def env(tmp_path):
-    """One process, the bundled subset, and the wrong backends installed as a plugin."""
-    cache = tmp_path / "empty-cache"
-    cache.mkdir()
+def wrong_backends_env(cli_env, tmp_path):
+    """cli_env with the wrong backends installed as a plugin."""
     site = tmp_path / "site"
     site.mkdir()
     info = site / "dpmlp_wrong_backends-0.1.dist-info"
@@ -73,22 +46,9 @@ def env(tmp_path):
                                    "Version: 0.1\n")
     (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nwrong = wrong_backends\n")
     (info / "RECORD").write_text("")
-    environment = dict(os.environ, DPMLP_CACHE_DIR=str(cache))
-    environment["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS), str(site)])
-    environment.pop("DPMLP_DATA_DIR", None)
+    environment = dict(cli_env, PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS), str(site)]))
     environment.pop("DPMLP_TEST_OFF", None)
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"):
-        environment.pop(var, None)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        environment.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     return environment
-
-
-def cli(args, env, ranks=None, timeout=180):
-    cmd = [sys.executable, "-m", "core.train", *args]
-    if ranks is not None:
-        cmd = [MPIRUN, "--oversubscribe", "-n", str(ranks), *cmd]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def summary(proc) -> str:
@@ -222,24 +182,25 @@ def test_step_tolerance_from_the_rounding_bound():
 
 # ------------------------------------------------------------------ the CLI, one process
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_lockstep_passes_and_checks_every_step(env, dtype):
-    proc = cli(TINY + ["--dtype", dtype, "--verify"], env)
+def test_lockstep_passes_and_checks_every_step(wrong_backends_env, dtype):
+    proc = cli(TINY + ["--dtype", dtype, "--verify"], wrong_backends_env)
     worst = assert_passed(proc)
     assert "16 of 16 steps checked" in summary(proc)
     assert worst <= {"float64": 1e-14, "float32": 5e-6}[dtype]
     assert "test accuracy" in proc.stdout
 
 
-def test_verify_every_thins_the_check(env):
-    proc = cli(TINY + ["--dtype", "float64", "--verify", "--verify-every", "3"], env)
+def test_verify_every_thins_the_check(wrong_backends_env):
+    proc = cli(TINY + ["--dtype", "float64", "--verify", "--verify-every", "3"], wrong_backends_env)
     assert_passed(proc)
     assert "6 of 16 steps checked" in summary(proc)  # steps 0, 3, 6, 9, 12, 15
 
 
 @pytest.mark.parametrize("dtype,off", [("float64", "1e-9"), ("float32", "1e-3")])
-def test_wrong_sigmoid_backward_caught_at_first_step(env, dtype, off):
-    env["DPMLP_TEST_OFF"] = off
-    proc = cli(TINY + ["--backend", "wrong-sigmoid-backward", "--dtype", dtype, "--verify"], env)
+def test_wrong_sigmoid_backward_caught_at_first_step(wrong_backends_env, dtype, off):
+    wrong_backends_env["DPMLP_TEST_OFF"] = off
+    proc = cli(TINY + ["--backend", "wrong-sigmoid-backward", "--dtype", dtype, "--verify"],
+               wrong_backends_env)
     line = assert_failed(proc, "epoch 1 step 0", "gradient of W1", "worst element dW1[")
     assert re.search(r"backend \S+, reference \S+$", line), line
     # the detail block names every quantity; the output layer is right
@@ -247,29 +208,31 @@ def test_wrong_sigmoid_backward_caught_at_first_step(env, dtype, off):
     assert re.search(r"^verify:\s+gradient W1 .* FAILED ", proc.stdout, re.M), proc.stdout
 
 
-def test_gemm_dropping_last_k_caught_at_first_step(env):
+def test_gemm_dropping_last_k_caught_at_first_step(wrong_backends_env):
     proc = cli(TINY + ["--backend", "wrong-gemm-drops-last-k", "--dtype", "float64", "--verify"],
-               env)
+               wrong_backends_env)
     assert_failed(proc, "epoch 1 step 0", "gradient of W2")
 
 
-def test_one_gradient_element_off_is_caught(env):
+def test_one_gradient_element_off_is_caught(wrong_backends_env):
     """Mutation (d) end to end: ONE element off by 1000x the tolerance. A min over elements sees
     0; relative to its parameter's max-norm the error is exactly the 1e-10 put there."""
-    env["DPMLP_TEST_OFF"] = "1e-10"
-    proc = cli(TINY + ["--backend", "nudged-gradient", "--dtype", "float64", "--verify"], env)
+    wrong_backends_env["DPMLP_TEST_OFF"] = "1e-10"
+    proc = cli(TINY + ["--backend", "nudged-gradient", "--dtype", "float64", "--verify"],
+               wrong_backends_env)
     line = assert_failed(proc, "epoch 1 step 0", "gradient of")
     err = float(re.search(r"relative max-norm error (\S+)", line).group(1))
     assert err == pytest.approx(1e-10, rel=1e-3)
 
 
-def test_error_above_tolerance_on_small_values_is_caught(env):
+def test_error_above_tolerance_on_small_values_is_caught(wrong_backends_env):
     """Mutation (d), absolute instead of relative: the gradient's largest element is below 0.2
     here, so an error of 5 tolerances RELATIVE is under one tolerance ABSOLUTE; only a relative
     comparison catches it."""
     tol = verify.step_tolerance("float64", 16, 67)
-    env["DPMLP_TEST_OFF"] = repr(5 * tol)
-    proc = cli(TINY + ["--backend", "nudged-gradient", "--dtype", "float64", "--verify"], env)
+    wrong_backends_env["DPMLP_TEST_OFF"] = repr(5 * tol)
+    proc = cli(TINY + ["--backend", "nudged-gradient", "--dtype", "float64", "--verify"],
+               wrong_backends_env)
     line = assert_failed(proc, "epoch 1 step 0", "gradient of")
     m = re.search(r"relative max-norm error (\S+) > .* backend (\S+), reference (\S+)$", line)
     assert m, line
@@ -278,30 +241,32 @@ def test_error_above_tolerance_on_small_values_is_caught(env):
     assert abs(got - ref) < tol  # the premise: absolutely, it is within the tolerance
 
 
-def test_error_within_tolerance_passes_and_is_reported(env):
+def test_error_within_tolerance_passes_and_is_reported(wrong_backends_env):
     """A deviation of a tenth of the tolerance is what rounding may do: it passes, and the
     success line reports it as the worst error."""
     tol = verify.step_tolerance("float64", 16, 67)
-    env["DPMLP_TEST_OFF"] = repr(tol / 10)
-    proc = cli(TINY + ["--backend", "nudged-gradient", "--dtype", "float64", "--verify"], env)
+    wrong_backends_env["DPMLP_TEST_OFF"] = repr(tol / 10)
+    proc = cli(TINY + ["--backend", "nudged-gradient", "--dtype", "float64", "--verify"],
+               wrong_backends_env)
     assert assert_passed(proc) == pytest.approx(tol / 10, rel=0.05)
 
 
-def test_final_is_information_for_long_runs_and_a_check_for_one_step(env):
-    proc = cli(TINY + ["--dtype", "float64", "--verify=final"], env)
+def test_final_is_information_for_long_runs_and_a_check_for_one_step(wrong_backends_env):
+    proc = cli(TINY + ["--dtype", "float64", "--verify=final"], wrong_backends_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "verify final (information, not pass/fail)" in proc.stdout
     growth = re.search(r"^verify final: worst error after each epoch: 1: \S+, 2: \S+$",
                        proc.stdout, re.M)
     assert growth, proc.stdout
     one = cli(["--backend", "wrong-gemm-drops-last-k", "--train-size", "67", "--val-size", "10",
-               "-e", "1", "-n", "16", "-b", "100", "--dtype", "float64", "--verify=final"], env)
+               "-e", "1", "-n", "16", "-b", "100", "--dtype", "float64", "--verify=final"],
+              wrong_backends_env)
     assert one.returncode == verify.VERIFY_FAILED_EXIT, one.stdout + one.stderr
     assert "verify final FAILED: one step" in one.stdout
 
 
-def test_bad_verify_choice_is_a_user_error(env):
-    proc = cli(TINY + ["--verify=sometimes"], env)
+def test_bad_verify_choice_is_a_user_error(wrong_backends_env):
+    proc = cli(TINY + ["--verify=sometimes"], wrong_backends_env)
     assert proc.returncode == 2 and "--verify" in proc.stderr
 
 
@@ -316,36 +281,31 @@ def grading_args(mode: int, epochs: str = "2") -> list[str]:
 
 
 @pytest.mark.mpi
-@pytest.mark.skipif(not HAVE_MPI, reason="mpirun or mpi4py not available")
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 @pytest.mark.parametrize("mode", sorted(GRADING))
-def test_grading_configs_pass_lockstep_under_mpirun(env, mode, ranks):
+def test_grading_configs_pass_lockstep_under_mpirun(wrong_backends_env, mode, ranks):
     """Short form: 2000 images (steps of 800, 800, 400: 800 = 267/267/266 on 3 ranks), 2 epochs."""
     proc = cli(grading_args(mode) + ["--train-size", "2000", "--val-size", "1000", "--verify"],
-               env, ranks=ranks)
+               wrong_backends_env, ranks=ranks)
     assert f"{ranks} rank(s)" in proc.stdout
     assert_passed(proc)
     assert "6 of 6 steps checked" in summary(proc)
 
 
 @pytest.mark.mpi
-@pytest.mark.skipif(not HAVE_MPI, reason="mpirun or mpi4py not available")
-def test_wrong_backend_caught_under_mpirun(env):
+def test_wrong_backend_caught_under_mpirun(wrong_backends_env):
     """Rank 0 finds it; every rank stops at the same step and the job exits 4."""
     proc = cli(TINY + ["--backend", "wrong-gemm-drops-last-k", "--dtype", "float64", "--verify"],
-               env, ranks=3)
+               wrong_backends_env, ranks=3)
     assert_failed(proc, "epoch 1 step 0", "gradient of W2")
 
 
 @pytest.mark.mpi
-@pytest.mark.skipif(not HAVE_MPI, reason="mpirun or mpi4py not available")
-@pytest.mark.skipif(_full_mnist_dir() is None, reason="full MNIST not available "
-                    "(set DPMLP_FULL_MNIST to a directory holding it)")
-def test_issue_command_passes_on_full_mnist(env):
-    """The issue's command: grading mode 2, 10 epochs, mpirun -n 2 (about 45 s on 2 cores)."""
+def test_grading_mode_2_passes_lockstep_on_full_mnist(wrong_backends_env, full_mnist_dir):
+    """Grading mode 2, 10 epochs, mpirun -n 2 (about 45 s on 2 cores): all 680 steps."""
     began = time.monotonic()
-    proc = cli(grading_args(2, "10") + ["--verify", "--data-dir", str(_full_mnist_dir())], env,
-               ranks=2, timeout=300)
+    proc = cli(grading_args(2, "10") + ["--verify", "--data-dir", str(full_mnist_dir)],
+               wrong_backends_env, ranks=2, timeout=300)
     worst = assert_passed(proc)
     assert "680 of 680 steps checked" in summary(proc)
     assert worst <= 1e-13
