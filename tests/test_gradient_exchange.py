@@ -55,12 +55,18 @@ class RecordingComm(Communicator):
         raise SystemExit(code)
 
 
-def test_staged_exchange_hands_only_the_host_buffer_to_the_communicator():
-    backend, comm = StagedNumpy("float64"), RecordingComm()
-    flat = backend.from_host(np.arange(10.0))
-    exchange = GradientExchange(backend, comm, flat, split=6)
-    assert exchange.mode == "staged"
+def exchanged(backend, comm, size=10, split=6):
+    """A flat buffer 0, 1, ... of ``size`` through a whole exchange: (the exchange, the buffer)."""
+    flat = backend.from_host(np.arange(float(size)))
+    exchange = GradientExchange(backend, comm, flat, split=split)
     exchange_whole(exchange)
+    return exchange, flat
+
+
+def test_staged_exchange_hands_only_the_host_buffer_to_the_communicator():
+    comm = RecordingComm()
+    exchange, flat = exchanged(StagedNumpy("float64"), comm)
+    assert exchange.mode == "staged"
     assert len(comm.seen) == 2  # tail (output layer) first, then head: two calls, one buffer
     assert all(np.shares_memory(buf, exchange.staging) for buf in comm.seen)
     assert not any(np.shares_memory(buf, flat) for buf in comm.seen)
@@ -71,20 +77,16 @@ def test_staged_exchange_hands_only_the_host_buffer_to_the_communicator():
 def test_host_resident_backend_is_reduced_in_place():
     from backends.ops_numpy import NumpyBackend
 
-    backend, comm = NumpyBackend("float64"), RecordingComm()
-    flat = backend.from_host(np.arange(10.0))
-    exchange = GradientExchange(backend, comm, flat, split=6)
+    comm = RecordingComm()
+    exchange, flat = exchanged(NumpyBackend("float64"), comm)
     assert exchange.mode == "host"
-    exchange_whole(exchange)
-    assert all(np.shares_memory(buf, flat) for buf in comm.seen)
+    assert len(comm.seen) == 2 and all(np.shares_memory(buf, flat) for buf in comm.seen)
+    np.testing.assert_array_equal(flat, 2 * np.arange(10.0))
 
 
 def test_single_rank_exchange_does_nothing():
-    backend = StagedNumpy("float64")
-    flat = backend.from_host(np.arange(4.0))
-    exchange = GradientExchange(backend, SingleCommunicator(), flat, split=2)
+    exchange, flat = exchanged(StagedNumpy("float64"), SingleCommunicator(), size=4, split=2)
     assert exchange.mode == "none"
-    exchange_whole(exchange)
     np.testing.assert_array_equal(flat, np.arange(4.0))
 
 
