@@ -53,7 +53,8 @@ def missing_citations(path: Path) -> list[str]:
     package = next((p for p in path.parents if (p / "pyproject.toml").exists()), REPO)
     missing = [cited for cited in sorted(cited_paths(text))
                if not (REPO / cited).exists() and not (package / cited).exists()]
-    test_modules = {p.name for p in source_files() if p.parent.name == "tests"}
+    test_modules = {p.name for p in [*REPO.glob("tests/test_*.py"),
+                                     *REPO.glob("examples/*/tests/test_*.py")]}
     missing += [name for name in sorted(set(TEST_MODULE.findall(text))) if name not in test_modules]
     return missing
 
@@ -94,3 +95,12 @@ def test_the_rules_find_what_they_should():
     assert TEST_MODULE.findall("test_runs.py, tests/test_cli.py, my_test_x.py") == ["test_runs.py"]
     assert SPEC_SECTIONS.findall('docs/spec.md ("Loss", "SGD") and docs/spec.md\'s "Model"') == [
         '"Loss", "SGD"', '"Model"']
+
+
+def test_readme_names_every_file_of_the_test_suite():
+    """README's "Checks" maps the test files by what they check: a new file must be placed there."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    checks = readme[readme.index("\n## Checks"):]
+    checks = checks[:checks.index("\n## ", 1)]
+    unnamed = [p.name for p in sorted((REPO / "tests").glob("*.py")) if f"`{p.name}`" not in checks]
+    assert not unnamed, f"not in README's Checks: {unnamed}"

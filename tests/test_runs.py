@@ -1,4 +1,4 @@
-"""Runs of the command line (issue 10): flags, pre-flight, progress, run directories, checkpoints,
+"""Runs of the command line: flags, pre-flight, progress, run directories, checkpoints,
 interrupts (SIGTERM/SIGINT -> checkpoint, exit 130, resume bit-identical) and divergence (exit 3).
 
 In one process (NumPy, CPU) on the bundled subset; the same under ``mpirun -n 2`` where mpirun
@@ -297,26 +297,27 @@ def _rank_pids(root: int) -> list[int]:
     return found
 
 
-def mpirun(ranks, args, cli_env):
+def mpirun(ranks, args):
+    """The command line of ``python -m core.train ARGS`` on ``ranks`` ranks."""
     return [MPIRUN, "--oversubscribe", "-n", str(ranks), sys.executable, "-m", "core.train",
             *args]
 
 
 @pytest.mark.mpi
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the ranks")
-def test_issue_done_when_under_mpirun(cli_env, tmp_path):
+def test_sigterm_under_mpirun_then_resume_is_bit_identical(cli_env, tmp_path):
     """mpirun -n 2 -e 6 --run-dir R --checkpoint-every 1, SIGTERM during epoch 4, --resume R:
     bit-identical to an uninterrupted -e 6 run, six epochs in metrics.jsonl, a plot; and the
     checkpoint resumed in one process matches within 1e-10 (float64)."""
     args = ["--backend", "numpy", "--dtype", "float64", "--train-size", "4000", "--val-size",
             "500", "-n", "64", "-b", "20", "-e", "6"]
     full, part, run = tmp_path / "full.npz", tmp_path / "part.npz", tmp_path / "R"
-    done = subprocess.run(mpirun(2, args + ["--save", str(full), "--quiet"], cli_env), cwd=REPO,
+    done = subprocess.run(mpirun(2, args + ["--save", str(full), "--quiet"]), cwd=REPO,
                           env=cli_env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("dpmlp: BLAS threads") == 1  # rank 0 only
-    proc = subprocess.Popen(mpirun(2, args + ["--run-dir", str(run), "--checkpoint-every", "1"],
-                                   cli_env), cwd=REPO, env=cli_env, text=True,
+    proc = subprocess.Popen(mpirun(2, args + ["--run-dir", str(run), "--checkpoint-every", "1"]),
+                            cwd=REPO, env=cli_env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         # signalled as a batch system signals a job: every rank (mpirun would end them at once)
@@ -344,7 +345,7 @@ def test_issue_done_when_under_mpirun(cli_env, tmp_path):
     for k in expected:
         assert relative_max_error(expected[k], got[k]) < 1e-10, k
     # resumed at 2 ranks: bit-identical
-    resumed = subprocess.run(mpirun(2, args + ["--resume", str(run), "--save", str(part)], cli_env),
+    resumed = subprocess.run(mpirun(2, args + ["--resume", str(run), "--save", str(part)]),
                              cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert_identical(params_of(full), params_of(part))

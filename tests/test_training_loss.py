@@ -1,4 +1,4 @@
-"""The training loss DataParallelTrainer.train_epoch reports (issue 10): the mean cross-entropy
+"""The training loss DataParallelTrainer.train_epoch reports: the mean cross-entropy
 over the epoch's samples plus the reg term, computed from the logits (Backend.output_layer), so it
 stays finite where the old -log(softmax) overflowed to inf in float32 (a probability below the
 smallest float), and agrees with the float64 formula."""

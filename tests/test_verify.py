@@ -1,13 +1,14 @@
-"""--verify (issue 12): lockstep checking against the independent float64 reference.
+"""--verify: lockstep checking against the independent float64 reference.
 
 * core/reference.py against docs/spec.md: its schedule, split and initialisation, and the trainer's
-  (the hand mutations of the issue: the last smaller minibatch dropped, validation taken from the
-  start of the file, W2 drawn before W1);
+  (hand-made mutations: the last smaller minibatch dropped, validation taken from the start of
+  the file, W2 drawn before W1);
 * the comparison itself (relative, max, scale-free), on numbers and through the CLI with backends
   that are deliberately off (tests/wrong_backends.py, a plugin on PYTHONPATH): each is caught at
   the first step, naming the parameter, with exit code 4;
 * the course's three grading configurations pass lockstep --verify in float64 under mpirun -n 1..3
-  (short: 2000 images, 2 epochs), and the issue's full command when full MNIST is here.
+  (short: 2000 images, 2 epochs), and grading mode 2 in full (mpirun -n 2, 10 epochs) when full
+  MNIST is here.
 """
 
 from __future__ import annotations
