@@ -539,5 +539,10 @@ def _machine() -> dict:
     return info
 
 
+def run(argv=None) -> int:
+    """main() with the job's error policy (core/job.py): a user's mistake is one line, exit 2."""
+    return run_with_error_policy(lambda: main(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(run_with_error_policy(main))
+    sys.exit(run())

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         from core.train import run
         return run(["--list-backends", *rest])
     if command == "bench":
-        from core.bench import main as bench
+        from core.bench import run as bench
         return bench(rest)
     if command == "plot":
         from core.plot import main as plot

@@ -87,8 +87,7 @@ class TrainingSession:
         if epoch != self._epoch:
             first = (self.ckpt.step if self.ckpt is not None and epoch == self.ckpt.epoch + 1
                      else 0)
-            if self._epoch is None or epoch != self._epoch:
-                self.progress.start_epoch(epoch, first_step=first)
+            self.progress.start_epoch(epoch, first_step=first)
             self._epoch, self._done = epoch, first
         n, b = trainer.n_train, self.config.batch_size
         self.progress.on_step(samples=min(done * b, n) - min(self._done * b, n),

@@ -34,6 +34,13 @@ def test_backends_lists_numpy():
     assert "numpy" in proc.stdout
 
 
+def test_bench_mistake_is_one_line_exit_2(capsys):
+    """dpmlp bench goes through the same error policy as python -m core.bench."""
+    assert cli.main(["bench", "--gemm", "fast"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dpmlp: error: --gemm fast: choose from simt, tf32x3"]
+
+
 def test_plot_dispatch(tmp_path, capsys):
     assert cli.main(["plot", str(tmp_path)]) == 2
     assert "metrics.jsonl: not found" in capsys.readouterr().err
