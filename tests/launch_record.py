@@ -284,7 +284,7 @@ def _gemm_calls(log):
 
 
 def _gemm_views(log, backend, config, dtype):
-    """Column slices (as a rank's minibatch) and row blocks (a leading dimension beyond the rows)."""
+    """Column slices (as a rank's minibatch), row blocks (a leading dimension beyond the rows)."""
     for ta, tb in TRANSPOSES:
         m, n, k = 100, 33, 784
         a_big = np.zeros((k, m + 9) if ta else (m, k + 9), dtype, order="F")
@@ -296,8 +296,9 @@ def _gemm_views(log, backend, config, dtype):
         _call(log, f"{config} gemm column views {ta:d}{tb:d}", backend,
               lambda: backend.gemm(a, b, c, -0.5, 0.25, ta, tb), {"a": a, "b": b, "c": c})
         m, n, k = 37, 45, 70
-        a = np.zeros(((k if ta else m) + 13, m if ta else k), dtype, order="F")[5:5 + (k if ta else m)]
-        b = np.zeros(((n if tb else k) + 3, k if tb else n), dtype, order="F")[1:1 + (n if tb else k)]
+        rows_a, rows_b = (k if ta else m), (n if tb else k)
+        a = np.zeros((rows_a + 13, m if ta else k), dtype, order="F")[5:5 + rows_a]
+        b = np.zeros((rows_b + 3, k if tb else n), dtype, order="F")[1:1 + rows_b]
         c = np.zeros((m + 8, n), dtype, order="F")[2:2 + m]
         _call(log, f"{config} gemm row blocks {ta:d}{tb:d}", backend,
               lambda: backend.gemm(a, b, c, 1.25, 0.5, ta, tb), {"a": a, "b": b, "c": c})
@@ -359,8 +360,10 @@ def _model_calls(log):
     from core.exact import ExactMLP
     from core.model import CLASSES, INPUTS, init_params
 
-    for dtype, capability, hidden, n in [("float32", (9, 0), 33, 21), ("float64", (9, 0), 256, 80),
-                                         ("float64", (7, 5), 64, 50), ("float32", (8, 0), 1024, 40)]:
+    for dtype, capability, hidden, n in [("float32", (9, 0), 33, 21),
+                                         ("float64", (9, 0), 256, 80),
+                                         ("float64", (7, 5), 64, 50),
+                                         ("float32", (8, 0), 1024, 40)]:
         backend = Recorder(dtype, capability)
         rng = np.random.default_rng(0)
         cfg = TrainConfig(hidden=hidden, batch_size=n, dtype=dtype, reg=0.01)

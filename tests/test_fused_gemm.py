@@ -16,7 +16,8 @@ from backends import gemm_plan, op_table
 from backends.ops_numpy import NumpyBackend
 from core.model import CLASSES, INPUTS, MLP, ParamLayout, init_params
 from core.ops import Backend
-from tests.test_op_table import RecordingBackend
+from gpu_helpers import RecordingBackend
+from op_cases import OP_CASES
 
 FUSED_GEMMS = ("gemm_bias_sigmoid", "gemm_sigmoid_backward", "gemm_with_bias_grad")
 TOL = {"float64": 1e-12, "float32": 1e-5}
@@ -60,9 +61,8 @@ def test_fused_gemms_are_fused_ops_with_entries():
 def test_reference_equals_default_composition(name, shape, dtype):
     """NumpyBackend's one-formula reference == the contract's default (gemm + element-wise op,
     or gemm + a gemm against ones) on the op table's cases (K = 0, 10, 300)."""
-    op = op_table.OP_BY_NAME[name]
     ref, default = NumpyBackend(dtype), UnfusedNumpy(dtype)
-    for case in op.cases(np.random.default_rng(3), *shape, np.dtype(dtype)):
+    for case in OP_CASES[name](np.random.default_rng(3), *shape, np.dtype(dtype)):
         outs = []
         for be in (ref, default):
             args = {k: (v.copy(order="F") if isinstance(v, np.ndarray) else v)
@@ -436,8 +436,8 @@ def test_split_kernels_in_the_table():
         launches = {launch.kernel: launch for launch in op_table.OP_BY_NAME[op].launches}
         for kernel in kernels:
             split, plain = launches[kernel], launches[kernel.removesuffix("_split")]
-            assert split.parameters == plain.parameters + (("W", "gemm_partials"),
-                                                           ("C", "gemm_tickets"))
+            assert split.parameters == plain.parameters + (
+                op_table.Workspace("gemm_partials"), op_table.Counter("gemm_tickets"))
     assert gemm_plan.GEMM_SPLIT_KERNELS == ("gemm_t64_nn_split", "gemm_t64_nt_split",
                                             "gemm_s16_nn_split", "gemm_s16_nt_split",
                                             "gemm_tc64_nn_split", "gemm_tc64_nt_split")
