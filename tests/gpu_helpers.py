@@ -4,7 +4,8 @@ import it, never one another; see conftest.py).
 * ``nvcc_or_skip()``: the nvcc the backends would use, or skip saying where it was looked for.
 * ``RecordingBackend``: ``CudaBackend`` over NumPy (column-major) arrays whose kernel launches are
   recorded as ``(kernel, grid, block, args)`` instead of run: the whole GPU dispatch (shape rules,
-  operand checks, GEMM plans, argument lists, launch geometry) without a GPU.
+  operand checks, GEMM plans, argument lists, launch geometry) without a GPU; ``step_launches``,
+  the kernels of one training step on such a backend.
 * The GPU backends or skip: ``GPU_BACKENDS``, ``backend_class(name)``, ``make_backend(name,
   dtype)`` (one cached instance per backend and dtype: kernels compile once per session).
 * The error measure and its tolerances: ``TOLERANCES`` (per dtype and op-table tolerance kind),
@@ -104,6 +105,26 @@ class RecordingBackend(CudaBackend):
         return arr[start:stop] if arr.ndim == 1 else arr[:, start:stop]
 
 
+def step_launches(cls, hidden=64, n=50) -> list[str]:
+    """Kernel launches of one training step (forward, loss, backward, SGD step: what
+    DataParallelTrainer.step queues on one rank) on a recording backend class `cls`; the second
+    step's, so that one-time set-up (the default's ones vector) does not count."""
+    from core.model import INPUTS, MLP, init_params
+
+    be = cls("float64")
+    model = MLP(be, hidden, n, init_params(hidden, 0))
+    x, y = be.empty((INPUTS, n)), np.zeros(n, np.int32)
+    nll = be.zeros((1,))
+    for _ in range(2):
+        be.launches.clear()
+        a1, yhat = model.forward(x)
+        be.nll_sum(yhat, y, nll)
+        model.backward_output(x, y, a1, yhat, global_batch=n)
+        model.backward_hidden(x, a1, yhat)
+        model.update(0.1, 0.5)
+    return [launch[0] for launch in be.launches]
+
+
 # ------------------------------------------------------------------ the GPU backends
 GPU_BACKENDS = {"cupy": ("backends.ops_cupy", "CupyBackend"),
                 "pycuda": ("backends.ops_pycuda", "PycudaBackend")}
@@ -166,6 +187,14 @@ def course_matrices(m, n, k):
         i, j = np.arange(rows)[:, None], np.arange(cols)[None, :]
         return np.asfortranarray(((i * j + shift) % 17) - 8).astype(np.float64)
     return grid(m, k, 0), grid(k, n, 3), grid(m, n, 5)
+
+
+# (M, N, K): the sizes the brief asks for, the model's shapes, and the empty cases
+GEMM_SHAPES = [
+    (1, 1, 1), (7, 33, 100), (33, 7, 1013), (100, 1013, 7), (784, 100, 33), (1013, 1, 784),
+    (1, 1013, 33), (10, 800, 1024), (10, 1024, 800), (1024, 800, 784), (1024, 800, 10),
+    (7, 33, 0), (7, 0, 33), (0, 7, 33),
+]
 
 
 def gemm_case(gpu, ref, m, n, k, trans_a, trans_b, alpha, beta, seed=0):

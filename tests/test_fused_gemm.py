@@ -16,7 +16,7 @@ from backends import gemm_plan, op_table
 from backends.ops_numpy import NumpyBackend
 from core.model import CLASSES, INPUTS, MLP, ParamLayout, init_params
 from core.ops import Backend
-from gpu_helpers import RecordingBackend
+from gpu_helpers import RecordingBackend, step_launches
 from op_cases import OP_CASES
 
 FUSED_GEMMS = ("gemm_bias_sigmoid", "gemm_sigmoid_backward", "gemm_with_bias_grad")
@@ -209,26 +209,8 @@ def test_dispatch_of_the_model_shapes():
 
 
 # -------------------------------------------------------------------- launches per step
-def _step_launches(cls, hidden=64, n=50):
-    """Kernel launches of one training step (forward, loss, backward, SGD step: what
-    DataParallelTrainer.step queues on one rank) on the CUDA dispatch path; the second step's, so
-    that one-time set-up (the default's ones vector) does not count."""
-    be = cls("float64")
-    model = MLP(be, hidden, n, init_params(hidden, 0))
-    x, y = be.empty((INPUTS, n)), np.zeros(n, np.int32)
-    nll = be.zeros((1,))
-    for _ in range(2):
-        be.launches.clear()
-        a1, yhat = model.forward(x)
-        be.nll_sum(yhat, y, nll)
-        model.backward_output(x, y, a1, yhat, global_batch=n)
-        model.backward_hidden(x, a1, yhat)
-        model.update(0.1, 0.5)
-    return [launch[0] for launch in be.launches]
-
-
 def test_fused_gemms_save_four_launches_per_step():
-    fused, unfused = _step_launches(RecordingBackend), _step_launches(UnfusedRecording)
+    fused, unfused = step_launches(RecordingBackend), step_launches(UnfusedRecording)
     print(f"launches per training step: {len(unfused)} unfused -> {len(fused)} fused: {fused}")
     assert len(unfused) - len(fused) == 4
     # (z1 at H = 64, n = 50 is one tile with K = 784: split over K, gemm_plan.pick_gemm_split)
