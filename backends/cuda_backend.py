@@ -183,21 +183,6 @@ class CudaBackend(CudaGemms, Backend):
         self._gemm_tickets = self.from_host(
             np.zeros(op_table.WORKSPACE["gemm_tickets"][0], np.int32))
 
-    def set_gemm_mode(self, mode: str) -> None:
-        if mode not in gemm_plan.GEMM_MODES:
-            raise ValueError(f"unknown GEMM mode {mode!r} (choose from "
-                             f"{', '.join(gemm_plan.GEMM_MODES)})")
-        if mode == "tf32x3":
-            if self.dtype != np.float32:
-                raise ValueError(f"tf32x3 is a float32 GEMM; this backend computes in "
-                                 f"{self.dtype.name} (use --dtype float32, or --gemm simt)")
-            need = gemm_plan.GEMM_X3_MIN_CAPABILITY
-            if tuple(self._capability) < need:
-                have = ".".join(map(str, self._capability))
-                raise ValueError(f"tf32x3 needs TF32 tensor cores (compute capability "
-                                 f"{need[0]}.{need[1]} or newer); this GPU has {have}")
-        self.gemm_mode = mode
-
     # ----------------------------------------------------------------- what the ops check
     def _ld(self, arr) -> int:
         """The leading dimension of the matrix operand `arr` (checked: a matrix, of the dtype,

@@ -1,4 +1,5 @@
-"""The GEMM and the fused GEMMs of the GPU backends (CudaBackend inherits them from ``CudaGemms``).
+"""The GEMM, the fused GEMMs and the --gemm mode of the GPU backends (CudaBackend inherits them
+from ``CudaGemms``).
 
 Their launches are planned by backends/gemm_plan.py (kernel, grid, block, sizes: per shape, tile
 forcing, split-K, --gemm mode and device) once per operand layout and cached, so a training step
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from backends import gemm_plan
 from backends.cuda_dispatch import kernel_launcher
 
@@ -20,9 +23,10 @@ MAX_PLANS = 4096
 
 
 class CudaGemms:
-    """gemm and the fused GEMMs (core.ops FUSED_OPS), for CudaBackend: it provides ``_ld``,
-    ``_layout``, ``_contiguous``, ``_reject``, ``dtype``, the device (``_num_sms``,
-    ``_gemm_tc64``) and ``_gemm_plans``, the cache (key -> (launch, grid, block) or None)."""
+    """gemm and the fused GEMMs (core.ops FUSED_OPS), and the --gemm mode, for CudaBackend: it
+    provides ``_ld``, ``_layout``, ``_contiguous``, ``_reject``, ``dtype``, the device
+    (``_num_sms``, ``_capability``, ``_gemm_tc64``) and ``_gemm_plans``, the cache (key ->
+    (launch, grid, block) or None)."""
 
     #: force one GEMM tile of gemm_plan.GEMM_TILES (tests, tuning); None picks per shape
     gemm_tile: str | None = None
@@ -34,15 +38,27 @@ class CudaGemms:
     gemm_modes = gemm_plan.GEMM_MODES
     gemm_mode: str = "simt"
 
+    def set_gemm_mode(self, mode: str) -> None:
+        if mode not in gemm_plan.GEMM_MODES:
+            raise ValueError(f"unknown GEMM mode {mode!r} (choose from "
+                             f"{', '.join(gemm_plan.GEMM_MODES)})")
+        if mode == "tf32x3":
+            if self.dtype != np.float32:
+                raise ValueError(f"tf32x3 is a float32 GEMM; this backend computes in "
+                                 f"{self.dtype.name} (use --dtype float32, or --gemm simt)")
+            need = gemm_plan.GEMM_X3_MIN_CAPABILITY
+            if tuple(self._capability) < need:
+                have = ".".join(map(str, self._capability))
+                raise ValueError(f"tf32x3 needs TF32 tensor cores (compute capability "
+                                 f"{need[0]}.{need[1]} or newer); this GPU has {have}")
+        self.gemm_mode = mode
+
     def gemm(self, a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
         layout = self._layout
         key = (a.shape, layout(a), a.dtype, b.shape, layout(b), b.dtype,
                c.shape, layout(c), c.dtype, trans_a, trans_b, self.gemm_tile, self.gemm_split,
                self.gemm_mode)
-        try:
-            plan = self._gemm_plans[key]
-        except KeyError:
-            plan = self._new_plan(key, self._plan_gemm, a, b, c, trans_a, trans_b)
+        plan = self._cached_plan(key, self._plan_gemm, a, b, c, trans_a, trans_b)
         if plan is not None:
             launch, grid, block = plan
             launch(grid, block, a, b, c, alpha, beta)
@@ -57,12 +73,16 @@ class CudaGemms:
         self._fused_gemm("gemm_with_bias_grad", a, b, out)
 
     # ----------------------------------------------------------------- planning
-    def _new_plan(self, key, planner, *operands):
-        """planner(*operands), cached under `key` (an error caches nothing)."""
-        if len(self._gemm_plans) > MAX_PLANS:
-            self._gemm_plans.clear()
-        plan = self._gemm_plans[key] = planner(*operands)
-        return plan
+    def _cached_plan(self, key, planner, *operands):
+        """The plan cached under `key`, else planner(*operands), cached (an error caches
+        nothing)."""
+        try:
+            return self._gemm_plans[key]
+        except KeyError:
+            if len(self._gemm_plans) > MAX_PLANS:
+                self._gemm_plans.clear()
+            plan = self._gemm_plans[key] = planner(*operands)
+            return plan
 
     def _plan(self, a, b, out, trans_a, trans_b, variant=None):
         """gemm_plan's plan for these operands (None: C is empty) and the sizes it fixes by name:
@@ -95,10 +115,7 @@ class CudaGemms:
                out.shape, layout(out), out.dtype,
                None if extra is None else (extra.shape, layout(extra), extra.dtype),
                self.gemm_tile, self.gemm_split, self.gemm_mode)
-        try:
-            plan = self._gemm_plans[key]
-        except KeyError:
-            plan = self._new_plan(key, self._plan_fused, op, a, b, out, extra)
+        plan = self._cached_plan(key, self._plan_fused, op, a, b, out, extra)
         if plan is not None:
             launch, grid, block = plan
             if extra is None:

@@ -82,72 +82,55 @@ TOLERANCE_KINDS = ("exact", "elementwise", "reduction", "gemm")
 
 
 # ------------------------------------------------------------------------ kernel parameters
-# One class per thing the dispatch passes. ``passed_as`` is how the kernel receives it, and so how
-# a backend converts it (P pointer, i 32-bit int, r the REAL of the build): the kernel signatures.
 @dataclass(frozen=True)
 class Param:
-    """One parameter of a kernel: ``name`` is an operand, a size, an argument or a buffer."""
+    """One parameter of a kernel: its class says what the dispatch passes for it (an operand, a
+    size, an argument or a workspace buffer, all named by `name`), and ``passed_as`` how the
+    kernel receives it, and so how a backend converts it (P pointer, i 32-bit int, r the REAL of
+    the build): the kernel signatures."""
 
     name: str
-    passed_as: ClassVar[str]
+    passed_as: ClassVar[str] = "P"
 
 
-@dataclass(frozen=True)
 class Array(Param):
     """The operand `name`: an array of the backend dtype, read as .size contiguous elements
     (checked before the launch: dtype, then contiguity)."""
 
-    passed_as: ClassVar[str] = "P"
 
-
-@dataclass(frozen=True)
 class Labels(Param):
     """The operand `name`: an int32 array, contiguous (checked like Array)."""
 
-    passed_as: ClassVar[str] = "P"
 
-
-@dataclass(frozen=True)
 class Matrix(Param):
     """The operand `name`: a matrix of the backend dtype read through its leading dimension (a
     LeadingDim parameter; checked: a matrix, of the dtype, column-major)."""
 
-    passed_as: ClassVar[str] = "P"
 
-
-@dataclass(frozen=True)
 class Workspace(Param):
     """The backend's workspace buffer ``_<name>`` (WORKSPACE; not an operand: no check)."""
 
-    passed_as: ClassVar[str] = "P"
 
-
-@dataclass(frozen=True)
 class Counter(Param):
     """The backend's int32 workspace counter ``_<name>``, which every launch leaves at 0."""
 
-    passed_as: ClassVar[str] = "P"
 
-
-@dataclass(frozen=True)
 class Size(Param):
     """The field `name` of the sizes the shape rule returns (a GEMM plan's, for the GEMMs)."""
 
-    passed_as: ClassVar[str] = "i"
+    passed_as = "i"
 
 
-@dataclass(frozen=True)
 class LeadingDim(Param):
     """The leading dimension of the Matrix operand `name`."""
 
-    passed_as: ClassVar[str] = "i"
+    passed_as = "i"
 
 
-@dataclass(frozen=True)
 class IntArg(Param):
     """The op's argument `name` (a flag or a small int), passed as int(value)."""
 
-    passed_as: ClassVar[str] = "i"
+    passed_as = "i"
 
 
 @dataclass(frozen=True)
@@ -155,7 +138,7 @@ class RealArg(Param):
     """The op's argument `name` (a scalar), as it is or, with `negated`, as -value."""
 
     negated: bool = False
-    passed_as: ClassVar[str] = "r"
+    passed_as = "r"
 
 
 #: gemm_plan declares its kernels' parameters as text, "kind:name, ..." (it stays free of this

@@ -12,8 +12,8 @@ import it, never one another; see conftest.py).
   ``assert_close(got, ref, dtype, kind)``.
 * Inputs and runs shared by the GEMM tests (tests/test_kernel_parity.py, test_gemm_tc64.py,
   test_tf32x3.py): ``rand``, ``course_matrices``, ``gemm_case``, the fused GEMMs' ``fused_case`` /
-  ``run_fused``, the split products (``SPLIT_PRODUCTS``, ``split_case``, ``run_split``,
-  ``reference_split``), ``check_graph_replays`` and two checks every GEMM mode must pass
+  ``run_fused``, the split products (``SPLIT_PRODUCTS``, ``products_at``, ``split_case``,
+  ``run_split``, ``reference_split``), ``check_graph_replays`` and two checks every GEMM mode must pass
   (``check_gemm_beta_zero_never_reads_c``, ``check_fused_gemms_on_the_model_views``).
 * The op table's parity run: ``check_against_reference(gpu, ref, op, case)`` and the pieces it is
   made of (``to_device``, ``run_op``), on the inputs of tests/op_cases.py.
@@ -256,6 +256,12 @@ SPLIT_SIZES = [(100, 70, 333), (65, 1, 50), (130, 129, 1013), (17, 0, 300), (40,
 SPLIT_PRODUCTS = [("gemm_nn", "gemm", (False, False)), ("gemm_nt", "gemm", (False, True)),
                   ("gemm_bias_sigmoid", "gemm_bias_sigmoid", None),
                   ("gemm_with_bias_grad", "gemm_with_bias_grad", None)]
+
+
+def products_at(shapes: dict[str, list]) -> list:
+    """[(split product, (m, n, k)), ...] of {product name (SPLIT_PRODUCTS): [(m, n, k), ...]}."""
+    by_name = {product[0]: product for product in SPLIT_PRODUCTS}
+    return [(by_name[name], mnk) for name, mnks in shapes.items() for mnk in mnks]
 
 
 def split_case(rng, product, m, n, k, dtype):

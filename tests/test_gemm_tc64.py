@@ -28,7 +28,8 @@ from backends.ops_numpy import NumpyBackend
 from core.model import CLASSES, INPUTS, ParamLayout
 from gpu_helpers import (GPU_BACKENDS, SPLIT_PRODUCTS, SPLIT_SIZES, RecordingBackend,
                          assert_close, check_graph_replays, fused_case, make_backend,
-                         nvcc_or_skip, rand, reference_split, run_fused, run_split, split_case)
+                         nvcc_or_skip, products_at, rand, reference_split, run_fused, run_split,
+                         split_case)
 
 H100_SMS = 132
 H100 = (9, 0)
@@ -434,14 +435,10 @@ def test_tc64_planned_at_the_model_shapes(name):
     be = _tc_backend(name)
     ref = NumpyBackend("float64")
     rng = np.random.default_rng(44)
-    for product, (m, n, k) in ((SPLIT_PRODUCTS[2], (256, 800, 784)),
-                               (SPLIT_PRODUCTS[3], (256, 784, 800)),
-                               (SPLIT_PRODUCTS[2], (1024, 800, 784)),
-                               (SPLIT_PRODUCTS[3], (1024, 784, 3200)),
-                               (SPLIT_PRODUCTS[0], (1024, 800, 784)),
-                               (SPLIT_PRODUCTS[1], (256, 784, 800)),
-                               (SPLIT_PRODUCTS[2], (4096, 800, 784)),  # tc128
-                               (SPLIT_PRODUCTS[3], (4096, 784, 800))):
+    for product, (m, n, k) in products_at({  # (4096 rows: tc128)
+            "gemm_bias_sigmoid": [(256, 800, 784), (1024, 800, 784), (4096, 800, 784)],
+            "gemm_with_bias_grad": [(256, 784, 800), (1024, 784, 3200), (4096, 784, 800)],
+            "gemm_nn": [(1024, 800, 784)], "gemm_nt": [(256, 784, 800)]}):
         case = split_case(rng, product, m, n, k, np.float64)
         assert_close(run_split(be, product, case), reference_split(ref, product, case),
                      np.float64, "gemm")

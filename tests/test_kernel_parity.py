@@ -32,8 +32,8 @@ from gpu_helpers import (FUSED_SIZES, GEMM_SHAPES, GPU_BACKENDS, SPLIT_PRODUCTS,
                          TOLERANCES, assert_close, backend_class, check_against_reference,
                          check_fused_gemms_on_the_model_views, check_gemm_beta_zero_never_reads_c,
                          check_graph_replays, course_matrices, fused_case, gemm_case, make_backend,
-                         rand, reference_split, run_fused, run_op, run_split, split_case,
-                         to_device)
+                         products_at, rand, reference_split, run_fused, run_op, run_split,
+                         split_case, to_device)
 from op_cases import OP_CASES
 
 DTYPES = ["float64", "float32"]
@@ -162,12 +162,10 @@ def test_split_gemm_at_the_model_shapes(gpu, ref):
     [dW2 db2] in 5; the deep [dW1 db1] at H = 1024, n = 3200 in 5) against the reference, and
     against S = 1 within tolerance."""
     rng = np.random.default_rng(32)
-    for product, (m, n, k) in ((SPLIT_PRODUCTS[2], (256, 800, 784)),
-                               (SPLIT_PRODUCTS[3], (256, 784, 800)),
-                               (SPLIT_PRODUCTS[3], (256, 784, 3200)),
-                               (SPLIT_PRODUCTS[3], (1024, 784, 3200)),
-                               (SPLIT_PRODUCTS[3], (10, 256, 800)),
-                               (SPLIT_PRODUCTS[3], (10, 1024, 800))):
+    for product, (m, n, k) in products_at({
+            "gemm_bias_sigmoid": [(256, 800, 784)],
+            "gemm_with_bias_grad": [(256, 784, 800), (256, 784, 3200), (1024, 784, 3200),
+                                    (10, 256, 800), (10, 1024, 800)]}):
         case = split_case(rng, product, m, n, k, gpu.dtype)
         expected = reference_split(ref, product, case)
         got = run_split(gpu, product, case)
