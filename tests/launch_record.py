@@ -267,16 +267,16 @@ def _gemm_calls(log):
             for m, n, k in shapes:
                 for ta, tb in TRANSPOSES:
                     ops = _gemm_operands(rng, m, n, k, ta, tb, dtype)
-                    for _ in range(2):  # the second call: the cached plan
+                    for again in ("", " again"):  # again: the cached plan
                         _call(log, f"{config} tile {tile} split {split} gemm {m}x{n}x{k} "
-                                   f"{ta:d}{tb:d}", backend,
+                                   f"{ta:d}{tb:d}{again}", backend,
                               lambda: backend.gemm(ops["a"], ops["b"], ops["c"], 0.75, -1.25,
                                                    ta, tb), ops)
             for op in gemm_plan.GEMM_VARIANTS:
                 for m, n, k in FUSED_SHAPES if (tile, split) == (None, None) else FUSED_SHAPES[:6]:
                     ops = _fused_operands(op, m, n, k, dtype)
-                    for _ in range(2):
-                        _call(log, f"{config} tile {tile} split {split} {op} {m}x{n}x{k}",
+                    for again in ("", " again"):
+                        _call(log, f"{config} tile {tile} split {split} {op} {m}x{n}x{k}{again}",
                               backend, lambda: getattr(backend, op)(**ops), ops)
         backend.gemm_tile = backend.gemm_split = None
         _gemm_views(log, backend, config, dtype)
@@ -389,16 +389,15 @@ def _model_calls(log):
 
 
 def _table_facts(log):
-    log.append(["kernels", list(op_table.KERNEL_NAMES)])
-    log.append(["signatures", dict(op_table.KERNEL_SIGNATURES)])
-    log.append(["pycuda formats", {dt: {k: op_table.pycuda_format(s, dt)
-                                        for k, s in op_table.KERNEL_SIGNATURES.items()}
-                                   for dt in DTYPES}])
+    for kernel, signature in op_table.KERNEL_SIGNATURES.items():
+        log.append([f"kernel {kernel}", {"signature": signature, "pycuda": {
+            dtype: op_table.pycuda_format(signature, dtype) for dtype in DTYPES}}])
     log.append(["workspace", {k: list(v) for k, v in op_table.WORKSPACE.items()}])
 
 
 def record() -> list:
-    """[label, outcome] per call (see the module docstring), in a fixed order."""
+    """[label, outcome] per call (see the module docstring), in a fixed order; the labels are
+    unique (an op added later adds calls of its own, and leaves the others as they were)."""
     log: list = []
     _table_facts(log)
     _table_calls(log)
@@ -419,10 +418,10 @@ def main(argv):
     path.parent.mkdir(parents=True, exist_ok=True)
     log = record()
     text = json.dumps(log, separators=(",", ":"), sort_keys=True) + "\n"
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as f:
         f.write(text.encode())  # (mtime 0: the same record gives the same bytes)
-    print(f"{len(log)} calls, {sum(len(o.get('launches', ())) for _, o in log[4:])} launches "
-          f"-> {path}")
+    launches = sum(len(outcome["launches"]) for _, outcome in log if "launches" in outcome)
+    print(f"{len(log)} calls, {launches} launches -> {path}")
 
 
 if __name__ == "__main__":
