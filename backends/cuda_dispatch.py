@@ -65,8 +65,9 @@ def kernel_launcher(backend, kernel: str, fixed: dict[str, Any] | None = None) -
 # ------------------------------------------------------------------ the table's methods
 def _binder(op: op_table.Op) -> Callable[[tuple, dict], tuple]:
     """(args, kwargs) -> every parameter's value, in the contract's order, defaults filled in.
-    The method takes a full positional call (the training step's) as it is, without this; a call
-    that does not bind raises inspect.Signature.bind's TypeError, naming the op."""
+    The method takes a full positional call (the training step's) as it is, without this; what
+    the quick binding below does not bind goes to inspect.Signature.bind, whose TypeError (for a
+    call the contract refuses) names the op."""
     signature = op.signature
     names = tuple(signature.parameters)[1:]  # without self
     defaults = tuple(p.default for p in signature.parameters.values())[1:]
@@ -84,10 +85,11 @@ def _binder(op: op_table.Op) -> Callable[[tuple, dict], tuple]:
             if len(values) == len(names) and not any(v is empty for v in values):
                 return tuple(values)
         try:
-            signature.bind(None, *args, **kwargs)
+            bound = signature.bind(None, *args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{op.name}(): {exc}") from None
-        raise AssertionError(f"{op.name}: {args}, {kwargs} bind")  # (the loop above would have)
+        bound.apply_defaults()
+        return tuple(bound.arguments.values())[1:]
     return bind
 
 
@@ -111,12 +113,12 @@ class _Launches:
     def __init__(self, op: op_table.Op, launches: tuple[op_table.Launch, ...]):
         names, fields = op.param_names, op.sizes._fields
         params = [p for launch in launches for p in launch.parameters]
-        # the checks in the kernels' order (the first failing one raises), and by kind
-        kinds = {Array: "real", Labels: "int32", Matrix: "ld"}
-        self.ordered = [(names.index(p.name), kinds[type(p)]) for p in params if type(p) in kinds]
-        self.real_at = [at for at, kind in self.ordered if kind == "real"]
-        self.int32_at = [at for at, kind in self.ordered if kind == "int32"]
-        self.ld_at = list(dict.fromkeys(at for at, kind in self.ordered if kind == "ld"))
+        # the operand checks in the kernels' order (the first failing one raises), and by kind
+        self.ordered = [(names.index(p.name), type(p)) for p in params
+                        if isinstance(p, (Array, Labels, Matrix))]
+        self.real_at = [at for at, kind in self.ordered if kind is Array]
+        self.int32_at = [at for at, kind in self.ordered if kind is Labels]
+        self.ld_at = list(dict.fromkeys(at for at, kind in self.ordered if kind is Matrix))
         ld_base = len(names) + len(fields)
         self.kernels = []
         for launch in launches:
@@ -148,10 +150,10 @@ class _Launches:
         real = backend.dtype
         for at, kind in self.ordered:
             arr = values[at]
-            if kind == "ld":
+            if kind is Matrix:
                 backend._ld(arr)
             else:
-                dtype = real if kind == "real" else _INT32
+                dtype = real if kind is Array else _INT32
                 if arr.dtype != dtype or not backend._contiguous(arr):
                     backend._reject(arr, dtype)
 

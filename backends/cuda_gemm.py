@@ -109,7 +109,7 @@ class CudaGemms:
     # .GEMM_VARIANTS: kernel per tile, the variant's transpose pair) and cached in the same
     # dictionary, keyed by the op's name and every operand's shape, layout and dtype.
     def _fused_gemm(self, op, a, b, out, extra=None):
-        """Launch the planned fused GEMM ``op``; `extra` its operand beyond a, b, out (bias, act)."""
+        """Launch the planned fused GEMM ``op``; `extra`: its operand besides a, b, out."""
         layout = self._layout
         key = (op, a.shape, layout(a), a.dtype, b.shape, layout(b), b.dtype,
                out.shape, layout(out), out.dtype,

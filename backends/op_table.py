@@ -7,9 +7,11 @@ An entry (``Op``) says, in one place, everything the Python side knows about the
   is nothing to launch (zero columns, say); it raises ValueError on operands that do not fit;
 * ``launches``: the kernel(s) it runs, in order, each a ``Launch``: the kernel's name, its
   parameters in the kernel's order as typed ``Param``s (``Array("x")``: the operand x, checked to
-  be a contiguous array of the backend dtype; ``Size("n")``: the sizes' field n; ``IntArg("trans")``:
-  the op's argument as an int; ...) and its launch geometry (a function of one of the sizes);
-* ``tolerance``: the kind of error the op may show against the NumPy reference (``TOLERANCE_KINDS``);
+  be a contiguous array of the backend dtype; ``Size("n")``: the sizes' field n;
+  ``IntArg("trans")``: the op's argument as an int; ...) and its launch geometry (a function of
+  one of the sizes);
+* ``tolerance``: the kind of error the op may show against the NumPy reference
+  (``TOLERANCE_KINDS``);
 * ``writes``: the operands it writes; ``aliases``: the (output, input) pairs the contract allows to
   be one array. Its parameters are core.ops.Backend's (``param_names``, ``signature``).
 
@@ -19,7 +21,7 @@ backends' method of an entry is ``cuda_dispatch.table_method`` (CudaBackend name
 NumPy reference on every GPU backend, on the inputs of tests/op_cases.py; tests/test_op_table.py
 checks the table against core.ops and the launches of its methods (recorded, without a GPU), and
 tests/test_cuda_compile.py against the .cu sources. Adding an op is adding its kernel to a .cuh
-header and its entry to ``OPS``.
+header, its entry to ``OPS``, its method's name to CudaBackend and its inputs to tests/op_cases.py.
 
 The GEMM is an entry too (its kernels, their parameters and its tolerance), but its launch is
 planned per shape by backends/gemm_plan.py and its method is written out (``planned=True``,

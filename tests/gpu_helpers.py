@@ -13,8 +13,8 @@ import it, never one another; see conftest.py).
 * Inputs and runs shared by the GEMM tests (tests/test_kernel_parity.py, test_gemm_tc64.py,
   test_tf32x3.py): ``rand``, ``course_matrices``, ``gemm_case``, the fused GEMMs' ``fused_case`` /
   ``run_fused``, the split products (``SPLIT_PRODUCTS``, ``products_at``, ``split_case``,
-  ``run_split``, ``reference_split``), ``check_graph_replays`` and two checks every GEMM mode must pass
-  (``check_gemm_beta_zero_never_reads_c``, ``check_fused_gemms_on_the_model_views``).
+  ``run_split``, ``reference_split``), ``check_graph_replays`` and two checks every GEMM mode must
+  pass (``check_gemm_beta_zero_never_reads_c``, ``check_fused_gemms_on_the_model_views``).
 * The op table's parity run: ``check_against_reference(gpu, ref, op, case)`` and the pieces it is
   made of (``to_device``, ``run_op``), on the inputs of tests/op_cases.py.
 """

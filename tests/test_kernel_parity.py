@@ -1,17 +1,17 @@
 """Every op of the GPU backends (cupy, pycuda) against the NumPy reference backend, for float32 and
 float64. The ops come from the op table (backends/op_table.py): each entry is run on every backend
 and dtype, on awkward sizes (1, 7, 33, 100, 784, 1013, zero columns), with its own inputs
-(tests/op_cases.py), in place where the contract allows aliasing, and on cupy and pycuda side by side (bit
-for bit). Hand-written tests add what a table entry cannot say: all four GEMM transposes and every
+(tests/op_cases.py), in place where the contract allows aliasing, and on cupy and pycuda side by
+side (bit for bit). Hand-written tests add what a table entry cannot say: all four GEMM transposes and every
 tile, the course GEMM check, leading dimensions, column and flat views, large softmax inputs and
 argmax ties. The reference itself is checked against direct NumPy formulas where that is cheap.
 
 Error measure: relative max-norm, max|got - ref| / max|ref| (the course's measure), with the
-tolerance of the entry's kind in gpu_helpers.TOLERANCES. Why these numbers (on random N(0,1) data): a
-float32 dot product over K = 784..3200 terms accumulated in a different order than NumPy's BLAS
-differs by about 1e-6 relative to max|C|, float64 by about 1e-15; element-wise ops differ by the few
-ulps of exp/log implementations; sums (reductions, and softmax's normaliser over up to 1013 terms)
-by their summation order. "exact" ops (fill, count_correct) and integer-valued GEMMs (the course
+tolerance of the entry's kind in gpu_helpers.TOLERANCES. Why these numbers (on random N(0,1)
+data): a float32 dot product over K = 784..3200 terms accumulated in a different order than
+NumPy's BLAS differs by about 1e-6 relative to max|C|, float64 by about 1e-15; element-wise ops
+differ by the few ulps of exp/log implementations; sums (reductions, and softmax's normaliser over
+up to 1013 terms) by their summation order. "exact" ops (fill, count_correct) and integer-valued GEMMs (the course
 check) must match exactly.
 
 GPU tests skip with the backend's own availability() reason where it cannot run (CI: no GPU, no
