@@ -103,19 +103,19 @@ class CupyBackend(CudaBackend):
     def _h2d(self, host: np.ndarray, arr) -> None:
         if host.nbytes != arr.nbytes:
             raise ValueError(f"size mismatch: host {host.nbytes} bytes, device {arr.nbytes} bytes")
-        if host.nbytes:
-            rt = self._cp.cuda.runtime
-            rt.memcpyAsync(arr.data.ptr, host.ctypes.data, host.nbytes, rt.memcpyHostToDevice,
-                           self._stream.ptr)
-            self._stream.synchronize()  # the caller may reuse the host buffer on return
+        self._copy(arr.data.ptr, host.ctypes.data, host.nbytes, "memcpyHostToDevice")
 
     def _d2h(self, arr, host: np.ndarray) -> None:
         if host.nbytes != arr.nbytes:
             raise ValueError(f"size mismatch: device {arr.nbytes} bytes, host {host.nbytes} bytes")
-        if host.nbytes:
+        self._copy(host.ctypes.data, arr.data.ptr, host.nbytes, "memcpyDeviceToHost")
+
+    def _copy(self, dst: int, src: int, nbytes: int, direction: str) -> None:
+        """nbytes from src to dst on the stream, then synchronise (the caller may reuse the host
+        buffer on return); `direction` names the cupy.cuda.runtime memcpy kind."""
+        if nbytes:
             rt = self._cp.cuda.runtime
-            rt.memcpyAsync(host.ctypes.data, arr.data.ptr, host.nbytes, rt.memcpyDeviceToHost,
-                           self._stream.ptr)
+            rt.memcpyAsync(dst, src, nbytes, getattr(rt, direction), self._stream.ptr)
             self._stream.synchronize()
 
     def to_host(self, arr):

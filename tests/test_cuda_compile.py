@@ -13,18 +13,15 @@ import subprocess
 import pytest
 
 from backends import cuda_compile, op_table
+from backends.op_table import (Array, Counter, IntArg, Labels, LeadingDim, Matrix, RealArg, Size,
+                               Workspace)
+from gpu_helpers import nvcc_or_skip
 
 DTYPES = ["float32", "float64"]
 
-# a C parameter declaration -> the op-table kinds it may be declared as
-_C_KINDS = {"int*": {"L", "C"}, "real*": {"R", "M", "W"}, "int": {"i"}, "real": {"r"}}
-
-
-def _nvcc() -> str:
-    nvcc = cuda_compile.find_nvcc()
-    if nvcc is None:
-        pytest.skip("nvcc not found on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin")
-    return nvcc
+# a C parameter declaration -> the op-table parameter classes it may be declared as
+_C_KINDS = {"int*": (Labels, Counter), "real*": (Array, Matrix, Workspace),
+            "int": (Size, LeadingDim, IntArg), "real": (RealArg,)}
 
 
 def _c_type(declaration: str) -> str:
@@ -87,8 +84,9 @@ def test_kernel_parameters_match_source(kernel):
     params = op_table.KERNELS[kernel].parameters
     assert len(params) == len(c_types), (
         f"{kernel}: table {len(params)} params, source {len(c_types)}")
-    for pos, ((kind, expr), c_type) in enumerate(zip(params, c_types)):
-        assert kind in _C_KINDS[c_type], f"{kernel} parameter {pos} ({expr}): {kind} vs C {c_type}"
+    for pos, (param, c_type) in enumerate(zip(params, c_types)):
+        assert isinstance(param, _C_KINDS[c_type]), \
+            f"{kernel} parameter {pos}: {param} vs C {c_type}"
 
 
 def test_signatures_use_known_kinds():
@@ -102,7 +100,7 @@ def test_signatures_use_known_kinds():
 def test_nvcc_compiles_object(dtype, tmp_path):
     """What the backends compile (the expanded source, from a directory without the headers, as
     PyCUDA does): the plain `nvcc -c -DREAL=...` build, warnings as errors."""
-    nvcc = _nvcc()
+    nvcc = nvcc_or_skip()
     src = tmp_path / "kernels.cu"
     src.write_text(cuda_compile.read_source())
     out = tmp_path / f"kernels_{dtype}.o"
@@ -117,7 +115,7 @@ def test_nvcc_compiles_object(dtype, tmp_path):
 def test_hopper_cubin_exports_unmangled_names(dtype, tmp_path):
     """kernels.cu built in place (nvcc finds the headers next to it), for sm_90 (H100/H200): every
     launched kernel is in the cubin under its extern "C" name."""
-    nvcc = _nvcc()
+    nvcc = nvcc_or_skip()
     out = tmp_path / f"kernels_{dtype}.cubin"
     cmd = [nvcc, "-cubin", "-arch=sm_90", *cuda_compile.compile_options(dtype),
            str(cuda_compile.KERNELS_CU), "-o", str(out)]
@@ -129,7 +127,7 @@ def test_hopper_cubin_exports_unmangled_names(dtype, tmp_path):
 
 
 def test_source_refuses_build_without_real(tmp_path):
-    nvcc = _nvcc()
+    nvcc = nvcc_or_skip()
     proc = subprocess.run([nvcc, "-c", str(cuda_compile.KERNELS_CU), "-o", str(tmp_path / "k.o")],
                           capture_output=True, text=True)
     assert proc.returncode != 0
@@ -138,7 +136,7 @@ def test_source_refuses_build_without_real(tmp_path):
 
 def test_compiler_messages_name_the_header(tmp_path):
     """The #line directives of the expanded source: an error points at the header it is in."""
-    nvcc = _nvcc()
+    nvcc = nvcc_or_skip()
     src = tmp_path / "kernels.cu"
     src.write_text(cuda_compile.read_source())
     proc = subprocess.run([nvcc, "-c", str(src), "-o", str(tmp_path / "k.o")],

@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 
 from backends.ops_numpy import NumpyBackend
+from comm.single import SingleCommunicator
+from conftest import backend_or_skip
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 from core.errors import UserError
 from core.model import PARAM_NAMES
-from core.plugins import Registry
-from comm.single import SingleCommunicator
-
-_REGISTRY = Registry.load()
 
 
 def _data(n=1000, seed=0):
@@ -72,10 +70,8 @@ def test_staged_exchange_falls_back_to_eager_with_the_reason():
 
 # ------------------------------------------------------------------ replay == eager (GPU)
 def _gpu_backend(name, dtype):
-    entry = {e.name: e for e in _REGISTRY.backends()}[name]
-    if not entry.available:
-        pytest.skip(f"backend {name} unavailable: {entry.reason}")
-    backend = entry.cls(dtype, 0)
+    """A new instance of GPU backend `name` on device 0, or skip (unavailable, or no graphs)."""
+    backend = backend_or_skip(name, dtype, 0)
     ok, why = backend.graph_support()
     if not ok:
         pytest.skip(f"CUDA graphs unavailable with {name}: {why}")

@@ -16,7 +16,8 @@ from backends import gemm_plan, op_table
 from backends.ops_numpy import NumpyBackend
 from core.model import CLASSES, INPUTS, MLP, ParamLayout, init_params
 from core.ops import Backend
-from tests.test_op_table import RecordingBackend
+from gpu_helpers import RecordingBackend, step_launches
+from op_cases import OP_CASES
 
 FUSED_GEMMS = ("gemm_bias_sigmoid", "gemm_sigmoid_backward", "gemm_with_bias_grad")
 TOL = {"float64": 1e-12, "float32": 1e-5}
@@ -60,9 +61,8 @@ def test_fused_gemms_are_fused_ops_with_entries():
 def test_reference_equals_default_composition(name, shape, dtype):
     """NumpyBackend's one-formula reference == the contract's default (gemm + element-wise op,
     or gemm + a gemm against ones) on the op table's cases (K = 0, 10, 300)."""
-    op = op_table.OP_BY_NAME[name]
     ref, default = NumpyBackend(dtype), UnfusedNumpy(dtype)
-    for case in op.cases(np.random.default_rng(3), *shape, np.dtype(dtype)):
+    for case in OP_CASES[name](np.random.default_rng(3), *shape, np.dtype(dtype)):
         outs = []
         for be in (ref, default):
             args = {k: (v.copy(order="F") if isinstance(v, np.ndarray) else v)
@@ -209,26 +209,8 @@ def test_dispatch_of_the_model_shapes():
 
 
 # -------------------------------------------------------------------- launches per step
-def _step_launches(cls, hidden=64, n=50):
-    """Kernel launches of one training step (forward, loss, backward, SGD step: what
-    DataParallelTrainer.step queues on one rank) on the CUDA dispatch path; the second step's, so
-    that one-time set-up (the default's ones vector) does not count."""
-    be = cls("float64")
-    model = MLP(be, hidden, n, init_params(hidden, 0))
-    x, y = be.empty((INPUTS, n)), np.zeros(n, np.int32)
-    nll = be.zeros((1,))
-    for _ in range(2):
-        be.launches.clear()
-        a1, yhat = model.forward(x)
-        be.nll_sum(yhat, y, nll)
-        model.backward_output(x, y, a1, yhat, global_batch=n)
-        model.backward_hidden(x, a1, yhat)
-        model.update(0.1, 0.5)
-    return [launch[0] for launch in be.launches]
-
-
 def test_fused_gemms_save_four_launches_per_step():
-    fused, unfused = _step_launches(RecordingBackend), _step_launches(UnfusedRecording)
+    fused, unfused = step_launches(RecordingBackend), step_launches(UnfusedRecording)
     print(f"launches per training step: {len(unfused)} unfused -> {len(fused)} fused: {fused}")
     assert len(unfused) - len(fused) == 4
     # (z1 at H = 64, n = 50 is one tile with K = 784: split over K, gemm_plan.pick_gemm_split)
@@ -436,8 +418,8 @@ def test_split_kernels_in_the_table():
         launches = {launch.kernel: launch for launch in op_table.OP_BY_NAME[op].launches}
         for kernel in kernels:
             split, plain = launches[kernel], launches[kernel.removesuffix("_split")]
-            assert split.parameters == plain.parameters + (("W", "gemm_partials"),
-                                                           ("C", "gemm_tickets"))
+            assert split.parameters == plain.parameters + (
+                op_table.Workspace("gemm_partials"), op_table.Counter("gemm_tickets"))
     assert gemm_plan.GEMM_SPLIT_KERNELS == ("gemm_t64_nn_split", "gemm_t64_nt_split",
                                             "gemm_s16_nn_split", "gemm_s16_nt_split",
                                             "gemm_tc64_nn_split", "gemm_tc64_nt_split")

@@ -26,10 +26,10 @@ import pytest
 from backends import cuda_compile, gemm_plan, op_table
 from backends.ops_numpy import NumpyBackend
 from core.model import CLASSES, INPUTS, ParamLayout
-from tests.test_kernel_parity import (GPU_BACKENDS, SPLIT_PRODUCTS, SPLIT_SIZES, assert_close,
-                                      fused_case, fused_graph_replays, make_backend, rand,
-                                      reference_split, run_fused, run_split, split_case)
-from tests.test_op_table import RecordingBackend
+from gpu_helpers import (GPU_BACKENDS, SPLIT_PRODUCTS, SPLIT_SIZES, RecordingBackend,
+                         assert_close, check_graph_replays, fused_case, make_backend,
+                         nvcc_or_skip, products_at, rand, reference_split, run_fused, run_split,
+                         split_case)
 
 H100_SMS = 132
 H100 = (9, 0)
@@ -279,18 +279,11 @@ def test_header_matches_the_planner():
     assert re.search(r"#if defined\(__CUDA_ARCH__\) && __CUDA_ARCH__ >= 800", source)
 
 
-def _nvcc():
-    nvcc = cuda_compile.find_nvcc()
-    if nvcc is None:
-        pytest.skip("nvcc not found on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin")
-    return nvcc
-
-
 def _ptx(tmp_path, dtype, arch):
     src = tmp_path / "kernels.cu"
     src.write_text(cuda_compile.read_source())
     out = tmp_path / f"k_{dtype}_{arch}.ptx"
-    cmd = [_nvcc(), "-ptx", f"-arch={arch}", *cuda_compile.compile_options(dtype), str(src),
+    cmd = [nvcc_or_skip(), "-ptx", f"-arch={arch}", *cuda_compile.compile_options(dtype), str(src),
            "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
@@ -310,9 +303,9 @@ def test_hopper_build_mma_and_no_spills(tmp_path):
     spills."""
     ptx = _ptx(tmp_path, "float64", "sm_90")
     assert "mma.sync.aligned.m16n8k4.row.col.f64.f64.f64.f64" in ptx.read_text()
-    ptxas = Path(_nvcc()).with_name("ptxas")
+    ptxas = Path(nvcc_or_skip()).with_name("ptxas")
     if not ptxas.is_file():
-        pytest.skip(f"no ptxas beside {_nvcc()}")
+        pytest.skip(f"no ptxas beside {nvcc_or_skip()}")
     cmd = [str(ptxas), "-arch=sm_90", "-v", str(ptx), "-o", str(tmp_path / "k.cubin")]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -442,14 +435,10 @@ def test_tc64_planned_at_the_model_shapes(name):
     be = _tc_backend(name)
     ref = NumpyBackend("float64")
     rng = np.random.default_rng(44)
-    for product, (m, n, k) in ((SPLIT_PRODUCTS[2], (256, 800, 784)),
-                               (SPLIT_PRODUCTS[3], (256, 784, 800)),
-                               (SPLIT_PRODUCTS[2], (1024, 800, 784)),
-                               (SPLIT_PRODUCTS[3], (1024, 784, 3200)),
-                               (SPLIT_PRODUCTS[0], (1024, 800, 784)),
-                               (SPLIT_PRODUCTS[1], (256, 784, 800)),
-                               (SPLIT_PRODUCTS[2], (4096, 800, 784)),  # tc128
-                               (SPLIT_PRODUCTS[3], (4096, 784, 800))):
+    for product, (m, n, k) in products_at({  # (4096 rows: tc128)
+            "gemm_bias_sigmoid": [(256, 800, 784), (1024, 800, 784), (4096, 800, 784)],
+            "gemm_with_bias_grad": [(256, 784, 800), (1024, 784, 3200), (4096, 784, 800)],
+            "gemm_nn": [(1024, 800, 784)], "gemm_nt": [(256, 784, 800)]}):
         case = split_case(rng, product, m, n, k, np.float64)
         assert_close(run_split(be, product, case), reference_split(ref, product, case),
                      np.float64, "gemm")
@@ -497,17 +486,5 @@ def test_tc64_cupy_and_pycuda_agree_bitwise():
 @gpu_test
 @pytest.mark.parametrize("name", list(GPU_BACKENDS))
 def test_tc64_split_graph_replays(name):
-    be = _tc_backend(name)
-    ok, why = be.graph_support()
-    if not ok:
-        pytest.skip(f"CUDA graphs unavailable with {name}: {why}")
-    rng = np.random.default_rng(46)
-    m, n, k = 139, 95, 1003  # a shape no other test plans: planned during the capture
-    be.gemm_split = 3
-    try:
-        replays, eager = fused_graph_replays(be, rng, m, n, k)
-    finally:
-        be.gemm_split = None
-    for replay in replays:
-        assert np.array_equal(replay[0], eager[0]) and np.array_equal(replay[1], eager[1])
-    assert not be.to_host(be._gemm_tickets).any()
+    # 139 x 95 x 1003: a shape no other test plans: planned during the capture
+    check_graph_replays(_tc_backend(name), 46, 139, 95, 1003, split=3)

@@ -1,17 +1,17 @@
 """Every op of the GPU backends (cupy, pycuda) against the NumPy reference backend, for float32 and
 float64. The ops come from the op table (backends/op_table.py): each entry is run on every backend
 and dtype, on awkward sizes (1, 7, 33, 100, 784, 1013, zero columns), with its own inputs
-(``cases``), in place where the contract allows aliasing, and on cupy and pycuda side by side (bit
-for bit). Hand-written tests add what a table entry cannot say: all four GEMM transposes and every
+(tests/op_cases.py), in place where the contract allows aliasing, and on cupy and pycuda side by
+side (bit for bit). Hand-written tests add what a table entry cannot say: all four GEMM transposes and every
 tile, the course GEMM check, leading dimensions, column and flat views, large softmax inputs and
 argmax ties. The reference itself is checked against direct NumPy formulas where that is cheap.
 
 Error measure: relative max-norm, max|got - ref| / max|ref| (the course's measure), with the
-tolerance of the entry's kind in TOLERANCES below. Why these numbers (on random N(0,1) data): a
-float32 dot product over K = 784..3200 terms accumulated in a different order than NumPy's BLAS
-differs by about 1e-6 relative to max|C|, float64 by about 1e-15; element-wise ops differ by the few
-ulps of exp/log implementations; sums (reductions, and softmax's normaliser over up to 1013 terms)
-by their summation order. "exact" ops (fill, count_correct) and integer-valued GEMMs (the course
+tolerance of the entry's kind in gpu_helpers.TOLERANCES. Why these numbers (on random N(0,1)
+data): a float32 dot product over K = 784..3200 terms accumulated in a different order than
+NumPy's BLAS differs by about 1e-6 relative to max|C|, float64 by about 1e-15; element-wise ops
+differ by the few ulps of exp/log implementations; sums (reductions, and softmax's normaliser over
+up to 1013 terms) by their summation order. "exact" ops (fill, count_correct) and integer-valued GEMMs (the course
 check) must match exactly.
 
 GPU tests skip with the backend's own availability() reason where it cannot run (CI: no GPU, no
@@ -27,76 +27,22 @@ import pytest
 
 from backends import gemm_plan, op_table
 from backends.ops_numpy import NumpyBackend
-from core.ops import EXACT_OPS
-
-# ------------------------------------------------------------------------------- tolerances
-#: relative max-norm error allowed, per dtype and kind of op
-TOLERANCES = {
-    "float64": {"exact": 0.0, "gemm": 1e-12, "elementwise": 1e-14, "reduction": 1e-12},
-    "float32": {"exact": 0.0, "gemm": 1e-5, "elementwise": 2e-6, "reduction": 1e-5},
-}
+from conftest import relative_max_error
+from gpu_helpers import (FUSED_SIZES, GEMM_SHAPES, GPU_BACKENDS, SPLIT_PRODUCTS, SPLIT_SIZES,
+                         TOLERANCES, assert_close, backend_class, check_against_reference,
+                         check_fused_gemms_on_the_model_views, check_gemm_beta_zero_never_reads_c,
+                         check_graph_replays, course_matrices, fused_case, gemm_case, make_backend,
+                         products_at, rand, reference_split, run_fused, run_op, run_split,
+                         split_case, to_device)
+from op_cases import OP_CASES
 
 DTYPES = ["float64", "float32"]
-GPU_BACKENDS = {"cupy": ("backends.ops_cupy", "CupyBackend"),
-                "pycuda": ("backends.ops_pycuda", "PycudaBackend")}
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
 
-# (M, N, K): the sizes the brief asks for, the model's shapes, and the empty cases
-GEMM_SHAPES = [
-    (1, 1, 1), (7, 33, 100), (33, 7, 1013), (100, 1013, 7), (784, 100, 33), (1013, 1, 784),
-    (1, 1013, 33), (10, 800, 1024), (10, 1024, 800), (1024, 800, 784), (1024, 800, 10),
-    (7, 33, 0), (7, 0, 33), (0, 7, 33),
-]
 # (rows, cols) handed to each entry's cases (the GEMM's: M x N, K = 33)
 EW_SHAPES = [(10, 1), (10, 33), (100, 1013), (784, 7), (7, 0), (1, 100), (1013, 10)]
 
 gpu_test = pytest.mark.gpu
-
-
-def rel_err(got, ref) -> float:
-    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    if ref.size == 0:
-        return 0.0
-    scale = np.max(np.abs(ref))
-    diff = np.max(np.abs(got - ref))
-    return float(diff / scale) if scale > 0 else float(diff)
-
-
-def assert_close(got, ref, dtype, kind):
-    tol = TOLERANCES[np.dtype(dtype).name][kind]  # "float64" or np.float64 alike
-    if kind == "exact":
-        got, ref = np.asarray(got), np.asarray(ref)
-        assert got.shape == ref.shape and np.array_equal(got, ref, equal_nan=True), f"not exact ({dtype})"
-        return 0.0
-    err = rel_err(got, ref)
-    assert err <= tol, f"{kind} relative max-norm error {err:.3e} > {tol:.0e} ({dtype})"
-    return err
-
-
-# ------------------------------------------------------------------------------- backends
-_INSTANCES: dict[tuple[str, str], object] = {}
-
-
-def backend_class(name):
-    module, cls = GPU_BACKENDS[name]
-    return getattr(importlib.import_module(module), cls)
-
-
-def make_backend(name, dtype):
-    """A cached instance (kernels compile once), or skip with the backend's own reason."""
-    cls = backend_class(name)
-    ok, reason = cls.availability()
-    if not ok:
-        pytest.skip(f"{name} unavailable: {reason}")
-    key = (name, dtype)
-    if key not in _INSTANCES:
-        _INSTANCES[key] = cls(dtype)
-    be = _INSTANCES[key]
-    be.gemm_tile = None
-    be.gemm_split = None
-    be.gemm_mode = "simt"
-    return be
 
 
 @pytest.fixture(params=[(b, d) for b in GPU_BACKENDS for d in DTYPES], ids=lambda p: f"{p[0]}-{p[1]}")
@@ -109,33 +55,16 @@ def ref(gpu):
     return NumpyBackend(gpu.dtype.name)
 
 
-def rand(rng, shape, dtype, scale=1.0):
-    return np.asfortranarray(scale * rng.standard_normal(shape)).astype(dtype, order="F")
-
-
 def labels_for(rng, rows, cols):
     return rng.integers(0, rows, cols).astype(np.int32)
 
 
 # ------------------------------------------------------------------------------- GEMM
-def _gemm_case(gpu, ref, m, n, k, trans_a, trans_b, alpha, beta, seed=0):
-    rng = np.random.default_rng(seed)
-    dt = gpu.dtype
-    a = rand(rng, (k, m) if trans_a else (m, k), dt)
-    b = rand(rng, (n, k) if trans_b else (k, n), dt)
-    c = rand(rng, (m, n), dt)
-    expected = c.copy(order="F")
-    ref.gemm(a, b, expected, alpha, beta, trans_a, trans_b)
-    dc = gpu.from_host(c)
-    gpu.gemm(gpu.from_host(a), gpu.from_host(b), dc, alpha, beta, trans_a, trans_b)
-    return gpu.to_host(dc), expected
-
-
 @gpu_test
 @pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES, ids=["nn", "nt", "tn", "tt"])
 @pytest.mark.parametrize("mnk", GEMM_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_gemm(gpu, ref, mnk, trans_a, trans_b):
-    got, expected = _gemm_case(gpu, ref, *mnk, trans_a, trans_b, alpha=0.75, beta=-1.25)
+    got, expected = gemm_case(gpu, ref, *mnk, trans_a, trans_b, alpha=0.75, beta=-1.25)
     assert_close(got, expected, gpu.dtype, "gemm")
 
 
@@ -148,44 +77,15 @@ def test_gemm_every_tile(gpu, ref, tile, trans_a, trans_b):
     gpu.gemm_tile = tile
     try:
         for m, n, k, beta in [(133, 77, 65, 0.5), (17, 129, 200, 0.0), (5, 3, 1, 2.0)]:
-            got, expected = _gemm_case(gpu, ref, m, n, k, trans_a, trans_b, 1.5, beta)
+            got, expected = gemm_case(gpu, ref, m, n, k, trans_a, trans_b, 1.5, beta)
             assert_close(got, expected, gpu.dtype, "gemm")
     finally:
         gpu.gemm_tile = None
 
 
 # the fused GEMMs (gemm_plan.GEMM_VARIANTS), each run with every tile forced (a tile the variant
-# lacks runs as its fallback) on sizes that are no multiple of any tile: M <= 16 and M > 16, one
-# output column, K = 0, short K (t64's short configuration) and deep K (its deep one, K > 256)
+# lacks runs as its fallback) on gpu_helpers.FUSED_SIZES
 FUSED_VARIANTS = [pytest.param(v, id=v.op) for v in gemm_plan.GEMM_VARIANTS.values()]
-FUSED_SIZES = [(133, 77, 65), (17, 129, 300), (5, 3, 1), (70, 1, 0), (16, 64, 257), (200, 300, 10)]
-
-
-def fused_case(rng, op, m, n, k, dtype):
-    """Host inputs of fused GEMM `op` with an M x N product over K (gemm_with_bias_grad: op(B)
-    has N columns, out N + 1)."""
-    scale = 3.0 / np.sqrt(max(k, 1))
-    if op == "gemm_bias_sigmoid":
-        return {"a": rand(rng, (m, k), dtype), "b": rand(rng, (k, n), dtype, scale),
-                "bias": rand(rng, (m,), dtype), "out": np.full((m, n), np.nan, dtype, order="F")}
-    if op == "gemm_sigmoid_backward":
-        return {"a": rand(rng, (k, m), dtype), "b": rand(rng, (k, n), dtype),
-                "act": np.asfortranarray(rng.uniform(0, 1, (m, n))).astype(dtype, order="F"),
-                "out": np.full((m, n), np.nan, dtype, order="F")}
-    return {"a": rand(rng, (m, k), dtype), "b": rand(rng, (n, k), dtype),
-            "out": np.full((m, n + 1), np.nan, dtype, order="F")}
-
-
-def run_fused(be, ref, op, case):
-    """(what `be` computes, what the reference computes) for one fused case."""
-    expected = {k: v.copy(order="F") for k, v in case.items()}
-    getattr(ref, op)(**expected)
-    device = {k: be.from_host(v) for k, v in case.items()}
-    getattr(be, op)(**device)
-    for name, original in case.items():
-        if name != "out":
-            assert np.array_equal(be.to_host(device[name]), original), f"{op} changed {name}"
-    return be.to_host(device["out"]), expected["out"]
 
 
 @gpu_test
@@ -206,54 +106,8 @@ def test_fused_gemm_every_tile(gpu, ref, variant, tile):
 
 # ------------------------------------------------------------------------------- split-K
 # The split kernels (gemm_plan.GEMM_SPLIT_KERNELS and each variant's split_kernels; gemm.cuh
-# SplitK) with S forced, on sizes that are no multiple of the tile or of a split's K range: K not a
-# multiple of the slab, K < S * 32 (empty splits), K = 0, one and zero columns of op(B).
+# SplitK) with S forced, on gpu_helpers.SPLIT_SIZES and SPLIT_PRODUCTS.
 SPLITS = [2, 3, 5]
-SPLIT_SIZES = [(100, 70, 333), (65, 1, 50), (130, 129, 1013), (17, 0, 300), (40, 33, 0),
-               (64, 64, 64), (200, 90, 2000),
-               # M <= 16: the s16 tile's split kernels (the 10-class layer's [dW2 db2])
-               (10, 257, 800), (1, 5, 300), (16, 17, 1013), (7, 1, 0)]
-#: the split products: (name, op of the backend, plain GEMM's transpose pair or None)
-SPLIT_PRODUCTS = [("gemm_nn", "gemm", (False, False)), ("gemm_nt", "gemm", (False, True)),
-                  ("gemm_bias_sigmoid", "gemm_bias_sigmoid", None),
-                  ("gemm_with_bias_grad", "gemm_with_bias_grad", None)]
-
-
-def split_case(rng, product, m, n, k, dtype):
-    """Host inputs of one split product; `out` (or c) is what it writes."""
-    name, op, trans = product
-    if trans is None:
-        return fused_case(rng, op, m, n, k, dtype)
-    trans_a, trans_b = trans
-    return {"a": rand(rng, (k, m) if trans_a else (m, k), dtype),
-            "b": rand(rng, (n, k) if trans_b else (k, n), dtype),
-            "c": rand(rng, (m, n), dtype), "alpha": 0.75, "beta": -1.25,
-            "trans_a": trans_a, "trans_b": trans_b}
-
-
-def run_split(be, product, case):
-    """What `be` writes for one case (fresh device copies of the inputs each call)."""
-    name, op, trans = product
-    if trans is None:
-        device = {key: be.from_host(v) for key, v in case.items()}
-        getattr(be, op)(**device)
-        return be.to_host(device["out"])
-    c = be.from_host(case["c"])
-    be.gemm(be.from_host(case["a"]), be.from_host(case["b"]), c, case["alpha"], case["beta"],
-            case["trans_a"], case["trans_b"])
-    return be.to_host(c)
-
-
-def reference_split(ref, product, case):
-    name, op, trans = product
-    if trans is None:
-        expected = {key: v.copy(order="F") for key, v in case.items()}
-        getattr(ref, op)(**expected)
-        return expected["out"]
-    c = case["c"].copy(order="F")
-    ref.gemm(case["a"], case["b"], c, case["alpha"], case["beta"], case["trans_a"],
-             case["trans_b"])
-    return c
 
 
 def split_plan(be, product, case, split):
@@ -308,12 +162,10 @@ def test_split_gemm_at_the_model_shapes(gpu, ref):
     [dW2 db2] in 5; the deep [dW1 db1] at H = 1024, n = 3200 in 5) against the reference, and
     against S = 1 within tolerance."""
     rng = np.random.default_rng(32)
-    for product, (m, n, k) in ((SPLIT_PRODUCTS[2], (256, 800, 784)),
-                               (SPLIT_PRODUCTS[3], (256, 784, 800)),
-                               (SPLIT_PRODUCTS[3], (256, 784, 3200)),
-                               (SPLIT_PRODUCTS[3], (1024, 784, 3200)),
-                               (SPLIT_PRODUCTS[3], (10, 256, 800)),
-                               (SPLIT_PRODUCTS[3], (10, 1024, 800))):
+    for product, (m, n, k) in products_at({
+            "gemm_bias_sigmoid": [(256, 800, 784)],
+            "gemm_with_bias_grad": [(256, 784, 800), (256, 784, 3200), (1024, 784, 3200),
+                                    (10, 256, 800), (10, 1024, 800)]}):
         case = split_case(rng, product, m, n, k, gpu.dtype)
         expected = reference_split(ref, product, case)
         got = run_split(gpu, product, case)
@@ -344,49 +196,13 @@ def test_split_gemm_cupy_and_pycuda_agree_bitwise(dtype):
                 assert np.array_equal(*outs), f"{product[0]} {m}x{n}x{k} S={split}: differs"
 
 
-def fused_graph_replays(be, rng, m, n, k):
-    """gemm_bias_sigmoid and gemm_with_bias_grad on fresh M x N x K cases (fused_case), planned
-    and launched inside a CUDA-graph capture, the graph replayed twice, then both launched
-    eagerly: (replays, eager) on the host, each a (bias_sigmoid out, bias_grad out) pair."""
-    z = {key: be.from_host(v) for key, v in
-         fused_case(rng, "gemm_bias_sigmoid", m, n, k, be.dtype).items()}
-    g = {key: be.from_host(v) for key, v in
-         fused_case(rng, "gemm_with_bias_grad", m, n, k, be.dtype).items()}
-    be.synchronize()
-    be.begin_capture()
-    be.gemm_bias_sigmoid(**z)
-    be.gemm_with_bias_grad(**g)
-    graph = be.end_capture()
-    replays = []
-    for _ in range(2):
-        graph.launch()
-        be.synchronize()
-        replays.append((be.to_host(z["out"]), be.to_host(g["out"])))
-    be.gemm_bias_sigmoid(**z)
-    be.gemm_with_bias_grad(**g)
-    return replays, (be.to_host(z["out"]), be.to_host(g["out"]))
-
-
 @gpu_test
 @pytest.mark.parametrize("name", list(GPU_BACKENDS))
 def test_split_gemm_graph_replays(name):
     """Planned and launched inside a CUDA-graph capture (nothing may allocate there), replayed
     twice: the eager bits each time (the last block of each tile reset its ticket)."""
-    be = make_backend(name, "float32")
-    ok, why = be.graph_support()
-    if not ok:
-        pytest.skip(f"CUDA graphs unavailable with {name}: {why}")
-    rng = np.random.default_rng(34)
-    m, n, k = 131, 97, 1001  # a shape no other test plans: its plan is made during the capture
-    be.gemm_split = 3
-    try:
-        replays, eager = fused_graph_replays(be, rng, m, n, k)
-    finally:
-        be.gemm_split = None
-    for replay in replays:
-        assert np.array_equal(replay[0], eager[0]) and np.array_equal(replay[1], eager[1])
-    assert np.all(np.isfinite(eager[0])) and np.all(np.isfinite(eager[1]))
-    assert not be.to_host(be._gemm_tickets).any()
+    # 131 x 97 x 1001: a shape no other test plans: its plan is made during the capture
+    check_graph_replays(make_backend(name, "float32"), 34, 131, 97, 1001, split=3)
 
 
 @gpu_test
@@ -412,56 +228,7 @@ def test_fused_gemm_bias_grad_exact(gpu, ref):
 def test_fused_gemms_on_the_model_views(gpu, ref):
     """The model's operands: x and a1 column slices of wider matrices, [dW1 db1] and [dW2 db2]
     M x (N + 1) views of one flat buffer whose other elements stay untouched."""
-    rng = np.random.default_rng(22)
-    dt, h, n, lo = gpu.dtype, 40, 23, 5
-    shapes = [(h, 784), (h,), (10, h), (10,)]
-    size = sum(int(np.prod(s)) for s in shapes)
-    flat = rand(rng, (size + 7,), dt)
-    x_big = rand(rng, (784, n + 9), dt)
-    w1, b1, w2 = rand(rng, (h, 784), dt, 0.05), rand(rng, (h,), dt), rand(rng, (10, h), dt)
-    diff_big = rand(rng, (10, n + 9), dt)
-    a1_big = np.full((h, n + 9), np.nan, dt, order="F")
-
-    # reference
-    x, diff = x_big[:, lo:lo + n], diff_big[:, lo:lo + n]
-    r_flat, r_a1 = flat.copy(), a1_big.copy(order="F")
-    r_dw1b1 = r_flat[:h * 785].reshape((h, 785), order="F")
-    off2 = h * 785
-    r_dw2b2 = r_flat[off2:off2 + 10 * (h + 1)].reshape((10, h + 1), order="F")
-    ref.gemm_bias_sigmoid(w1, x, b1, r_a1[:, lo:lo + n])
-    r_dz1 = np.empty((h, n), dt, order="F")
-    ref.gemm_sigmoid_backward(w2, diff, r_a1[:, lo:lo + n], r_dz1)
-    ref.gemm_with_bias_grad(r_dz1, x, r_dw1b1)
-    ref.gemm_with_bias_grad(diff, r_a1[:, lo:lo + n], r_dw2b2)
-
-    # device, through cols and flat_views as core/model.py builds them
-    d_flat, d_x, d_a1 = gpu.from_host(flat), gpu.from_host(x_big), gpu.from_host(a1_big)
-    d_diff = gpu.from_host(diff_big)
-    (dw1b1,) = gpu.flat_views(gpu.cols(d_flat, 0, h * 785), [(h, 785)])
-    (dw2b2,) = gpu.flat_views(gpu.cols(d_flat, off2, off2 + 10 * (h + 1)), [(10, h + 1)])
-    xs, a1s = gpu.cols(d_x, lo, lo + n), gpu.cols(d_a1, lo, lo + n)
-    diffs = gpu.cols(d_diff, lo, lo + n)
-    gpu.gemm_bias_sigmoid(gpu.from_host(w1), xs, gpu.from_host(b1), a1s)
-    dz1 = gpu.empty((h, n))
-    gpu.gemm_sigmoid_backward(gpu.from_host(w2), diffs, a1s, dz1)
-    gpu.gemm_with_bias_grad(dz1, xs, dw1b1)
-    gpu.gemm_with_bias_grad(diffs, a1s, dw2b2)
-
-    got_a1, got_flat = gpu.to_host(d_a1), gpu.to_host(d_flat)
-    assert np.all(np.isnan(got_a1[:, :lo])) and np.all(np.isnan(got_a1[:, lo + n:]))
-    assert_close(got_a1[:, lo:lo + n], r_a1[:, lo:lo + n], dt, "gemm")
-    assert_close(gpu.to_host(dz1), r_dz1, dt, "gemm")
-    assert np.array_equal(got_flat[off2 + 10 * (h + 1):], flat[off2 + 10 * (h + 1):])
-    assert_close(got_flat[:h * 785], r_flat[:h * 785], dt, "gemm")
-    assert_close(got_flat[off2:off2 + 10 * (h + 1)], r_flat[off2:off2 + 10 * (h + 1)], dt, "gemm")
-
-
-def course_matrices(m, n, k):
-    """Integer-valued inputs of the course's GEMM test: A_ij = ((i*j) mod 17) - 8, and likewise."""
-    def grid(rows, cols, shift):
-        i, j = np.arange(rows)[:, None], np.arange(cols)[None, :]
-        return np.asfortranarray(((i * j + shift) % 17) - 8).astype(np.float64)
-    return grid(m, k, 0), grid(k, n, 3), grid(m, n, 5)
+    check_fused_gemms_on_the_model_views(gpu, ref)
 
 
 @gpu_test
@@ -483,15 +250,7 @@ def test_gemm_course_exact(gpu, ref, mnk):
 
 @gpu_test
 def test_gemm_beta_zero_never_reads_c(gpu, ref):
-    rng = np.random.default_rng(1)
-    a, b = rand(rng, (33, 100), gpu.dtype), rand(rng, (100, 7), gpu.dtype)
-    dc = gpu.from_host(np.full((33, 7), np.nan, dtype=gpu.dtype))
-    gpu.gemm(gpu.from_host(a), gpu.from_host(b), dc, 1.0, 0.0)
-    expected = np.empty((33, 7), gpu.dtype, order="F")
-    ref.gemm(a, b, expected)
-    got = gpu.to_host(dc)
-    assert np.all(np.isfinite(got))
-    assert_close(got, expected, gpu.dtype, "gemm")
+    check_gemm_beta_zero_never_reads_c(gpu, ref)
 
 
 @gpu_test
@@ -591,62 +350,14 @@ def test_gemm_and_axpy_on_flat_views(gpu, ref):
 TABLE_OPS = [pytest.param(op, id=op.name) for op in op_table.OPS]
 
 
-def _run(backend, op, case, device):
-    """Call `op` on `backend` with the case's arguments, arrays already on the backend."""
-    return getattr(backend, op.name)(*(device.get(p, case.get(p)) for p in op.param_names
-                                       if p in case))
-
-
-def _to_device(gpu, case, aliased=()):
-    """The case's arrays on the GPU; each (out, in) pair of `aliased` becomes one array."""
-    device = {k: gpu.from_host(v) for k, v in case.items() if isinstance(v, np.ndarray)}
-    for out, inp in aliased:
-        device[out] = device[inp]
-    return device
-
-
-def _host_copy(case, aliased=()):
-    copy = {k: (v.copy(order="F") if isinstance(v, np.ndarray) else v) for k, v in case.items()}
-    for out, inp in aliased:
-        copy[out] = copy[inp]
-    return copy
-
-
-def _reference(ref, op):
-    return op.reference or getattr(ref, op.name)
-
-
-def _check_against_reference(gpu, ref, op, case, aliased=()):
-    dt = gpu.dtype
-    if op.name in EXACT_OPS and dt != np.float64:
-        pytest.skip("--exact's ops give the reference's bits in float64 only (the model's dtype)")
-    expected = _host_copy(case, aliased)
-    ref_result = _reference(ref, op)(**expected)
-    device = _to_device(gpu, case, aliased)
-    result = _run(gpu, op, case, device)
-    for name, original in case.items():
-        if not isinstance(original, np.ndarray):
-            continue
-        got = gpu.to_host(device[name])
-        if name in op.writes or any(name == inp for _, inp in aliased):
-            assert_close(got, expected[name], dt, op.tolerance)
-        else:
-            assert np.array_equal(got, original, equal_nan=True), f"{op.name} changed its input {name}"
-    if op.result:
-        assert isinstance(result, float)
-        assert_close(result, ref_result, dt, op.tolerance)
-    else:
-        assert result is None
-
-
 @gpu_test
 @pytest.mark.parametrize("shape", EW_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("op", TABLE_OPS)
 def test_op_against_reference(gpu, ref, op, shape):
     """Every entry of the op table on its own inputs. Outputs start as NaN (an element left
     unwritten fails, e.g. reduce_cols over zero columns must write zeros), accumulators non-zero."""
-    for case in op.cases(np.random.default_rng(5), *shape, gpu.dtype):
-        _check_against_reference(gpu, ref, op, case)
+    for case in OP_CASES[op.name](np.random.default_rng(5), *shape, gpu.dtype):
+        check_against_reference(gpu, ref, op, case)
 
 
 ALIASING_OPS = [pytest.param(op, id=op.name) for op in op_table.OPS if op.aliases]
@@ -657,9 +368,9 @@ ALIASING_OPS = [pytest.param(op, id=op.name) for op in op_table.OPS if op.aliase
 @pytest.mark.parametrize("op", ALIASING_OPS)
 def test_op_in_place(gpu, ref, op, shape):
     """Every op whose contract allows out to alias an input, run with out IS that input."""
-    for case in op.cases(np.random.default_rng(6), *shape, gpu.dtype):
+    for case in OP_CASES[op.name](np.random.default_rng(6), *shape, gpu.dtype):
         for pair in op.aliases:
-            _check_against_reference(gpu, ref, op, case, aliased=(pair,))
+            check_against_reference(gpu, ref, op, case, aliased=(pair,))
 
 
 @gpu_test
@@ -669,11 +380,11 @@ def test_cupy_and_pycuda_agree_bitwise(op, dtype):
     """Same source, same launches: NVRTC (CuPy) and nvcc (PyCUDA) builds give the same bits."""
     be_cupy, be_pycuda = make_backend("cupy", dtype), make_backend("pycuda", dtype)
     for shape in [(10, 33), (1013, 10), (784, 7)]:
-        for case in op.cases(np.random.default_rng(7), *shape, np.dtype(dtype)):
+        for case in OP_CASES[op.name](np.random.default_rng(7), *shape, np.dtype(dtype)):
             outputs = []
             for be in (be_cupy, be_pycuda):
-                device = _to_device(be, case)
-                result = _run(be, op, case, device)
+                device = to_device(be, case)
+                result = run_op(be, op, case, device)
                 outputs.append(([be.to_host(device[w]) for w in op.writes], result))
             (got_cupy, res_cupy), (got_pycuda, res_pycuda) = outputs
             assert res_cupy == res_pycuda or (res_cupy is None and res_pycuda is None)
@@ -883,20 +594,22 @@ def test_reference_against_formulas(dtype):
     ref.gemm(a, b, out, 0.5, 2.0, trans_a=True, trans_b=True)
     loops = np.array([[0.5 * sum(float(a[p, i]) * float(b[j, p]) for p in range(k)) + 2.0 * c[i, j]
                        for j in range(n)] for i in range(m)])
-    assert rel_err(out, loops) < TOLERANCES[dtype]["gemm"]
+    assert relative_max_error(loops, out) < TOLERANCES[dtype]["gemm"]
 
     x = rand(rng, (m, n), dtype, 3.0)
     sm = np.empty_like(x)
     ref.softmax(x, sm, 0)
     for j in range(n):
         e = [np.exp(float(x[i, j])) for i in range(m)]
-        assert rel_err(sm[:, j], [v / sum(e) for v in e]) < TOLERANCES[dtype]["elementwise"] * 10
+        assert relative_max_error([v / sum(e) for v in e], sm[:, j]) < \
+            TOLERANCES[dtype]["elementwise"] * 10
 
     labels = np.array([0, 3, 1], np.int32)
     acc = np.zeros(1, dtype)
     ref.nll_sum(sm, labels, acc)
-    assert rel_err(acc, [-sum(np.log(float(sm[labels[j], j])) for j in range(n))]) < 1e-6
+    assert relative_max_error([-sum(np.log(float(sm[labels[j], j])) for j in range(n))], acc) < 1e-6
     red = np.empty(m, dtype)
     ref.reduce_cols(x, red, 2.0)
-    assert rel_err(red, [2.0 * sum(float(x[i, j]) for j in range(n)) for i in range(m)]) < 1e-6
+    assert relative_max_error([2.0 * sum(float(x[i, j]) for j in range(n)) for i in range(m)],
+                              red) < 1e-6
     assert abs(ref.sum_squares(x) - sum(float(v) ** 2 for v in x.ravel())) < 1e-4

@@ -26,8 +26,12 @@ import pytest
 from backends import cuda_compile, gemm_plan, op_table
 from backends.ops_numpy import NumpyBackend
 from core.model import INPUTS, init_params
-from tests.test_fused_gemm import _step_launches
-from tests.test_op_table import RecordingBackend
+from gpu_helpers import (FUSED_SIZES, GEMM_SHAPES, RecordingBackend, assert_close,
+                         check_against_reference, check_fused_gemms_on_the_model_views,
+                         check_gemm_beta_zero_never_reads_c, check_graph_replays,
+                         course_matrices, fused_case, gemm_case, make_backend, nvcc_or_skip,
+                         run_fused, run_op, step_launches, to_device)
+from op_cases import OP_CASES
 
 X3_OPS = ("gemm", "gemm_bias_sigmoid", "gemm_sigmoid_backward", "gemm_with_bias_grad")
 
@@ -196,7 +200,7 @@ def test_every_gemm_of_a_step_is_tf32x3():
             super().__init__()
             self.set_gemm_mode("tf32x3")
 
-    simt, x3 = _step_launches(Simt), _step_launches(Tf32x3)
+    simt, x3 = step_launches(Simt), step_launches(Tf32x3)
     assert len(simt) == len(x3)
     gemms = [k for k in x3 if k.startswith("gemm_")]
     assert len(gemms) == len([k for k in simt if k.startswith("gemm_")]) >= 4
@@ -285,9 +289,7 @@ def test_bench_refuses_tf32x3_in_float64(tmp_path):
 def test_ptx_has_the_three_product_mma(tmp_path):
     """sm_90 PTX of the float build: every TF32x3 kernel splits with cvt.rna.tf32 and multiplies
     with the m16n8k8 TF32 mma (3 products a k-step); no SIMT kernel does."""
-    nvcc = cuda_compile.find_nvcc()
-    if nvcc is None:
-        pytest.skip("nvcc not found on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin")
+    nvcc = nvcc_or_skip()
     src = tmp_path / "kernels.cu"
     src.write_text(cuda_compile.read_source())
     out = tmp_path / "kernels.ptx"
@@ -324,9 +326,7 @@ def tf32x3(be):
 
 
 def x3_backend(name):
-    """The cached float32 instance of test_kernel_parity, or skip (no GPU, or below sm_80)."""
-    from tests.test_kernel_parity import make_backend
-
+    """The cached float32 instance of gpu_helpers, or skip (no GPU, or below sm_80)."""
     be = make_backend(name, "float32")
     if tuple(be._capability) < gemm_plan.GEMM_X3_MIN_CAPABILITY:
         pytest.skip(f"{be.describe_device()}: compute capability {be._capability} < 8.0")
@@ -344,19 +344,13 @@ def ref():
     return NumpyBackend("float32")
 
 
-def _kp():
-    import tests.test_kernel_parity as kp
-    return kp
-
-
 @gpu_test
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False),
                                              (True, True)], ids=["nn", "nt", "tn", "tt"])
 def test_gemm_against_reference(x3, ref, trans_a, trans_b):
-    kp = _kp()
-    for mnk in kp.GEMM_SHAPES:
-        got, expected = kp._gemm_case(x3, ref, *mnk, trans_a, trans_b, alpha=0.75, beta=-1.25)
-        kp.assert_close(got, expected, x3.dtype, "gemm")
+    for mnk in GEMM_SHAPES:
+        got, expected = gemm_case(x3, ref, *mnk, trans_a, trans_b, alpha=0.75, beta=-1.25)
+        assert_close(got, expected, x3.dtype, "gemm")
 
 
 @gpu_test
@@ -364,25 +358,23 @@ def test_gemm_against_reference(x3, ref, trans_a, trans_b):
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False),
                                              (True, True)], ids=["nn", "nt", "tn", "tt"])
 def test_gemm_every_tile(x3, ref, tile, trans_a, trans_b):
-    kp = _kp()
     x3.gemm_tile = tile
     for m, n, k, beta in [(133, 77, 65, 0.5), (17, 129, 200, 0.0), (5, 3, 1, 2.0), (7, 9, 0, -1.5),
                           (300, 260, 1013, 0.0)]:
-        got, expected = kp._gemm_case(x3, ref, m, n, k, trans_a, trans_b, 1.5, beta)
-        kp.assert_close(got, expected, x3.dtype, "gemm")
+        got, expected = gemm_case(x3, ref, m, n, k, trans_a, trans_b, 1.5, beta)
+        assert_close(got, expected, x3.dtype, "gemm")
 
 
 @gpu_test
 @pytest.mark.parametrize("tile", sorted(gemm_plan.GEMM_TILES))
 @pytest.mark.parametrize("op", list(gemm_plan.GEMM_VARIANTS))
 def test_fused_gemm_every_tile(x3, ref, op, tile):
-    kp = _kp()
     x3.gemm_tile = tile
     rng = np.random.default_rng(41)
-    for m, n, k in kp.FUSED_SIZES + [(300, 260, 1013)]:
-        got, expected = kp.run_fused(x3, ref, op, kp.fused_case(rng, op, m, n, k, x3.dtype))
+    for m, n, k in FUSED_SIZES + [(300, 260, 1013)]:
+        got, expected = run_fused(x3, ref, op, fused_case(rng, op, m, n, k, x3.dtype))
         assert np.all(np.isfinite(got)), f"{op} {m}x{n}x{k}: unwritten elements"
-        kp.assert_close(got, expected, x3.dtype, "gemm")
+        assert_close(got, expected, x3.dtype, "gemm")
 
 
 @gpu_test
@@ -391,26 +383,24 @@ def test_fused_gemm_every_tile(x3, ref, op, tile):
 @pytest.mark.parametrize("op", X3_OPS)
 def test_op_table_cases(x3, ref, op, shape):
     """The GEMM entries' own cases (beta = 0 with a NaN C, K = 0, 10, 300 for the fused ones)."""
-    kp = _kp()
     entry = op_table.OP_BY_NAME[op]
-    for case in entry.cases(np.random.default_rng(5), *shape, x3.dtype):
-        kp._check_against_reference(x3, ref, entry, case)
+    for case in OP_CASES[op](np.random.default_rng(5), *shape, x3.dtype):
+        check_against_reference(x3, ref, entry, case)
 
 
 @gpu_test
 def test_exact_on_integers(x3, ref):
     """The course's integer GEMM and the bias gradient of integers: TF32 holds the small integers
     exactly (small parts 0), the sums are integers below 2^24: exact, on every tile."""
-    kp = _kp()
     for tile in sorted(gemm_plan.GEMM_TILES):
         x3.gemm_tile = tile
-        a, b, c = (v.astype(np.float32) for v in kp.course_matrices(300, 200, 784))
+        a, b, c = (v.astype(np.float32) for v in course_matrices(300, 200, 784))
         expected = c.copy(order="F")
         ref.gemm(a, b, expected, 2.0, 5.0)
         dc = x3.from_host(c)
         x3.gemm(x3.from_host(a), x3.from_host(b), dc, 2.0, 5.0)
         assert np.array_equal(x3.to_host(dc), expected), tile
-        a, b, _ = kp.course_matrices(37, 700, 130)
+        a, b, _ = course_matrices(37, 700, 130)
         a, bt = a.astype(np.float32), np.asfortranarray(b.T).astype(np.float32)
         expected = np.empty((37, 701), np.float32, order="F")
         ref.gemm_with_bias_grad(a, bt, expected)
@@ -425,14 +415,14 @@ def test_k_zero_and_beta_zero(x3, ref):
     dc = x3.from_host(c)
     x3.gemm(x3.empty((3, 0)), x3.empty((0, 4)), dc, 3.0, -2.0)
     assert np.array_equal(x3.to_host(dc), -2.0 * c)
-    _kp().test_gemm_beta_zero_never_reads_c(x3, ref)
+    check_gemm_beta_zero_never_reads_c(x3, ref)
 
 
 @gpu_test
 def test_model_views(x3, ref):
     """The model's operands: column slices, [dW db] views of one flat buffer (other elements
     untouched)."""
-    _kp().test_fused_gemms_on_the_model_views(x3, ref)
+    check_fused_gemms_on_the_model_views(x3, ref)
 
 
 @gpu_test
@@ -459,18 +449,17 @@ def test_differs_from_simt_and_reruns_bitwise(x3):
 
 @gpu_test
 def test_cupy_and_pycuda_agree_bitwise():
-    kp = _kp()
     with tf32x3(x3_backend("cupy")) as be_cupy, tf32x3(x3_backend("pycuda")) as be_pycuda:
         for op in X3_OPS:
             entry = op_table.OP_BY_NAME[op]
             for tile in [None, *sorted(gemm_plan.GEMM_TILES)]:
                 be_cupy.gemm_tile = be_pycuda.gemm_tile = tile
                 for shape in [(10, 33), (1013, 10), (784, 7), (300, 260)]:
-                    for case in entry.cases(np.random.default_rng(7), *shape, np.float32):
+                    for case in OP_CASES[op](np.random.default_rng(7), *shape, np.float32):
                         outs = []
                         for be in (be_cupy, be_pycuda):
-                            device = kp._to_device(be, case)
-                            kp._run(be, entry, case, device)
+                            device = to_device(be, case)
+                            run_op(be, entry, case, device)
                             outs.append([be.to_host(device[w]) for w in entry.writes])
                         for a, b in zip(*outs):
                             assert np.array_equal(a, b), f"{op} tile {tile} {shape}: differs"
@@ -480,23 +469,14 @@ def test_cupy_and_pycuda_agree_bitwise():
 @pytest.mark.parametrize("name", BACKENDS)
 def test_graph_replays(name):
     """Planned and launched inside a CUDA-graph capture, replayed twice: the eager bits."""
-    kp = _kp()
     with tf32x3(x3_backend(name)) as be:
-        ok, why = be.graph_support()
-        if not ok:
-            pytest.skip(f"CUDA graphs unavailable with {name}: {why}")
-        rng = np.random.default_rng(44)
-        m, n, k = 137, 91, 1003  # a shape no other test plans: planned during the capture
-        replays, eager = kp.fused_graph_replays(be, rng, m, n, k)
-    for replay in replays:
-        assert np.array_equal(replay[0], eager[0]) and np.array_equal(replay[1], eager[1])
-    assert np.all(np.isfinite(eager[0])) and np.all(np.isfinite(eager[1]))
+        # 137 x 91 x 1003: a shape no other test plans: planned during the capture
+        check_graph_replays(be, 44, 137, 91, 1003)
 
 
 @gpu_test
 def test_real_backend_refuses_float64():
-    kp = _kp()
-    be = kp.make_backend("cupy", "float64")
+    be = make_backend("cupy", "float64")
     with pytest.raises(ValueError, match="float32"):
         be.set_gemm_mode("tf32x3")
     assert be.gemm_mode == "simt"
