@@ -256,11 +256,10 @@ class ExactMLP(FlatParamsModel):
         self._exact_gemm(self.z2_cut, self.W2b2, False, False, self.e_W2,
                          a1, True, True, 1, CLASSES, int(a1.shape[1]), z2)
 
-    def forward(self, x, train: bool = False) -> tuple:
+    def forward(self, x) -> tuple:
         """(a1, z2): the hidden activations and the logits (bias included) of the columns of x,
         as evaluation uses them: it counts the argmax of the logits (the softmax's, without
-        rounding ties). ``train`` is unused: tests/test_op_table.py still passes it (to drop once
-        it calls forward_hidden)."""
+        rounding ties)."""
         a1, z2 = self.forward_hidden(x)
         if a1.shape[1]:
             self._logits(a1, z2)

@@ -34,7 +34,7 @@ from core.ops import EXACT_OPS
 
 
 def nvcc_or_skip() -> str:
-    """The nvcc of backends/cuda_compile.find_nvcc, or skip (the test needs the compiler)."""
+    """The nvcc that cuda_compile.find_nvcc finds (backends/cuda_compile.py), or skip (the test needs the compiler)."""
     nvcc = cuda_compile.find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin")

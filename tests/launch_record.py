@@ -382,7 +382,7 @@ def _model_calls(log):
         y = backend.from_host(np.zeros(n, np.int32))
 
         def exact_step():
-            a1, z2 = model.forward(x, train=True)
+            a1, z2 = model.forward_hidden(x)
             model.backward(x, y, a1, z2, global_batch=20, nll_acc=backend.zeros((1,)))
             model.update(0.1, 0.5)
         _call(log, f"exact model n={n}", backend, exact_step, describer=describer)

@@ -262,7 +262,7 @@ def sum_squares_cases(rng, rows, cols, dtype):
     return [{"x": _normal(rng, (rows, cols), dtype)}]
 
 
-#: op name -> its cases, for every op of backends/op_table.OPS
+#: op name -> its cases, for every op of op_table.OPS (backends/op_table.py)
 OP_CASES = {
     "fill": fill_cases,
     "gemm": gemm_cases,
