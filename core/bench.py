@@ -82,6 +82,9 @@ class _NoExchange:
     def start(self):
         pass
 
+    def start_span(self, lo, hi):
+        pass
+
     def finish(self):
         pass
 

@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+from core.buckets import buckets_apply, describe_buckets
 from core.checkpoint import validate_checkpoint
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 from core.exact import ExactRangeError
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
     _say_what_runs(say, args, config, comm, entry, backend, data, train_x, val_x)
     trainer = job.agree(lambda: DataParallelTrainer(
         backend, comm, config, train_x, train_y, val_x, val_y, cuda_graphs=args.cuda_graphs,
-        params=ckpt.params if ckpt is not None else None, exact=args.exact))
+        params=ckpt.params if ckpt is not None else None, exact=args.exact,
+        bucket_mb=args.bucket_mb))
     if not backend.host_resident or args.cuda_graphs == "on":
         say("dpmlp: CUDA graphs " + ("on: each epoch replays one graph" if trainer.use_graphs
                                      else f"off: {trainer.graph_note}"))
@@ -124,6 +126,8 @@ def _say_what_runs(say, args, config, comm, entry, backend, data, train_x, val_x
         f"{comm.size} rank(s); H={config.hidden} B={config.batch_size} lr={config.lr} "
         f"reg={config.reg} scale={args.scale}; {train_x.shape[1]} train / {val_x.shape[1]} val "
         f"images from {data.source}")
+    if buckets_apply(comm.size, args.exact):
+        say(f"dpmlp: {describe_buckets(config.hidden, np.dtype(args.dtype).itemsize, args.bucket_mb)}")
     if config.batch_size < comm.size:
         say(f"dpmlp: note: batch size {config.batch_size} < {comm.size} ranks: "
             f"ranks {config.batch_size}..{comm.size - 1} get no samples but still take part")
