@@ -78,6 +78,9 @@ def describe_buckets(hidden: int, itemsize: int, bucket_mb: float) -> str:
     if bucket_mb <= 0:
         return (f"gradient buckets off (--bucket-mb 0): the hidden layer's {sizes[0]:.2f} MiB "
                 f"summed once, after its {len(blocks)} column blocks")
+    if len(buckets) == 1:
+        return (f"gradient buckets: 1 (the hidden layer's {sizes[0]:.2f} MiB fits --bucket-mb "
+                f"{bucket_mb:g}), summed after its last block")
     return (f"gradient buckets: {len(buckets)} of about {max(sizes):.2f} MiB "
             f"(--bucket-mb {bucket_mb:g}) for the hidden layer's {sum(sizes):.2f} MiB, each "
             f"summed while the next is computed")
