@@ -26,7 +26,7 @@ def test_bucket_bytes_cover_the_gradient():
 
 def test_overlap_hides_an_exchange_shorter_than_the_remaining_compute():
     fast = Link("fast", 1e15, 0.0)
-    assert exposed_exchange(1e-3, [1e6] * 4, 1e3, 8, fast) == pytest.approx(0, abs=1e-9)
+    assert exposed_exchange(1e-3, [1e6] * 4, 1e3, 8, fast) < 1e-8  # the last bucket only
     slow = Link("slow", 1e9, 0.0)
     serial = sum(ring_allreduce_seconds(b, 8, slow) for b in [1e6] * 4 + [1e3])
     exposed = exposed_exchange(1e-3, [1e6] * 4, 1e3, 8, slow)
