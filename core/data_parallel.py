@@ -125,7 +125,7 @@ class GradientExchange:
         """Begin summing elements [lo, hi) of the hidden layer's part: one bucket
         (core/buckets.py); ``finish`` then waits for the buckets instead of sending the head."""
         if self.mode != "none":
-            for pending in self._heads:
+            for pending in [p for p in (self._tail, *self._heads) if p is not None]:
                 pending.test()  # lets an MPI without a progress thread advance the earlier ones
             self._heads.append(self.comm.allreduce_sum_start(self._span(lo, hi)))
 
