@@ -19,6 +19,19 @@ from core.communicator import CommOptions, Communicator, Pending
 from core.hookspecs import hookimpl
 
 
+#: Open MPI's choice of algorithm for the non-blocking allreduce of the gradients: the binomial
+#: tree sums each element in one order whatever the message's size, so the bits do not depend on
+#: --bucket-mb (core/buckets.py); its ring would. Set before MPI starts, unless the user set it.
+REDUCTION_ORDER_ENV = {"OMPI_MCA_coll_libnbc_iallreduce_algorithm": "binomial"}
+
+
+def pin_reduction_order(environ=os.environ) -> None:
+    """Fix the reduction order of Open MPI's Iallreduce (see REDUCTION_ORDER_ENV); other MPIs
+    ignore the variable. Must run before mpi4py initialises MPI."""
+    for var, value in REDUCTION_ORDER_ENV.items():
+        environ.setdefault(var, value)
+
+
 class _DeviceBuffer:
     """A 1-D device buffer described by __cuda_array_interface__, which mpi4py understands."""
 
@@ -41,6 +54,7 @@ class MpiCommunicator(Communicator):
 
     def __init__(self, options: CommOptions | None = None, world=None):
         super().__init__(options)
+        pin_reduction_order()
         from mpi4py import MPI  # initialises MPI (thread level MULTIPLE by default)
 
         self._mpi = MPI
@@ -59,6 +73,7 @@ class MpiCommunicator(Communicator):
     def wait_for_launched_ranks(cls, patience):
         """A bounded barrier over the launched world (an Ibarrier polled until ``patience``), so
         a rank that is about to exit does not take a line another rank is printing with it."""
+        pin_reduction_order()
         from mpi4py import MPI
 
         request = MPI.COMM_WORLD.Ibarrier()
@@ -138,6 +153,9 @@ class _MpiPending(Pending):
     def wait(self):
         with self.comm.watch("allreduce"):
             self.request.Wait()
+
+    def test(self):
+        return bool(self.request.Test())
 
 
 @contextlib.contextmanager

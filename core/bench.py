@@ -29,7 +29,9 @@ from core.job import (Job, apply_gemm_mode, check_gemm_flags, device_for,
                       run_with_error_policy)
 from core.model import CLASSES, INPUTS, ParamLayout, init_params
 from core.ops import FUSED_OPS, GEMM_MODES
+from core.buckets import DEFAULT_BUCKET_MB
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
+from core.scaling import predicted_exchange_us, probe_link
 
 
 def _args(argv):
@@ -53,6 +55,9 @@ def _args(argv):
     p.add_argument("--modes", default=None,
                    help="comma-separated training modes to time, each a row: float32, float64, "
                         "exact (--exact: float64, every product exact); default: --dtype's")
+    p.add_argument("--bucket-mb", type=float, default=DEFAULT_BUCKET_MB,
+                   help="gradient buckets of the hidden layer under mpirun, MiB (as the "
+                        "trainer's --bucket-mb; 0: one sum after the layer)")
     p.add_argument("--gemm-split", type=int, default=None,
                    help="GPU backends: force S blocks per GEMM tile over K where a split kernel "
                         "exists (1: never split; default: the planner's pick)")
@@ -80,6 +85,9 @@ class _NoExchange:
     mode = "off"
 
     def start(self):
+        pass
+
+    def start_span(self, lo, hi):
         pass
 
     def finish(self):
@@ -129,7 +137,7 @@ def bench_training(backend_cls, comm, args, x, y, hidden, batch, graphs="auto",
                          dtype=dtype)
     trainer = DataParallelTrainer(backend, comm, config, x.astype(dtype, order="F", copy=False),
                                   y, params=init_params(hidden, 0), cuda_graphs=graphs,
-                                  exact=exact)
+                                  exact=exact, bucket_mb=getattr(args, "bucket_mb", DEFAULT_BUCKET_MB))
     total = statistics.median(time_epochs(trainer, args.epochs))
     row = {"backend": _label(backend_cls.name, gemm) + (" +graph" if trainer.use_graphs else ""),
            "gemm": gemm, "mode": mode, "comm": comm.name, "ranks": comm.size, "H": hidden,
@@ -142,6 +150,7 @@ def bench_training(backend_cls, comm, args, x, y, hidden, batch, graphs="auto",
         row["compute_ms"] = 1e3 * compute
         row["comm_share"] = max(0.0, (total - compute) / total)
         row["step_comm_us"] = 1e6 * max(0.0, total - compute) / -(-x.shape[1] // batch)
+        _add_model(row, comm, backend, args, x.shape[1])
     return row
 
 
@@ -518,11 +527,23 @@ def _cupy_gemm_rows(dtype, hiddens, n):
     return rows
 
 
+def _add_model(row, comm, backend, args, samples) -> None:
+    """The exchange's cost model (core/scaling.py) for this row's P, with the link's latency and
+    bandwidth probed here, beside the measured exchange."""
+    link = probe_link(comm, backend)
+    mb = getattr(args, "bucket_mb", DEFAULT_BUCKET_MB)
+    row.update(samples=samples, link_alpha_us=1e6 * link.alpha, link_gb_s=link.bandwidth / 1e9)
+    row["model_comm_us"] = predicted_exchange_us(row, link, mb, backend.dtype.itemsize)
+
+
 def _fmt_training(r) -> str:
     extra = ""
     if "comm_share" in r:
         extra = (f"  compute {r['compute_ms']:8.1f} ms  comm {100 * r['comm_share']:5.1f}%"
                  f"  ({r['step_comm_us']:.0f} us/step)")
+    if "model_comm_us" in r:
+        extra += (f"  model {r['model_comm_us']:.0f} us/step (ring, alpha "
+                  f"{r['link_alpha_us']:.1f} us, {r['link_gb_s']:.2f} GB/s probed)")
     return (f"{r['backend']:22s} {r.get('mode', ''):8s} {r['comm']:6s} P={r['ranks']}  H={r['H']:5d} B={r['B']:5d}  "
             f"epoch {r['epoch_ms']:8.1f} ms  {r['samples_per_s']:10.0f} samples/s{extra}")
 

@@ -39,6 +39,11 @@ class Pending:
     def wait(self) -> None:
         pass
 
+    def test(self) -> bool:
+        """Whether the reduction has completed, without waiting; an MPI without a progress
+        thread advances it only inside such calls. The default has nothing pending."""
+        return True
+
 
 DONE = Pending()
 

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from core.buckets import DEFAULT_BUCKET_MB, BucketedHiddenGrad, buckets_apply
 from core.communicator import Communicator
 from core.errors import UserError
 from core.exact import ExactMLP, ExactRangeError, input_bound, params_sha256
@@ -94,7 +95,7 @@ class GradientExchange:
     def __init__(self, backend: Backend, comm: Communicator, flat, split: int):
         self.backend, self.comm, self.flat = backend, comm, flat
         self.size, self.split = int(flat.shape[0]), split
-        self._tail = None
+        self._tail, self._heads = None, []
         if comm.size == 1:
             self.mode = "none"
         elif backend.host_resident:
@@ -107,6 +108,9 @@ class GradientExchange:
 
     def _part(self, head: bool):
         lo, hi = (0, self.split) if head else (self.split, self.size)
+        return self._span(lo, hi)
+
+    def _span(self, lo: int, hi: int):
         if self.mode == "staged":
             self.backend.copy_to_host(self.backend.cols(self.flat, lo, hi), self.staging[lo:hi])
             return self.staging[lo:hi]
@@ -117,13 +121,24 @@ class GradientExchange:
         if self.mode != "none":
             self._tail = self.comm.allreduce_sum_start(self._part(head=False))
 
+    def start_span(self, lo: int, hi: int) -> None:
+        """Begin summing elements [lo, hi) of the hidden layer's part: one bucket
+        (core/buckets.py); ``finish`` then waits for the buckets instead of sending the head."""
+        if self.mode != "none":
+            for pending in [p for p in (self._tail, *self._heads) if p is not None]:
+                pending.test()  # lets an MPI without a progress thread advance the earlier ones
+            self._heads.append(self.comm.allreduce_sum_start(self._span(lo, hi)))
+
     def finish(self) -> None:
-        """Sum the hidden layer's gradients and wait for both parts (after backward_hidden)."""
+        """Sum the hidden layer's gradients (unless its buckets were started) and wait for every
+        part (after backward_hidden)."""
         if self.mode == "none":
             return
-        head = self.comm.allreduce_sum_start(self._part(head=True))
+        heads = self._heads or [self.comm.allreduce_sum_start(self._part(head=True))]
+        self._heads = []
         self._tail.wait()
-        head.wait()
+        for head in heads:
+            head.wait()
         if self.mode == "staged":
             self.backend.copy_from_host(self.staging, self.flat)
 
@@ -133,7 +148,7 @@ class DataParallelTrainer:
                  train_x: np.ndarray, train_y: np.ndarray,
                  val_x: np.ndarray | None = None, val_y: np.ndarray | None = None,
                  params: dict[str, np.ndarray] | None = None, cuda_graphs: str = "off",
-                 exact: bool = False):
+                 exact: bool = False, bucket_mb: float = DEFAULT_BUCKET_MB):
         self.backend, self.comm, self.config = backend, comm, config
         self.n_train = int(train_x.shape[1])
         # The data set goes to the device once; each step only takes column views of it.
@@ -153,6 +168,9 @@ class DataParallelTrainer:
             self.model = MLP(backend, config.hidden, max_cols, params)
         self.exchange = GradientExchange(backend, comm, self.model.exchange_buffer,
                                          self.model.exchange_split)
+        # more than one rank: the hidden layer in column blocks, summed by buckets as computed
+        self.hidden_blocks = (BucketedHiddenGrad(backend, self.model, train_x, bucket_mb)
+                              if buckets_apply(comm.size, exact) else None)
         self.steps_done = 0
         self._nll = backend.zeros((1,))
         self._correct = backend.zeros((1,))
@@ -199,7 +217,10 @@ class DataParallelTrainer:
         # the output layer, its softmax, diff and the loss (into _nll): one fused op
         model.backward_output(x, y, a1, out, global_batch=batch, nll_acc=self._nll)
         self.exchange.start()   # output layer's sum travels while the hidden layer's is computed
-        model.backward_hidden(x, a1, out)  # out holds diff
+        if self.hidden_blocks is not None:  # by blocks, each bucket's sum started when done
+            self.hidden_blocks.backward(self.exchange, x, a1, out, lo, hi)
+        else:
+            model.backward_hidden(x, a1, out)  # out holds diff
         self.exchange.finish()
         model.update(self.config.reg, self.config.lr)  # reg once, on the summed gradient
 

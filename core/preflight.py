@@ -63,6 +63,8 @@ def memory_estimate(hidden: int, batch: int, ranks: int, itemsize: int, n_train:
     parts = {"parameters and gradients": 2 * p * itemsize + p * 8,
              "data": itemsize * INPUTS * n + 4 * n + INPUTS * n_images + itemsize * INPUTS * n,
              "activations": itemsize * cols * (2 * hidden + 10)}
+    if ranks > 1 and not exact and host_resident:  # core/buckets.py: the rows of each block
+        parts["data"] += itemsize * INPUTS * n_train
     if exact:  # core/exact.py: S (<= 4 below 2^14 samples a batch) digits and group sums
         slices = Slicing.for_depth(batch).slices
         parts["exact digits and group sums"] = itemsize * slices * (

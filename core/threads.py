@@ -56,6 +56,13 @@ def threads_per_rank(local_ranks: int, usable: int, total: int) -> tuple[int, st
     return threads, f"{usable} cores / {local_ranks} ranks on this node"
 
 
+def planned_blas_threads(local_ranks: int, environ: Mapping[str, str] = os.environ) -> int | None:
+    """The BLAS threads limit_blas_threads gives this rank (None: left to the user's setting)."""
+    if any(environ.get(v) for v in BLAS_ENV_VARS):
+        return None
+    return threads_per_rank(local_ranks, usable_cores(), node_cores())[0]
+
+
 def limit_blas_threads(local_ranks: int | None = None, *, environ: Mapping[str, str] = os.environ,
                        usable: int | None = None, total: int | None = None) -> str | None:
     """Limit this process's BLAS threads (see the module docstring); returns the line to print."""

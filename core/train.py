@@ -11,11 +11,11 @@ cleanly; a failure during training aborts the whole job naming the rank (core/jo
 from __future__ import annotations
 
 import math
-import socket
 import sys
 
 import numpy as np
 
+from core.buckets import buckets_apply, describe_buckets
 from core.checkpoint import validate_checkpoint
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 from core.exact import ExactRangeError
@@ -23,7 +23,8 @@ from core.job import Job, comm_options, run_with_error_policy
 from core.plugins import Registry
 from core.preflight import check_memory, check_outputs, split_data
 from core.session import Diverged, TrainingSession, train_and_report
-from core.threads import count_local_ranks, limit_blas_threads
+from core.placement import apply_local_rank, gather_places, my_place, placement_lines
+from core.threads import limit_blas_threads, planned_blas_threads
 from core.train_flags import build_parser, check_run_flags, parse_flags
 
 __all__ = ["build_parser", "list_backends", "main", "run"]
@@ -51,7 +52,8 @@ def main(argv=None) -> int:
     job = Job.start(args.comm, comm_options(args.cuda_aware_mpi or None, args.collective_timeout),
                     registry)
     comm, say = job.comm, job.say
-    local_ranks = count_local_ranks(comm.allgather(socket.gethostname()), comm.rank)
+    apply_local_rank(comm, gather_places(comm, my_place()))  # the launcher's, else by hostname
+    local_ranks = comm.local_size
     rundir, ckpt = job.agree(lambda: check_outputs(args) if comm.rank == 0 else (None, None))
     ckpt = comm.bcast(ckpt)
     line = limit_blas_threads(local_ranks)
@@ -62,6 +64,10 @@ def main(argv=None) -> int:
         job.agree(lambda: locate_and_load(args.data_dir, True, log=say) if comm.rank == 0 else None)
     entry, backend, data, arrays = job.agree(lambda: _load(job, args, local_ranks))
     train_x, train_y, val_x, val_y = arrays
+    if comm.size > 1:
+        threads = planned_blas_threads(local_ranks) if backend.host_resident else None
+        for text in placement_lines(comm, backend, threads):
+            say(f"dpmlp: {text}")
     job.agree(lambda: comm.bind_backend(backend))  # NCCL: collective, so after agreement
     if comm.name == "mpi" and comm.accepts_device_buffers:
         say("dpmlp: warning: CUDA-aware MPI requested: device buffers go to MPI directly; if this "
@@ -78,7 +84,8 @@ def main(argv=None) -> int:
     _say_what_runs(say, args, config, comm, entry, backend, data, train_x, val_x)
     trainer = job.agree(lambda: DataParallelTrainer(
         backend, comm, config, train_x, train_y, val_x, val_y, cuda_graphs=args.cuda_graphs,
-        params=ckpt.params if ckpt is not None else None, exact=args.exact))
+        params=ckpt.params if ckpt is not None else None, exact=args.exact,
+        bucket_mb=args.bucket_mb))
     if not backend.host_resident or args.cuda_graphs == "on":
         say("dpmlp: CUDA graphs " + ("on: each epoch replays one graph" if trainer.use_graphs
                                      else f"off: {trainer.graph_note}"))
@@ -124,6 +131,8 @@ def _say_what_runs(say, args, config, comm, entry, backend, data, train_x, val_x
         f"{comm.size} rank(s); H={config.hidden} B={config.batch_size} lr={config.lr} "
         f"reg={config.reg} scale={args.scale}; {train_x.shape[1]} train / {val_x.shape[1]} val "
         f"images from {data.source}")
+    if buckets_apply(comm.size, args.exact):
+        say(f"dpmlp: {describe_buckets(config.hidden, np.dtype(args.dtype).itemsize, args.bucket_mb)}")
     if config.batch_size < comm.size:
         say(f"dpmlp: note: batch size {config.batch_size} < {comm.size} ranks: "
             f"ranks {config.batch_size}..{comm.size - 1} get no samples but still take part")

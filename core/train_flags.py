@@ -11,6 +11,7 @@ import argparse
 import os
 
 from core import __version__
+from core.buckets import DEFAULT_BUCKET_MB
 from core.data_parallel import CUDA_GRAPH_CHOICES
 from core.errors import UserError
 from core.job import check_gemm_flags
@@ -114,6 +115,11 @@ def _execution_flags(group) -> None:
                             "float64 on compute capability 8.0+) or tf32x3 (GPU backends, "
                             "float32, compute capability 8.0+: tensor cores with the "
                             "error-compensated three-product TF32 split)")
+    group.add_argument("--bucket-mb", type=_non_negative_float, default=DEFAULT_BUCKET_MB,
+                       metavar="MB",
+                       help="gradient buckets of the hidden layer, MiB: each bucket's sum over "
+                            "ranks starts while the next is computed (1; 0: one sum after the "
+                            "whole layer). The bits do not depend on it")
     group.add_argument("--list-backends", action="store_true",
                        help="list backends and communicators with availability, then exit")
 

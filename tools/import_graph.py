@@ -10,8 +10,9 @@ Layers, top to bottom (a module may import its own layer or lower ones only):
                                                 the job's lifecycle; the lockstep checker; the
                                                 training CLI's flags, pre-flight checks, session
     2  core.data_parallel, core.model, core.data, core.plugins, core.checkpoint, core.rundir,
-       core.progress, core.threads, core.reference, core.exact   what a run is made of (and its
-       reference; --exact's model)
+       core.progress, core.threads, core.reference, core.exact, core.buckets, core.placement,
+       core.scaling   what a run is made of (and its reference; --exact's model; gradient
+       buckets, rank placement, the exchange's cost model)
     1  core.ops, core.communicator, core.hookspecs, core.errors, core.exact_math, core (the
        package)   the contracts (exact_math: --exact's element-wise functions, defined once)
 Backends (backends.*) and communicators (comm.*) stand beside the entry points' stack and may
@@ -33,6 +34,7 @@ CORE_LAYER = {
     "core.data_parallel": 2, "core.model": 2, "core.data": 2, "core.plugins": 2,
     "core.checkpoint": 2, "core.rundir": 2, "core.progress": 2, "core.threads": 2,
     "core.reference": 2, "core.exact": 2, "core.exact_math": 1,
+    "core.buckets": 2, "core.placement": 2, "core.scaling": 2,
     "core.job": 3, "core.verify": 3,
     "core.train_flags": 3, "core.preflight": 3, "core.session": 3,
     "core.train": 4, "core.bench": 4, "core.plot": 4,
