@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import UserError
-from core.model import CLASSES, INPUTS, FlatParamsModel, ParamLayout
+from core.model import CLASSES, INPUTS, FlatParamsModel, ParamLayout, host_flat
 from core.ops import EXACT_OPS, Backend
 
 #: float64's significand: every digit product sum must stay below 2^53
@@ -138,7 +138,7 @@ class ExactMLP(FlatParamsModel):
         self.size = self.layout.size
         shapes = self.layout.shapes
 
-        self.flat_params = be.from_host(self.layout.pack(params))
+        self.flat_params = be.from_host(host_flat(self.layout, params))
         self.W1, self.b1, self.W2, self.b2 = be.flat_views(self.flat_params, shapes)
         self.flat_grads = be.zeros((self.size,))
         (_, w1b1_offset, w1b1_shape), (_, w2b2_offset, w2b2_shape) = self.layout.grad_blocks
