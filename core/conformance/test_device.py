@@ -53,7 +53,7 @@ def _sequence(be, st):
     be.gemm_with_bias_grad(st["diff"], st["a"], st["g2"])
     be.gemm_sigmoid_backward(st["w2"], st["diff"], st["a"], st["dz"])
     be.gemm_with_bias_grad(st["dz"], st["x"], st["g1"])
-    be.axpy(-0.5, be.cols(st["g1"], 0, 8), st["w"])  # parameters change: each replay differs
+    be.axpy(-0.5, be.cols(st["g1"], 0, 12), st["w"])  # parameters change: each replay differs
 
 
 SHAPES = {"w": (8, 12), "x": (12, 9), "b": (8,), "w2": (10, 8), "b2": (10,), "a": (8, 9),
