@@ -21,8 +21,9 @@ The array contract (what core assumes of a backend's arrays)
   Python-int-convertible sizes giving the *logical* shape, (rows, cols) of a matrix or (n,) of a
   vector, whatever the library stores. Core never reads ``.size``, ``.dtype``, ``.T``, strides or
   flags, never indexes, slices or does arithmetic on an array: it hands arrays back to the
-  backend's methods. (tests/test_shape_only_arrays.py trains with arrays that have ``.shape`` and
-  nothing else, so core cannot start relying on more.)
+  backend's methods. (tests/test_device_contract.py trains with the ``shape-only`` backend of
+  tests/shape_only_backends.py, whose arrays have ``.shape`` and nothing else, so core cannot
+  start relying on more.)
 * **Contiguous** in this contract means *column-major contiguous* (Fortran order): the elements,
   taken column by column, occupy one dense block of memory with no gaps. Every array core holds is
   contiguous in this sense: those of ``empty``/``zeros``/``from_host``, ``flat_views`` of them, and
