@@ -222,20 +222,21 @@ def sum_squares_kernel(x_ptr, partial_ptr, n, chunk, BLOCK: tl.constexpr):
 # ---------------------------------------------------------------------------- output layer
 @kernel
 def output_layer_kernel(w2_ptr, b2_ptr, a1_ptr, labels_ptr, diff_ptr, partial_ptr, classes,
-                        hidden, n, ld_w2, ld_a1, ld_diff, scale: tl.float64,
+                        hidden, n, ld_w2, ld_a1, ld_diff, iters, scale: tl.float64,
                         IEEE_DOT: tl.constexpr, CP: tl.constexpr, BN: tl.constexpr,
                         BK: tl.constexpr):
     """The fused output layer (core.ops.Backend.output_layer) with the log-sum-exp loss: program
-    p computes the column blocks p, p + P, ... of z = w2 a1 + b2, writes diff and stores the loss
-    of its columns in partial[p] (summed in order by a second launch: deterministic)."""
+    p computes the column blocks p, p + P, ..., (iters of them, P programs) of z = w2 a1 + b2,
+    writes diff and stores the loss of its columns in partial[p] (summed in order by a second
+    launch: deterministic)."""
     pid, programs = tl.program_id(0), tl.num_programs(0)
     rc = tl.arange(0, CP)
     rk = tl.arange(0, BK)
     dtype = diff_ptr.dtype.element_ty
     loss = tl.zeros((BN,), dtype)
     bias = tl.load(b2_ptr + rc, mask=rc < classes, other=0.0)
-    for block in range(pid, tl.cdiv(n, BN), programs):
-        cn = block * BN + tl.arange(0, BN)
+    for it in range(0, iters):  # a block past the last column is all masked
+        cn = (pid + it * programs) * BN + tl.arange(0, BN)
         z = tl.zeros((CP, BN), dtype)
         for k0 in range(0, hidden, BK):
             ks = k0 + rk

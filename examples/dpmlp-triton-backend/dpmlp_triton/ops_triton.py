@@ -342,7 +342,8 @@ class TritonBackend(Backend):
         programs = min(PARTIALS, triton_cdiv(n, bn))
         self._k.output_layer_kernel[(programs,)](
             w2, b2, a1, labels, diff, self._loss_partials, classes, hidden, n, self._ld(w2),
-            self._ld(a1), self._ld(diff), float(scale), IEEE_DOT=self._ieee_dot, CP=cp, BN=bn,
+            self._ld(a1), self._ld(diff), triton_cdiv(triton_cdiv(n, bn), programs),
+            float(scale), IEEE_DOT=self._ieee_dot, CP=cp, BN=bn,
             BK=bk, num_warps=4)
         self._k.add_partials_kernel[(1,)](self._loss_partials, nll_acc, programs, BLOCK=1024)
 
