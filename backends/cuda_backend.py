@@ -34,6 +34,8 @@ from core.ops import Backend
 
 class CudaBackend(CudaGemms, Backend):
     host_resident = False
+    #: kernels.cu indexes with 32-bit ints (the device pre-flight refuses larger arrays in one line)
+    max_elements = op_table.MAX_ELEMENTS
 
     #: the device's compute capability (major, minor); set by a subclass before _start
     _capability: tuple[int, int] = (0, 0)

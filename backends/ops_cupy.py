@@ -151,6 +151,11 @@ class CupyBackend(CudaBackend):
     def stream_handle(self):
         return int(self._stream.ptr)
 
+    def device_memory(self):
+        with self._device:
+            free, total = self._cp.cuda.runtime.memGetInfo()
+        return int(free), int(total)
+
     def graph_support(self):
         return True, ""
 

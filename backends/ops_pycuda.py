@@ -263,6 +263,10 @@ class PycudaBackend(CudaBackend):
     def stream_handle(self):
         return int(self._stream.handle)
 
+    def device_memory(self):
+        free, total = self._cuda.mem_get_info()  # of the current context: this backend's
+        return int(free), int(total)
+
     def graph_support(self):
         return cuda_graphs.driver_available()
 

@@ -19,7 +19,7 @@ from core.buckets import DEFAULT_BUCKET_MB, BucketedHiddenGrad, buckets_apply
 from core.communicator import Communicator
 from core.errors import UserError
 from core.exact import ExactMLP, ExactRangeError, input_bound, params_sha256
-from core.model import MLP, init_params
+from core.model import MLP, init_flat_params
 from core.ops import Backend
 
 CUDA_GRAPH_CHOICES = ("auto", "on", "off")
@@ -157,7 +157,8 @@ class DataParallelTrainer:
         self.val = None
         if val_x is not None and val_y is not None and val_x.shape[1] > 0:
             self.val = (backend.from_host(val_x), backend.from_host(np.asarray(val_y, np.int32)))
-        params = params if params is not None else init_params(config.hidden, config.seed)
+        if params is None:  # drawn straight into the backend dtype: no float64 model-sized copy
+            params = init_flat_params(config.hidden, config.seed, backend.dtype)
         max_cols = math.ceil(min(config.batch_size, max(self.n_train, 1)) / comm.size)
         self.exact = exact
         if exact:  # every product exact: the same bits on every backend and rank count
@@ -247,9 +248,25 @@ class DataParallelTrainer:
                 return k + 1
         return total
 
+    def warm_up_steps(self) -> None:
+        """Before the epoch is captured: run eagerly one step of each batch size the epoch has
+        (the full one and the smaller last one), so that every op the graph will hold has been
+        called with its shapes, and lazy allocations and JIT compilation of any backend happen
+        outside capture (the capture protocol of core/ops.py). The parameters are then put back
+        bit for bit (through the host: this is before capture) and the step counter is unchanged;
+        the loss sum restarts at 0 in the captured epoch."""
+        be, cfg = self.backend, self.config
+        saved = be.to_host(self.model.flat_params)
+        last = (self.steps_per_epoch - 1) * cfg.batch_size
+        for start in sorted({0, last}):
+            self.step(start, min(cfg.batch_size, self.n_train - start))
+        self.comm.drain()
+        be.copy_from_host(np.ascontiguousarray(saved.reshape(-1)), self.model.flat_params)
+
     def train_epoch_graph(self) -> None:
         """Queue one epoch as the replay of its graph (captured on first use)."""
         if self._epoch_graph is None:
+            self.warm_up_steps()
             steps_before = self.steps_done
             self._epoch_graph = self._captured(lambda: self._queue_steps(0))
             self.steps_done = steps_before  # capturing ran no step
@@ -367,6 +384,7 @@ class DataParallelTrainer:
             # the validation set is evaluated every epoch: one graph for its whole pass
             graph = self._eval_graphs.get(id(X))
             if graph is None:
+                self._queue_count(X, Y)  # eager warm-up of what is captured (core/ops.py)
                 graph = self._eval_graphs[id(X)] = self._captured(lambda: self._queue_count(X, Y))
             graph.launch()
         else:

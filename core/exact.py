@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import UserError
-from core.model import CLASSES, INPUTS, FlatParamsModel, ParamLayout
+from core.model import CLASSES, INPUTS, FlatParamsModel, ParamLayout, host_flat
 from core.ops import EXACT_OPS, Backend
 
 #: float64's significand: every digit product sum must stay below 2^53
@@ -151,7 +151,7 @@ class ExactMLP(FlatParamsModel):
         """The flat parameters and gradients, their views, and [W1 b1], [W2 b2], [dW1 db1],
         [dW2 db2] as one matrix a layer (the bias the last column)."""
         be = self.backend
-        self.flat_params = be.from_host(self.layout.pack(params))
+        self.flat_params = be.from_host(host_flat(self.layout, params))
         self.W1, self.b1, self.W2, self.b2 = be.flat_views(self.flat_params, self.layout.shapes)
         self.flat_grads = be.zeros((self.size,))
 

@@ -124,6 +124,35 @@ def init_params(hidden: int, seed: int) -> dict[str, np.ndarray]:
             "W2": np.asfortranarray(w2), "b2": np.zeros(CLASSES)}
 
 
+#: rows of W1 drawn at a time by init_flat_params (bounds its float64 scratch to ~6 MB)
+INIT_CHUNK_ROWS = 1024
+
+
+def init_flat_params(hidden: int, seed: int, dtype="float64") -> np.ndarray:
+    """``init_params`` packed into the flat-buffer layout (``ParamLayout.pack``) and rounded to
+    ``dtype``, the same numbers bit for bit, without the float64 copies: the weights are drawn
+    INIT_CHUNK_ROWS rows at a time from the same generator stream (NumPy's draws do not depend
+    on how the stream is cut), each chunk scaled in float64 and rounded once into the result.
+    Peak host memory: the result (size x itemsize) plus one chunk."""
+    layout = ParamLayout(hidden)
+    flat = np.zeros(layout.size, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    for name in ("W1", "W2"):  # W1 drawn first, then W2, row by row as (rows, cols) C arrays
+        p = layout[name]
+        rows, cols = p.shape
+        view = flat[p.offset:p.offset + p.size].reshape((rows, cols), order="F")
+        for lo in range(0, rows, INIT_CHUNK_ROWS):
+            hi = min(rows, lo + INIT_CHUNK_ROWS)
+            view[lo:hi] = 0.01 * rng.standard_normal((hi - lo, cols))
+    return flat
+
+
+def host_flat(layout: ParamLayout, params) -> np.ndarray:
+    """The flat host vector of ``params``: a flat array as it is (init_flat_params), a dict of
+    arrays packed (a checkpoint's, a caller's)."""
+    return params if isinstance(params, np.ndarray) else layout.pack(params)
+
+
 class FlatParamsModel:
     """What a model holding its parameters in one flat device buffer (``layout``, ``backend``,
     ``flat_params``, views ``W1`` ... ``b2``) derives from it; MLP and core/exact.py's ExactMLP."""
@@ -146,7 +175,7 @@ class FlatParamsModel:
 class MLP(FlatParamsModel):
     """Parameters, gradients and work buffers on one backend, plus the forward/backward/step ops."""
 
-    def __init__(self, backend: Backend, hidden: int, max_cols: int, params: dict[str, np.ndarray]):
+    def __init__(self, backend: Backend, hidden: int, max_cols: int, params):
         self.backend = backend
         self.hidden = hidden
         self.max_cols = max(1, max_cols)
@@ -154,7 +183,7 @@ class MLP(FlatParamsModel):
         shapes = self.layout.shapes
         self.size = self.layout.size
 
-        self.flat_params = backend.from_host(self.layout.pack(params))
+        self.flat_params = backend.from_host(host_flat(self.layout, params))
         self.W1, self.b1, self.W2, self.b2 = backend.flat_views(self.flat_params, shapes)
         self.flat_grads = backend.zeros((self.size,))
         self.dW1, self.db1, self.dW2, self.db2 = backend.flat_views(self.flat_grads, shapes)

@@ -7,14 +7,107 @@ Conventions shared by every backend
 * Matrices are **column-major** (Fortran order), as in the course code and cuBLAS: a matrix of
   shape (rows, cols) stores column j contiguously. A minibatch X is 784 x N with one sample per
   column, so a rank's slice of a minibatch (a range of columns) is one contiguous block.
-* Vectors are 1-D. Labels are int32 vectors. Every array exposes ``.shape`` (a tuple), like NumPy.
+* Vectors are 1-D. Labels are integer vectors (see "Labels" below).
 * Every op writes into an ``out`` array the caller allocated; no op allocates inside the training
-  step. ``out`` may alias an input only where the docstring says so.
-* Element-wise ops may require contiguous operands: whole arrays, column slices (``cols``) and
-  ``flat_views`` always are. ``gemm`` also honours a leading dimension larger than the rows.
+  step (see "Allocation" below for what that means precisely). ``out`` may alias an input only
+  where the docstring says so.
 * Every op accepts zero columns (a rank that received no samples of this minibatch) and then does the
   mathematically right thing (a sum over nothing is 0; ``gemm`` with K = 0 gives beta C).
 * Floating point arrays have the backend's dtype (float32 or float64), fixed at construction.
+
+The array contract (what core assumes of a backend's arrays)
+------------------------------------------------------------
+* **Opaque handles.** Core reads exactly one attribute of a backend array: ``.shape``, a tuple of
+  Python-int-convertible sizes giving the *logical* shape, (rows, cols) of a matrix or (n,) of a
+  vector, whatever the library stores. Core never reads ``.size``, ``.dtype``, ``.T``, strides or
+  flags, never indexes, slices or does arithmetic on an array: it hands arrays back to the
+  backend's methods. (tests/test_device_contract.py trains with the ``shape-only`` backend of
+  tests/shape_only_backends.py, whose arrays have ``.shape`` and nothing else, so core cannot
+  start relying on more.)
+* **Contiguous** in this contract means *column-major contiguous* (Fortran order): the elements,
+  taken column by column, occupy one dense block of memory with no gaps. Every array core holds is
+  contiguous in this sense: those of ``empty``/``zeros``/``from_host``, ``flat_views`` of them, and
+  ``cols`` of them (a range of whole columns of a column-major matrix is one dense block). Libraries
+  whose notion of contiguity is row-major (PyTorch, CuPy's ``c_contiguous``) call such a column
+  view "not contiguous"; that is expected: store a (rows, cols) matrix as the row-major (cols, rows)
+  array it is in memory and expose its transpose (strides (1, rows)), as the Triton example does.
+* **No op produces a view with a leading dimension larger than its rows** (a row slice): ``cols``
+  takes whole columns and ``flat_views`` packs back to back. So the only strides an op meets are
+  those of column-major contiguous arrays; a backend may reject anything else (the built-in GPU
+  GEMM happens to honour a larger leading dimension, which nothing in core uses).
+* ``cols`` and ``flat_views`` return **views**: writing through them changes the parent, and they
+  stay valid as long as the parent is referenced (core keeps the parents alive).
+
+The device contract (backends with ``host_resident = False``)
+-------------------------------------------------------------
+* **Devices.** ``device_count()`` is the number of devices this backend can use here; a device
+  backend whose ``device_count()`` is 0 must report ``availability()`` False (the trainer never
+  constructs it). The trainer constructs one backend per rank with ``device_index`` = node-local
+  rank mod ``device_count()`` (several ranks may share one device); host backends (count 0) get
+  None.
+* **Pointers.** ``device_pointer(arr)`` is the device address of the view's *first element*
+  (element (0, 0), or element 0 of a vector), not of the allocation it views: ``cols(flat, lo, hi)``
+  has the address of ``flat`` plus ``lo`` elements. The address is stable: the same array (or view)
+  has the same address for as long as it, or its parent, is referenced (no moving or compacting
+  allocator), because NCCL and captured graphs keep raw addresses.
+* **Streams.** All work of one backend instance is queued, in call order, on one CUDA stream,
+  ``stream_handle()`` (the raw ``cudaStream_t`` as an int), which must not change during the
+  instance's life: NCCL queues its reductions on it (through events), CUDA graphs are captured and
+  replayed on it, the bench records events on it. 0 means the legacy default stream; it is allowed
+  only for a backend without CUDA graphs (``graph_support()`` False), since the legacy stream
+  cannot be captured, and it serialises with every other stream. The trainer calls every method of
+  a backend from the thread that constructed it; a library whose "current stream" is per thread
+  (PyTorch, CuPy) must make the backend's stream current for the work each op queues (the Triton
+  example does so on entry to each op, so several instances may coexist in one thread).
+  ``synchronize()`` blocks until the work queued on the backend's stream so far has finished (the
+  stream, not the whole device); after it, memory reached through ``device_pointer`` holds the
+  results (CUDA-aware MPI relies on this). Transfers (``to_host``, ``copy_to_host``,
+  ``copy_from_host``, ``from_host``) are ordered with the stream's work and return once the host
+  side may be read or reused.
+* **Allocation.** Core allocates every array it uses before training (``empty``, ``zeros``,
+  ``from_host``, ``host_buffer``). An op may allocate a temporary or workspace of its own (an index
+  dtype, a softmax when ``out`` is ``x``, an argmax, the base class's ones vector of
+  ``gemm_with_bias_grad``) **on its first call for given shapes**, and keep it; it must not allocate
+  again when called again with shapes (and views) it has seen, because that call may be captured.
+  Anything a captured op uses must stay allocated while the backend lives.
+* **CUDA graphs** (optional; any backend may take part). A backend that returns (True, "") from
+  ``graph_support()`` implements ``begin_capture()`` (start recording the work queued on its stream),
+  ``end_capture()`` (stop; return an object whose ``launch()`` queues the recorded work again on the
+  backend's stream) and keeps the rules above. The trainer's protocol, for ``--cuda-graphs
+  auto|on``: it allocates everything; then **warms up eagerly** every op it will capture, with the
+  same shapes and views (one training step of each batch size of an epoch, the parameters restored
+  bit for bit afterwards, and one evaluation pass), so that lazy allocations and JIT compilation
+  happen outside capture; then ``begin_capture()``, the epoch's steps (and, under NCCL, its
+  collectives), ``end_capture()``; each epoch is then one ``launch()``. Between begin and end the
+  trainer calls no transfer, no ``synchronize``, no ``sum_squares`` and no allocation. A backend
+  without graphs (the default) trains eagerly; ``--cuda-graphs auto`` says why in one line (the
+  reason ``graph_support()`` returns), ``--cuda-graphs on`` makes it an error.
+* **Memory pre-flight.** ``device_memory()`` returns (free, total) bytes of this instance's device
+  (None where unknown; host backends: None). Before anything large is allocated the trainer
+  estimates what a rank puts on its device (data set, parameters, gradients, activations) and,
+  with all ranks sharing the device counted, ends with one line and exit 2 when it exceeds the
+  free memory; ``max_elements`` (None: no limit) is the largest array an op of the backend can
+  index (the built-in kernels and Triton's default offsets are 32-bit), checked the same way.
+* **Labels.** Labels reach a backend only through ``from_host`` of an integer NumPy array (the
+  trainer passes int32; values in [0, classes)), once per data set, and through ``cols`` of the
+  result. ``from_host`` may store them in whatever integer dtype the backend's ops want (int64 for
+  a library whose gather/scatter needs it): the trainer never writes labels and never reads them
+  back. ``to_host`` of a label array returns its values (any integer dtype).
+* **Precision.** ``--gemm simt`` promises IEEE arithmetic of the backend dtype in every GEMM and
+  fused GEMM: float32 products and sums in FP32 (fused multiply-adds allowed, subnormals may be
+  flushed to zero), never TF32, bf16 or another reduced-precision mode; a library's TF32 switch
+  must be off for it (the conformance suite checks with operands that TF32 cannot represent).
+  Other ``gemm_modes`` (``tf32x3``) promise a relative max-norm error at most twice simt's.
+  Element-wise ops are accurate to a few ulp of the dtype.
+* **NCCL.** ``--comm nccl`` (comm/nccl.py) needs CuPy installed (it drives ``cupy.cuda.nccl``),
+  whatever library the backend uses, one device per rank, and of the backend: ``device_index``,
+  ``device_pointer``, ``stream_handle`` and ``synchronize``, with its memory on that device in the
+  process's primary CUDA context (CuPy, PyCUDA's primary context and PyTorch all share it). Without
+  CuPy, ``--comm mpi`` stages the gradients through ``host_buffer()`` (``copy_to_host`` /
+  ``copy_from_host``), which works for every backend.
+
+The conformance suite (core/conformance) checks the rules above that a test can check:
+``python -m pytest --pyargs core.conformance --dpmlp-backend NAME``.
 
 A backend is registered through the ``register_backends`` hook (core/hookspecs.py). Heavy imports
 (cupy, pycuda) happen inside the backend's methods, never at module import time, so that the core and
@@ -65,6 +158,9 @@ class Backend(abc.ABC):
     #: None (the default) never becomes the default backend, only ``--backend NAME`` selects it;
     #: the built-ins state numpy 0, pycuda 10, cupy 20.
     priority: ClassVar[int | None] = None
+    #: the largest element count of one array that the backend's ops can index (None: no limit);
+    #: the trainer's pre-flight turns a model or data set beyond it into one line and exit 2
+    max_elements: ClassVar[int | None] = None
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
@@ -73,7 +169,8 @@ class Backend(abc.ABC):
 
     @classmethod
     def device_count(cls) -> int:
-        """Number of devices this backend can use here (0 for host backends)."""
+        """Number of devices this backend can use here (0 for host backends). A device backend
+        that finds 0 must also return False from ``availability()``."""
         return 0
 
     def __init__(self, dtype: str = "float64", device_index: int | None = None):
@@ -114,7 +211,8 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def from_host(self, host: np.ndarray) -> Array:
         """New backend array holding a copy of ``host``. Floating arrays are cast to the backend
-        dtype; integer arrays become int32. Layout becomes column-major."""
+        dtype; integer arrays (labels) become an integer array of the backend's choice (int32, or
+        int64 where its ops want it; see "Labels" above). Layout becomes column-major."""
 
     @abc.abstractmethod
     def to_host(self, arr: Array) -> np.ndarray:
@@ -142,15 +240,26 @@ class Backend(abc.ABC):
         """View of columns [start, stop) of a matrix, or elements [start, stop) of a vector."""
 
     def synchronize(self) -> None:
-        """Block until all queued work of this backend has finished."""
+        """Block until all work queued so far on this backend's stream has finished (the stream,
+        not the whole device). Host backends: nothing to do."""
 
     def device_pointer(self, arr: Array) -> int:
-        """Device address of ``arr`` (for NCCL / CUDA-aware MPI). Host backends raise."""
+        """Device address of ``arr``'s first element (of the view, not of the allocation it
+        views), stable while ``arr`` or its parent is referenced; for NCCL and CUDA-aware MPI.
+        Host backends raise NotImplementedError."""
         raise NotImplementedError(f"backend {self.name!r} has no device memory")
 
     def stream_handle(self) -> int:
-        """Raw CUDA stream handle the backend queues work on (0 = default stream)."""
+        """Raw CUDA stream handle (``cudaStream_t`` as an int) that every op of this instance
+        queues on; constant for the instance's life. 0 is the legacy default stream, allowed only
+        without CUDA graphs. Host backends: 0."""
         return 0
+
+    def device_memory(self) -> tuple[int, int] | None:
+        """(free, total) bytes of this instance's device now, for the trainer's memory
+        pre-flight; None where unknown (the default, and host backends, whose memory the host
+        check counts)."""
+        return None
 
     # ----------------------------------------------------------------- CUDA graphs (optional)
     def graph_support(self) -> tuple[bool, str]:
@@ -178,7 +287,9 @@ class Backend(abc.ABC):
         """C = alpha * op(A) @ op(B) + beta * C, op(X) = X or X^T.
 
         op(A) is M x K, op(B) is K x N, C is M x N. With beta = 0 the old C is never read (it may
-        hold NaN). C must not alias A or B."""
+        hold NaN). C must not alias A or B. Operands are column-major contiguous (arrays, ``cols``
+        and ``flat_views`` of them); the transposes are flags, never transposed views. With
+        ``gemm_mode`` "simt" the arithmetic is IEEE in the backend dtype (no TF32)."""
 
     @abc.abstractmethod
     def bias_sigmoid(self, z: Array, bias: Array, out: Array) -> None:
@@ -287,17 +398,34 @@ class Backend(abc.ABC):
         labels lie in [0, C). Zero columns: nothing is written and ``nll_acc`` is unchanged.
 
         This default composes contract ops (gemm, add_bias, softmax, nll_sum,
-        softmax_xent_backward), whose loss is ``-log`` of the softmax output: the same diff, but a
-        loss that is inf where a probability underflows (the contract has no log-sum-exp op, and
-        adding an abstract one would break every third-party backend). Backends that override it
-        (the NumPy reference, the GPU kernels) compute the stable loss above."""
+        softmax_xent_backward) and is finite whenever the logits are: before ``nll_sum`` it adds
+        t = the dtype's smallest normal number (``np.finfo(dtype).tiny``, 2^-126 in float32) to
+        every probability, so a column's loss is ``-log(p + t)`` with p = softmax(z)[label]. That
+        leaves p's bits unchanged, so the loss equals the log-sum-exp above to rounding, wherever
+        p >= 2^25 t in float32, 2^54 t in float64 (a per-sample loss below 70, 670); beyond it the
+        loss stays finite, within log 2 of the true one, and is capped at -log(t) (87.3 in float32,
+        708 in float64) where p underflows. diff is scale (p + t - y): t's contribution is below
+        the dtype's resolution of scale. The vector of t (one element per class) is allocated on
+        the first call (the trainer's warm-up makes that call before any capture). Backends that
+        override this op (the NumPy reference, the GPU kernels, the Triton example) compute the
+        log-sum-exp exactly."""
         if a1.shape[1] == 0:
             return
         self.gemm(w2, a1, diff)                                # z = w2 a1
         self.add_bias(diff, b2)                                # z += b2
         self.softmax(diff, diff, axis=0)                       # yhat
-        self.nll_sum(diff, labels, nll_acc)                    # -log(yhat): not stable
-        self.softmax_xent_backward(diff, labels, scale, diff)  # scale (yhat - y)
+        self.add_bias(diff, self._loss_floor(int(w2.shape[0])))  # yhat + t: -log finite
+        self.nll_sum(diff, labels, nll_acc)                    # -log(yhat + t)
+        self.softmax_xent_backward(diff, labels, scale, diff)  # scale (yhat + t - y)
+
+    def _loss_floor(self, classes: int) -> Array:
+        """The default output_layer's vector of the dtype's smallest normal number, made once
+        per class count (a lazy allocation, before capture by the trainer's warm-up)."""
+        floors = self.__dict__.setdefault("_loss_floors", {})
+        if classes not in floors:
+            floors[classes] = self.empty((classes,))
+            self.fill(floors[classes], float(np.finfo(self.dtype).tiny))
+        return floors[classes]
 
     # ----------------------------------------------------------------- exact ops (EXACT_OPS)
     # Exponents are integer values held in arrays of the backend dtype (float64).

@@ -60,7 +60,7 @@ def memory_estimate(hidden: int, batch: int, ranks: int, itemsize: int, n_train:
     p = ParamLayout(hidden).size
     cols = math.ceil(min(batch, max(n_train, 1)) / ranks)
     n = n_train + n_val
-    parts = {"parameters and gradients": 2 * p * itemsize + p * 8,
+    parts = {"parameters and gradients": 2 * p * itemsize + p * itemsize,  # + the host init
              "data": itemsize * INPUTS * n + 4 * n + INPUTS * n_images + itemsize * INPUTS * n,
              "activations": itemsize * cols * (2 * hidden + 10)}
     if ranks > 1 and not exact and host_resident:  # core/buckets.py: the rows of each block

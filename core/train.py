@@ -18,6 +18,7 @@ import numpy as np
 from core.buckets import buckets_apply, describe_buckets
 from core.checkpoint import validate_checkpoint
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
+from core.device_preflight import check_device_memory
 from core.exact import ExactRangeError
 from core.job import Job, comm_options, run_with_error_policy
 from core.plugins import Registry
@@ -108,6 +109,8 @@ def _load(job: Job, args, local_ranks: int):
     train_img, train_lab, val_img, val_lab = split_data(data, args)
     check_memory(args, job.comm.size, local_ranks, len(train_lab), len(val_lab),
                  len(data.train_labels) + len(data.test_labels), backend.host_resident)
+    check_device_memory(args, backend, job.comm.local_rank, local_ranks, job.comm.size,
+                        len(train_lab), len(val_lab), len(data.test_labels))
     dtype = np.dtype(args.dtype).type
     return entry, backend, data, (scale_images(train_img, args.scale, dtype), train_lab,
                                   scale_images(val_img, args.scale, dtype), val_lab)

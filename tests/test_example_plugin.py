@@ -114,3 +114,13 @@ def test_the_examples_own_tests_pass(env):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = proc.stdout.strip().splitlines()[-1]
     assert re.search(r"\d+ passed", summary) and "skipped" not in summary, summary
+
+
+def test_the_example_passes_the_conformance_suite(env):
+    """The plugin author's check, as the README's guide gives it, on the installed example."""
+    proc = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "core.conformance.plugin",
+                "--pyargs", "core.conformance", "--dpmlp-backend", "example"], env)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", summary) and "failed" not in summary, summary
+    print(f"conformance example: {summary}")

@@ -6,9 +6,10 @@ inside functions) and check that every arrow points down the layers.
 Layers, top to bottom (a module may import its own layer or lower ones only):
     5  core.cli                                 the `dpmlp` command, dispatching to the entry points
     4  core.train, core.bench, core.plot        the entry points
-    3  core.job, core.verify, core.train_flags, core.preflight, core.session
-                                                the job's lifecycle; the lockstep checker; the
-                                                training CLI's flags, pre-flight checks, session
+    3  core.job, core.verify, core.train_flags, core.preflight, core.device_preflight,
+       core.session                             the job's lifecycle; the lockstep checker; the
+                                                training CLI's flags, pre-flight checks (host,
+                                                device), session
     2  core.data_parallel, core.model, core.data, core.plugins, core.checkpoint, core.rundir,
        core.progress, core.threads, core.reference, core.exact, core.buckets, core.placement,
        core.scaling   what a run is made of (and its reference; --exact's model; gradient
@@ -17,7 +18,9 @@ Layers, top to bottom (a module may import its own layer or lower ones only):
        package)   the contracts (exact_math: --exact's element-wise functions, defined once)
 Backends (backends.*) and communicators (comm.*) stand beside the entry points' stack and may
 import the contracts (layer 1) and their own package only; core never imports them statically
-(the built-ins are loaded by name, as plugins).
+(the built-ins are loaded by name, as plugins). The conformance suite (core/conformance/, a
+test package that uses the NumPy reference and the single communicator like tests/ do) is not
+part of the graph.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ CORE_LAYER = {
     "core.reference": 2, "core.exact": 2, "core.exact_math": 1,
     "core.buckets": 2, "core.placement": 2, "core.scaling": 2,
     "core.job": 3, "core.verify": 3,
-    "core.train_flags": 3, "core.preflight": 3, "core.session": 3,
+    "core.train_flags": 3, "core.preflight": 3, "core.session": 3, "core.device_preflight": 3,
     "core.train": 4, "core.bench": 4, "core.plot": 4,
     "core.cli": 5,
 }
