@@ -119,6 +119,7 @@ class Job:
 
     registry: Registry
     comm: Communicator
+    quiet: bool = False  # --quiet: say() prints only to stderr (errors, warnings)
 
     @classmethod
     def start(cls, comm_name: str = "auto", options: CommOptions | None = None,
@@ -135,7 +136,10 @@ class Job:
         return self.comm.rank == 0
 
     def say(self, *args, **kwargs) -> None:
-        """print() on rank 0 only: one copy of every line, however many ranks."""
+        """print() on rank 0 only: one copy of every line, however many ranks; with --quiet only
+        what goes to stderr."""
+        if self.quiet and kwargs.get("file") is not sys.stderr:
+            return
         if self.comm.rank == 0:
             print(*args, **kwargs)
 

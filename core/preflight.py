@@ -9,34 +9,87 @@ estimates the host memory it needs, all ranks of the node together (``check_memo
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
-from core.checkpoint import Checkpoint, CheckpointError, check_writable_target, load_checkpoint
+from core.checkpoint import (CHECKPOINT_SUBDIR, Checkpoint, CheckpointError,
+                             check_writable_target, list_checkpoints, load_checkpoint)
 from core.errors import UserError
 from core.exact import Slicing
 from core.model import INPUTS, ParamLayout
-from core.rundir import RunDir
+from core.rundir import RunDir, read_config
 
 
 def check_outputs(args) -> tuple[RunDir | None, Checkpoint | None]:
-    """Rank 0's checks of what the run will write and read: --save can be written, --resume is a
-    checkpoint, --run-dir holds no run unless resuming. Returns (the run directory, the
-    checkpoint to resume), None for those not asked for."""
-    rundir, ckpt = None, None
+    """Rank 0's checks of what the run will write and read: --save can be written, --run-dir is
+    locked for this job and holds no other run, --resume is a checkpoint that may continue
+    there. Returns (the run directory, the checkpoint to resume), None for those not asked for."""
     if args.save:
         check_writable_target("--save", args.save, "file")
-    if args.resume:
-        try:
-            ckpt = load_checkpoint(args.resume)
-        except CheckpointError as exc:
-            raise UserError(f"--resume {exc}") from None
-    if args.run_dir:
-        rundir = RunDir.prepare(args.run_dir)
-        if ckpt is None and rundir.has_run():
-            raise UserError(f"--run-dir {args.run_dir}: already holds a run; continue it "
-                            f"with --resume {args.run_dir}, or choose another directory")
+    rundir = RunDir.prepare(args.run_dir).acquire() if args.run_dir else None
+    try:
+        ckpt = resume_point(args, rundir)
+    except BaseException:
+        if rundir is not None:
+            rundir.release(discard_if_unused=True)
+        raise
     return rundir, ckpt
+
+
+def _load_resume(path) -> Checkpoint:
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as exc:
+        raise UserError(f"--resume {exc}") from None
+
+
+def _is_own(resume, rundir: RunDir) -> bool:
+    """True when --resume names the run directory itself or one of its checkpoints."""
+    target, home = Path(resume).resolve(), rundir.path.resolve()
+    return target == home or target.parent == (home / CHECKPOINT_SUBDIR).resolve()
+
+
+def resume_point(args, rundir: RunDir | None) -> Checkpoint | None:
+    """The checkpoint to resume (None: from the start), by the rules of run directories: a
+    resume into a directory continues only that directory's own run; a run that stopped before
+    its first checkpoint starts again from the beginning with --resume DIR (the same flags,
+    checked against its config.json) or is replaced with --overwrite."""
+    if rundir is None:
+        return _load_resume(args.resume) if args.resume else None
+    state, where = rundir.state(), args.run_dir
+    if not args.resume:
+        _fresh_run_dir(args, rundir, state)
+        return None
+    own = _is_own(args.resume, rundir)
+    if not own and state != "empty":
+        raise UserError(f"--run-dir {where}: holds another run; --resume {args.resume} is not one "
+                        f"of its checkpoints, and resuming there would rewrite that run's "
+                        f"history: give a new --run-dir")
+    if own and state == "started":
+        rundir.restart_config = read_config(rundir.path).get("run", {})
+        return None
+    if own and state == "empty":
+        raise UserError(f"--resume {args.resume}: holds no run yet (no config.json, no "
+                        f"checkpoint); start one with --run-dir {where}")
+    return _load_resume(args.resume)
+
+
+def _fresh_run_dir(args, rundir: RunDir, state: str) -> None:
+    where = args.run_dir
+    if state == "checkpointed":
+        latest = list_checkpoints(rundir.path)[-1].name
+        if args.overwrite:
+            raise UserError(f"--overwrite: {where} holds checkpoints (latest {latest}); it "
+                            f"replaces only a run that has none: choose another --run-dir")
+        raise UserError(f"--run-dir {where}: already holds a run (latest checkpoint {latest}); "
+                        f"continue it with --resume {where}, or choose another directory")
+    if state == "started":
+        if not args.overwrite:
+            raise UserError(f"--run-dir {where}: holds a run that stopped before its first "
+                            f"checkpoint; start it again from the beginning with --resume "
+                            f"{where} (the same flags), or replace it with --overwrite")
+        rundir.clear_unfinished()
 
 
 def mem_available() -> int | None:

@@ -59,8 +59,8 @@ def _non_negative_float(text):
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m core.train",
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog or "python -m core.train",
                 description="Data-parallel training of a two-layer MLP on MNIST.")
     _model_flags(p.add_argument_group("model and optimisation (course flags)"))
     _execution_flags(p.add_argument_group("execution"))
@@ -145,14 +145,17 @@ def _output_flags(group) -> None:
     group.add_argument("--resume", default=None, metavar="PATH",
                        help="continue from a checkpoint file or a run directory's latest "
                             "checkpoint (a run directory is also the --run-dir)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --run-dir DIR when it stopped before its first "
+                            "checkpoint (a run with checkpoints is never replaced)")
     group.add_argument("--quiet", action="store_true",
                        help="no progress bar and no per-epoch lines (the summary stays)")
     group.add_argument("--version", action="version", version=f"dpmlp {__version__}")
 
 
-def parse_flags(argv=None) -> argparse.Namespace:
+def parse_flags(argv=None, prog: str | None = None) -> argparse.Namespace:
     """The parsed flags, --dtype's default filled in: float64 with --exact, else float32."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     if args.dtype is None:
         args.dtype = "float64" if args.exact else "float32"
     elif args.exact and args.dtype != "float64":
@@ -168,4 +171,7 @@ def check_run_flags(args: argparse.Namespace) -> None:
         args.run_dir = args.resume
     if args.checkpoint_every and not args.run_dir:
         raise UserError("--checkpoint-every: needs --run-dir DIR (where the checkpoints go)")
+    if args.overwrite and (not args.run_dir or args.resume):
+        raise UserError("--overwrite: replaces the run of --run-dir DIR, so it needs --run-dir "
+                        "and no --resume")
     check_gemm_flags(args.gemm, args.dtype)

@@ -66,9 +66,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from core import reference
+from core.errors import EXIT_VERIFY
 
 #: exit code of a run whose --verify failed (2 is a user error, 1 a crash)
-VERIFY_FAILED_EXIT = 4
+VERIFY_FAILED_EXIT = EXIT_VERIFY
 #: unit roundoff u of each dtype
 UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24}
 #: safety factor C of step_tolerance (see the module docstring)
