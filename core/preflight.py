@@ -9,6 +9,7 @@ estimates the host memory it needs, all ranks of the node together (``check_memo
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ def check_outputs(args) -> tuple[RunDir | None, Checkpoint | None]:
     rundir = RunDir.prepare(args.run_dir).acquire() if args.run_dir else None
     try:
         ckpt = resume_point(args, rundir)
+        check_free_space(args, rundir)
     except BaseException:
         if rundir is not None:
             rundir.release(discard_if_unused=True)
@@ -90,6 +92,56 @@ def _fresh_run_dir(args, rundir: RunDir, state: str) -> None:
                             f"checkpoint; start it again from the beginning with --resume "
                             f"{where} (the same flags), or replace it with --overwrite")
         rundir.clear_unfinished()
+
+
+def output_bytes(args, rundir: RunDir | None) -> dict[str, int]:
+    """Bytes the run's outputs need, by target: --save (the four arrays and the archive's
+    overhead); --run-dir: config.json, a line of metrics.jsonl an epoch, and the checkpoints
+    (two kept, and the next one written before the oldest goes: three at a time, less those
+    already there)."""
+    params = ParamLayout(args.hidden).size * np.dtype(args.dtype).itemsize
+    need = {}
+    if args.save:
+        need["--save"] = params + 4096
+    if rundir is not None:
+        existing = len(list_checkpoints(rundir.path))
+        need["--run-dir"] = (16384 + 512 * args.epochs
+                             + max(1, 3 - existing) * (params + 16384))
+    return need
+
+
+def _free_bytes(path: Path) -> tuple[int, int] | None:
+    """(device, bytes free to this user) of the file system holding ``path``."""
+    try:
+        st = os.statvfs(path)
+        return os.stat(path).st_dev, st.f_bavail * st.f_frsize
+    except (OSError, AttributeError):
+        return None
+
+
+def check_free_space(args, rundir: RunDir | None) -> None:
+    """UserError before training when --save and --run-dir (together, where they share a file
+    system) need more space than is free."""
+    targets = {"--save": Path(args.save).absolute().parent if args.save else None,
+               "--run-dir": rundir.path if rundir is not None else None}
+    by_device: dict[int, list] = {}
+    for flag, need in output_bytes(args, rundir).items():
+        free = _free_bytes(targets[flag])
+        if free is not None:
+            by_device.setdefault(free[0], []).append((flag, need, free[1]))
+    for entries in by_device.values():
+        need, free = sum(n for _, n, _ in entries), entries[0][2]
+        if need > free:
+            what = " and ".join(f"{flag} {args.save if flag == '--save' else args.run_dir}"
+                                for flag, _, _ in entries)
+            verb = "need" if len(entries) > 1 else "needs"
+            their = "their" if len(entries) > 1 else "its"
+            raise UserError(f"{what}: {verb} about {_size(need)} on {their} file system, "
+                            f"{_size(free)} free")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 10**6 else f"{max(1, round(n / 1e3))} kB"
 
 
 def mem_available() -> int | None:

@@ -147,23 +147,25 @@ class Progress:
         return self.end_epoch(stats.epoch, stats.loss, stats.val_accuracy, stats.seconds, samples)
 
     # ------------------------------------------------------------------ summary
-    def summary(self) -> str:
+    def summary(self, test_accuracy: float | None = None) -> str:
         t = self.totals
-        if not t.epochs:
-            return "done: no epoch trained"
-        rate = t.samples / t.seconds if t.seconds > 0 else math.inf
-        line = (f"done: {t.epochs} epoch(s), {t.samples:,} samples in {t.seconds:.1f} s "
-                f"({rate:,.0f} samples/s)")
+        line = "done: no epoch trained"
+        if t.epochs:
+            rate = t.samples / t.seconds if t.seconds > 0 else math.inf
+            line = (f"done: {t.epochs} epoch(s), {t.samples:,} samples in {t.seconds:.1f} s "
+                    f"({rate:,.0f} samples/s)")
         if t.best_val is not None:
             line += f"; best val acc {100 * t.best_val:.2f}% at epoch {t.best_epoch}"
+        if test_accuracy is not None:
+            line += f"; test acc {100 * test_accuracy:.2f}%"
         return line
 
-    def finish(self) -> str | None:
+    def finish(self, test_accuracy: float | None = None) -> str | None:
         """Print the summary line (also when quiet) and return it."""
         if not self.enabled:
             return None
         self._close_bar()
-        line = self.summary()
+        line = self.summary(test_accuracy)
         self._print(line)
         return line
 

@@ -12,21 +12,24 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from core import checkpoint
-from core.checkpoint import write_run_checkpoint
+from core.checkpoint import (CHECKPOINT_SUBDIR, checkpoint_name, save_checkpoint,
+                             write_run_checkpoint)
 from core.data_parallel import scale_images
-from core.errors import UserError
+from core.errors import EXIT_DIVERGED, EXIT_OUTPUT, OutputError, UserError
 from core.progress import Progress
+from core.rescue import failure_line, rescue
 from core.verify import VERIFY_FAILED_EXIT, VerifyFailed, final_for, lockstep_for
 
 
 class Diverged(UserError):
     """The loss (the parameters) became inf or nan: exit 3."""
 
-    exit_code = 3
+    exit_code = EXIT_DIVERGED
 
 
 class StopRequest:
@@ -111,30 +114,72 @@ class TrainingSession:
             self.snapshots.append(self.trainer.params())  # to show how the difference grew
         self._epoch = None
         spe = self.trainer.steps_per_epoch
-        if self.rundir is not None and self.root:
-            samples = self.progress.totals.history[-1][4] if self.progress.totals.history else 0
-            more = {"params_sha256": self.trainer.params_sha256()} if self.args.exact else {}
-            self.rundir.append_metrics(self.rundir.epoch_record(
-                epoch=stats.epoch, step=stats.epoch * spe, loss=stats.loss,
-                val_accuracy=stats.val_accuracy, seconds=stats.seconds, samples=samples, **more))
+        if self.args.run_dir:
+            self._append_metrics(stats, spe)
         every = self.args.checkpoint_every
         if every and (stats.epoch % every == 0 or stats.epoch == self.config.epochs):
             self.write_checkpoint(stats.epoch, 0)
 
     def write_checkpoint(self, epoch: int, step: int) -> str | None:
         """Checkpoint after ``epoch`` completed epochs and ``step`` steps of the next (collective:
-        the partial loss is summed over ranks); rank 0 writes. Returns the path on rank 0."""
+        the partial loss is summed over ranks, and the ranks hear whether the write worked);
+        rank 0 writes. A failed write is rescued elsewhere and ends the run (OutputError, exit
+        5) on every rank. Returns the path on rank 0."""
         if not self.args.run_dir:  # (self.rundir exists on rank 0 only)
             return None
         extras = {"epoch_nll_sum": self.trainer.partial_nll()} if step else {}
-        if not self.root:
-            return None
-        path = write_run_checkpoint(self.rundir.path, self.trainer.params(), epoch=epoch, step=step,
-                                    config=self.run_config, dtype=self.config.dtype,
-                                    extras=extras)
+        path, failure = None, None
+        if self.root:
+            try:
+                path = write_run_checkpoint(self.rundir.path, self.trainer.params(), epoch=epoch,
+                                            step=step, config=self.run_config,
+                                            dtype=self.config.dtype, extras=extras)
+            except OSError as exc:
+                where = self.rundir.path / CHECKPOINT_SUBDIR / checkpoint_name(
+                    epoch, step, self.trainer.steps_per_epoch)
+                failure = self._rescue_checkpoint(f"checkpoint {where}", exc, epoch, step, extras)
+        self._agree_on(failure)
         if not step:
             self.last_checkpoint_epoch = epoch
-        return str(path)
+        return str(path) if path is not None else None
+
+    def _append_metrics(self, stats, spe: int) -> None:
+        """metrics.jsonl's line of an epoch (rank 0); a failed write is rescued as a checkpoint
+        of the epoch's end and ends the run on every rank (exit 5)."""
+        failure = None
+        if self.root:
+            samples = self.progress.totals.history[-1][4] if self.progress.totals.history else 0
+            more = {"params_sha256": self.trainer.params_sha256()} if self.args.exact else {}
+            try:
+                self.rundir.append_metrics(self.rundir.epoch_record(
+                    epoch=stats.epoch, step=stats.epoch * spe, loss=stats.loss,
+                    val_accuracy=stats.val_accuracy, seconds=stats.seconds, samples=samples,
+                    **more))
+            except OSError as exc:
+                failure = self._rescue_checkpoint(f"--run-dir {self.rundir.metrics_path}", exc,
+                                                  stats.epoch, 0, {})
+        self._agree_on(failure)
+
+    def _rescue_checkpoint(self, what: str, exc: OSError, epoch: int, step: int,
+                           extras: dict) -> str:
+        """Rank 0: the checkpoint of this position written to a fallback location; the line."""
+        params = self.trainer.params()
+
+        def write(path):
+            save_checkpoint(path, params, epoch=epoch, step=step, config=self.run_config,
+                            dtype=self.config.dtype, extras=extras)
+
+        saved = rescue(write, checkpoint_name(epoch, step, self.trainer.steps_per_epoch))
+        pos = (f"epoch {epoch + 1} step {step}" if step else f"the end of epoch {epoch}")
+        return f"training stopped at {pos}: " + failure_line(what, exc, saved, resume=True)
+
+    def _agree_on(self, failure: str | None) -> None:
+        """Every rank hears rank 0's write failure (one small broadcast) and stops with it."""
+        if self.comm.size > 1:
+            failure = self.comm.bcast(failure)
+        if failure:
+            self.progress.close()
+            raise OutputError(failure)
 
     # ------------------------------------------------------------------ the run
     def train(self) -> None:
@@ -153,8 +198,9 @@ class TrainingSession:
             return
         epoch, step = trainer.stopped_at
         self.write_checkpoint(epoch - 1, step)
-        if self.args.save and self.root:
-            checkpoint.save_params(self.args.save, trainer.params())
+        failure = save_final(self, trainer.params()) if self.args.save else None
+        if failure:
+            raise OutputError(failure)
         where = (f"resume with --resume {self.args.run_dir}" if self.args.run_dir
                  else "no --run-dir, so no checkpoint to resume from")
         if self.root:
@@ -165,9 +211,9 @@ class TrainingSession:
 
 def train_and_report(session: TrainingSession, data, train_x, train_y, say) -> int:
     """Train (with --verify's lockstep check beside it), then the test accuracy, --exact's hash,
-    --save and --verify=final: the run's exit status (4 when --verify failed)."""
+    --save, --verify=final and the summary line, last: the run's exit status (4 when --verify
+    failed, 5 when --save could not be written where asked)."""
     args, comm, trainer = session.args, session.comm, session.trainer
-    config = trainer.config
     try:
         lockstep = None
         if args.verify == "lockstep":
@@ -180,23 +226,47 @@ def train_and_report(session: TrainingSession, data, train_x, train_y, say) -> i
         session.progress.close()
         say(str(failure), flush=True)
         return VERIFY_FAILED_EXIT
+    test_acc = _test_accuracy(session, data, say)
+    params = trainer.params()
+    if args.exact:
+        trainer.check_exact_range(trainer.config.epochs)  # the test pass's products (exit 3)
+        say(f"params sha256 {trainer.params_sha256()}")
+    failure = save_final(session, params) if args.save else None
+    if failure is None and args.save:
+        say(f"saved W1, b1, W2, b2 to {args.save}")
+    status = 0
+    if args.verify == "final":
+        with comm.unwatched():  # the other ranks wait while rank 0 runs the reference
+            status = comm.bcast(final_for(args, data, session.snapshots, trainer.config, say)
+                                if comm.rank == 0 else None)
+    session.progress.finish(test_accuracy=test_acc)
+    if failure:
+        say(f"dpmlp: error: {failure}", file=sys.stderr, flush=True)
+        return EXIT_OUTPUT
+    return status
+
+
+def _test_accuracy(session: TrainingSession, data, say) -> float:
+    args, trainer = session.args, session.trainer
     test_x = scale_images(data.test_images, args.scale, np.dtype(args.dtype).type)
     with session.progress.task("test", total=len(data.test_labels)) as task, \
             np.errstate(all="ignore"):  # saturated sigmoids of a poor run are not news
         test_acc = trainer.evaluate_host(test_x, data.test_labels)
         task.update(len(data.test_labels))
     say(f"test accuracy {100 * test_acc:.2f}% ({len(data.test_labels)} images)")
-    session.progress.finish()
-    params = trainer.params()
-    if args.exact:
-        trainer.check_exact_range(config.epochs)  # the test pass's products, too (exit 3)
-        say(f"params sha256 {trainer.params_sha256()}")
-    if args.save and comm.rank == 0:
-        checkpoint.save_params(args.save, params)
-        say(f"saved W1, b1, W2, b2 to {args.save}")
-    status = 0
-    if args.verify == "final":
-        with comm.unwatched():  # the other ranks wait while rank 0 runs the reference
-            status = comm.bcast(final_for(args, data, session.snapshots, config, say)
-                                if comm.rank == 0 else None)
-    return status
+    return test_acc
+
+
+def save_final(session: TrainingSession, params: dict) -> str | None:
+    """--save (rank 0); where it cannot be written, the parameters go to the run directory or
+    a fallback location (core/rescue.py). Returns the failure's line (every rank), or None."""
+    failure = None
+    if session.root:
+        try:
+            checkpoint.save_params(session.args.save, params)
+        except OSError as exc:
+            first = [session.rundir.path] if session.rundir is not None else []
+            saved = rescue(lambda path: checkpoint.save_params(path, params),
+                           Path(session.args.save).name, first)
+            failure = failure_line(f"--save {session.args.save}", exc, saved, resume=False)
+    return session.comm.bcast(failure) if session.comm.size > 1 else failure

@@ -189,7 +189,7 @@ def _train(job: Job, session: TrainingSession, data, train_x, train_y) -> int:
         status = train_and_report(session, data, train_x, train_y, job.say)
     except SystemExit:
         raise
-    except (Diverged, ExactRangeError) as exc:
+    except (Diverged, ExactRangeError, OutputError) as exc:
         job.say(f"dpmlp: error: {exc}", file=sys.stderr, flush=True)
         job.finish()
         return exc.exit_code

@@ -1,0 +1,290 @@
+"""Issue 21: bad input and faults at every stage of a run, as a new user and as an adversary.
+
+Each case asserts the exit code (core/errors.py's table), the one line on stderr, no traceback,
+nothing lost and no process left behind. In one process (NumPy, CPU) on the bundled subset, with
+tiny runs; the disk-full cases mount a small tmpfs where the machine allows it (a user and mount
+namespace through ``unshare``), else inject ENOSPC at each write site (tests/disk_full_train.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TESTS, one_job_env
+
+TINY = ["--backend", "numpy", "--train-size", "200", "--val-size", "100", "-n", "16", "-b", "10",
+        "-e", "2"]
+
+
+@pytest.fixture
+def env(tmp_path):
+    environment = one_job_env(tmp_path)
+    rescue = tmp_path / "fallback"
+    rescue.mkdir()
+    environment["TMPDIR"] = str(rescue)  # where rescued parameters land
+    return environment
+
+
+def cli(args, env, timeout=120, module="core.train"):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_line(proc, code=2) -> str:
+    """The exit code is ``code``, stderr is one line, and nothing anywhere is a traceback."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def params_of(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in ("W1", "b1", "W2", "b2")}
+
+
+# ------------------------------------------------------------------ run directories: owned
+def test_a_second_job_on_a_locked_run_dir_is_one_line_naming_the_pid(env, tmp_path):
+    from core.runlock import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = RunLock.acquire(run)  # held by this (test) process, as a running job holds it
+    try:
+        line = one_line(cli(TINY + ["--run-dir", str(run)], env))
+    finally:
+        lock.release()
+    assert line.startswith(f"dpmlp: error: --run-dir {run}: in use by another run "
+                           f"(pid {os.getpid()} on "), line
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing of the run written
+    assert cli(TINY + ["--run-dir", str(run), "--quiet"], env).returncode == 0  # released
+
+
+def test_two_jobs_on_one_run_dir_one_refused_history_unmixed(env, tmp_path):
+    run = tmp_path / "run"
+    args = ["--backend", "numpy", "--train-size", "2000", "--val-size", "100", "-n", "16",
+            "-b", "1", "-e", "50", "--run-dir", str(run)]
+    first = subprocess.Popen([sys.executable, "-m", "core.train", *args], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:
+            if line.startswith("epoch "):
+                break
+        line = one_line(cli(TINY + ["--run-dir", str(run)], env))
+        assert f"in use by another run (pid {first.pid} on " in line, line
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    assert first.returncode == 130
+    epochs = [r["epoch"] for r in metrics(run)]
+    assert epochs == sorted(set(epochs))  # each epoch once
+    assert json.loads((run / "config.json").read_text())["flags"]["batch_size"] == 1
+
+
+def test_a_killed_run_leaves_its_directory_unlocked(env, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "core.train", *TINY, "-e", "500",
+                             "--run-dir", str(run)], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in proc.stdout:
+        if line.startswith("epoch "):
+            proc.kill()
+            break
+    proc.communicate(timeout=30)
+    line = one_line(cli(TINY + ["--run-dir", str(run)], env))
+    assert "in use" not in line and f"--resume {run}" in line  # a run to continue, not a lock
+
+
+def test_resume_of_another_run_into_a_run_dir_touches_nothing(env, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli(TINY + ["-e", "6", "--run-dir", str(a), "--checkpoint-every", "1",
+                       "--quiet"], env).returncode == 0
+    assert cli(TINY + ["-e", "2", "--run-dir", str(b), "--quiet"], env).returncode == 0
+    before = {p.relative_to(a): p.read_bytes() for p in a.rglob("*") if p.is_file() and p.name != ".lock"}
+    other = next((b / "checkpoints").iterdir())
+    for resume in (str(other), str(b)):
+        line = one_line(cli(TINY + ["-e", "8", "--resume", resume, "--run-dir", str(a)], env))
+        assert line == (f"dpmlp: error: --run-dir {a}: holds another run; --resume {resume} is "
+                        f"not one of its checkpoints, and resuming there would rewrite that "
+                        f"run's history: give a new --run-dir")
+    after = {p.relative_to(a): p.read_bytes() for p in a.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
+    # into a new directory it is fine, and b's own history stays
+    new = tmp_path / "new"
+    assert cli(TINY + ["-e", "3", "--resume", str(b), "--run-dir", str(new), "--quiet"],
+               env).returncode == 0
+    assert [r["epoch"] for r in metrics(new)] == [3]
+    assert [r["epoch"] for r in metrics(b)] == [1, 2]
+
+
+def _run_without_checkpoint(env, run):
+    """A run killed (-9) before its first checkpoint: config.json, no checkpoint."""
+    proc = subprocess.Popen([sys.executable, "-m", "core.train", *TINY, "-e", "500",
+                             "--run-dir", str(run)], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in proc.stdout:
+        if line.startswith("epoch "):
+            proc.kill()
+            break
+    proc.communicate(timeout=30)
+    assert (run / "config.json").exists() and not list(run.glob("checkpoints/*.npz"))
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_go_on(env, tmp_path):
+    run = tmp_path / "run"
+    _run_without_checkpoint(env, run)
+    line = one_line(cli(TINY + ["--run-dir", str(run)], env))
+    assert line == (f"dpmlp: error: --run-dir {run}: holds a run that stopped before its first "
+                    f"checkpoint; start it again from the beginning with --resume {run} (the "
+                    f"same flags), or replace it with --overwrite")
+    line = one_line(cli(TINY + ["-n", "8", "--resume", str(run)], env))
+    assert "--hidden 16" in line and "--hidden 8" in line and "config.json" in line
+    proc = cli(TINY + ["--resume", str(run)], env)  # from the beginning, the same flags
+    assert proc.returncode == 0, proc.stderr
+    assert "starting it again from the beginning" in proc.stdout
+    whole = tmp_path / "whole"
+    assert cli(TINY + ["--run-dir", str(whole), "--quiet"], env).returncode == 0
+    assert [r["loss"] for r in metrics(run)] == [r["loss"] for r in metrics(whole)]
+
+
+def test_overwrite_replaces_only_a_run_without_checkpoints(env, tmp_path):
+    run = tmp_path / "run"
+    _run_without_checkpoint(env, run)
+    proc = cli(TINY + ["--run-dir", str(run), "--overwrite", "--quiet"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["epoch"] for r in metrics(run)] == [1, 2]
+    line = one_line(cli(TINY + ["--run-dir", str(run), "--overwrite"], env))
+    assert line.startswith(f"dpmlp: error: --overwrite: {run} holds checkpoints (latest ")
+    assert [r["epoch"] for r in metrics(run)] == [1, 2]
+
+
+def test_resume_of_an_empty_directory_agrees_with_run_dir(env, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = one_line(cli(TINY + ["--resume", str(empty)], env))
+    assert line == (f"dpmlp: error: --resume {empty}: holds no run yet (no config.json, no "
+                    f"checkpoint); start one with --run-dir {empty}")
+
+
+def test_a_failed_start_leaves_no_empty_run_dir(env, tmp_path):
+    run = tmp_path / "new-run"
+    one_line(cli(TINY + ["--run-dir", str(run), "--resume", str(tmp_path / "nothing.npz")], env))
+    assert not run.exists()
+    one_line(cli(TINY + ["--run-dir", str(run), "--train-size", "999999"], env))
+    assert not run.exists()
+
+
+# ------------------------------------------------------------------ nothing lost: disk full
+def _can_mount_tmpfs(tmp_path) -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = tmp_path / "probe-mount"
+    probe.mkdir()
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c",
+                           f"mount -t tmpfs -o size=64k tmpfs {probe} && touch {probe}/x"],
+                          capture_output=True, timeout=30)
+    return proc.returncode == 0
+
+
+@pytest.fixture(params=["fill", "inject"])
+def disk_mode(request, tmp_path):
+    """fill: a real tmpfs filled to its last byte; inject: OSError(ENOSPC) at each write."""
+    if request.param == "fill" and not _can_mount_tmpfs(tmp_path):
+        pytest.skip("no small file system can be mounted here (unshare -rm); inject covers it")
+    return request.param
+
+
+def disk_full_run(env, tmp_path, when, args, mode, size_kb=400):
+    """A run whose file system (a tmpfs of ``size_kb`` under tmp_path/small, or injected
+    ENOSPC there) fills at ``when`` (tests/disk_full_train.py). Returns (proc, small)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    script = [sys.executable, str(TESTS / "disk_full_train.py")]
+    argv = [*args]
+    if mode == "fill":
+        cmd = ["unshare", "-rm", "sh", "-c",
+               f'mount -t tmpfs -o size={size_kb}k tmpfs "{small}" && exec "$@"', "sh",
+               *script, "fill", str(small), when, "--", *argv]
+    else:
+        cmd = [*script, "inject", str(small), when, "--", *argv]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return proc, small
+
+
+def test_save_on_a_disk_that_fills_keeps_the_parameters_and_says_where(env, tmp_path, disk_mode):
+    expected = tmp_path / "expected.npz"
+    assert cli(TINY + ["--save", str(expected), "--quiet"], env).returncode == 0
+    proc, _ = disk_full_run(env, tmp_path, "end", TINY + ["--save", str(tmp_path / "small" /
+                                                                     "p.npz")], disk_mode)
+    line = one_line(proc, code=5)
+    m = re.fullmatch(rf"dpmlp: error: --save {tmp_path}/small/p\.npz: cannot write: no space "
+                     rf"left on device; the parameters are safe in (\S+)", line)
+    assert m, line
+    rescued = Path(m.group(1))
+    assert rescued.parent == tmp_path / "fallback"
+    for k, v in params_of(expected).items():
+        np.testing.assert_array_equal(params_of(rescued)[k], v)
+    assert proc.stdout.splitlines()[-1].startswith("done: 2 epoch(s)")  # the summary too
+
+
+def test_save_and_run_dir_on_a_full_disk_keep_the_parameters(env, tmp_path, disk_mode):
+    small = tmp_path / "small"
+    proc, _ = disk_full_run(env, tmp_path, "end", TINY + ["--save", str(small / "p.npz"),
+                                                          "--run-dir", str(small / "r")],
+                            disk_mode)
+    line = one_line(proc, code=5)
+    rescued = Path(re.search(r"the parameters are safe in (\S+)$", line).group(1))
+    assert rescued.exists() and params_of(rescued)["W1"].shape == (16, 784)
+
+
+def test_checkpoint_on_a_full_disk_is_rescued_and_resumable(env, tmp_path, disk_mode):
+    small = tmp_path / "small"
+    expected = tmp_path / "expected.npz"
+    args = TINY + ["-e", "3"]
+    assert cli(args + ["--save", str(expected), "--quiet"], env).returncode == 0
+    proc, _ = disk_full_run(env, tmp_path, "epoch:2", args + ["--run-dir", str(small / "r"),
+                                                              "--checkpoint-every", "1"],
+                            disk_mode)
+    line = one_line(proc, code=5)
+    assert line.startswith("dpmlp: error: training stopped at the end of epoch 2: "), line
+    assert "no space left on device" in line
+    rescued = re.search(r"continue with --resume (\S+) --run-dir NEW_DIR\)$", line).group(1)
+    assert Path(rescued).parent == tmp_path / "fallback"
+    out = tmp_path / "resumed.npz"
+    done = cli(args + ["--resume", rescued, "--run-dir", str(tmp_path / "new"), "--save",
+                       str(out), "--quiet"], env)
+    assert done.returncode == 0, done.stderr
+    for k, v in params_of(expected).items():
+        np.testing.assert_array_equal(params_of(out)[k], v)
+
+
+def test_free_space_is_checked_before_training(env, tmp_path):
+    if not _can_mount_tmpfs(tmp_path):
+        pytest.skip("no small file system can be mounted here (unshare -rm)")
+    small = tmp_path / "small"
+    small.mkdir()
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c",
+                           f'mount -t tmpfs -o size=100k tmpfs "{small}" && exec "$@"', "sh",
+                           sys.executable, "-m", "core.train", *TINY, "-n", "64", "--save",
+                           str(small / "p.npz"), "--run-dir", str(small / "r")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    line = one_line(proc)
+    assert re.fullmatch(rf"dpmlp: error: --save {small}/p\.npz and --run-dir {small}/r: need "
+                        rf"about \S+ [kM]B on their file system, \d+ kB free", line), line
+    assert not (small / "r").exists()
