@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -342,11 +343,71 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     missing = [k for k in PARAM_NAMES if k not in arrays]
     if missing:
         raise CheckpointError(f"{path}: corrupt checkpoint (no {', '.join(missing)})")
-    try:
-        hidden, dtype = int(meta["hidden"]), str(meta["dtype"])
-        epoch, step = int(meta["epoch"]), int(meta["step"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt checkpoint metadata (field {exc})") from None
+    hidden, dtype, epoch, step = _checked_meta(path, meta)
+    _check_arrays(path, arrays, hidden, dtype)
+    params = {k: np.asfortranarray(arrays[k]) for k in PARAM_NAMES}
+    return Checkpoint(params=params, epoch=epoch, step=step, config=meta["config"],
+                      dtype=dtype, version=str(meta.get("dpmlp_version", "?")),
+                      extras=meta["extras"], path=path)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field(path, name: str, problem: str) -> CheckpointError:
+    return CheckpointError(f"{path}: field {name} {problem}; not a checkpoint to resume from")
+
+
+def _checked_meta(path, meta: dict) -> tuple[int, str, int, int]:
+    """Every field of the metadata against its range and the others: (hidden, dtype, epoch,
+    step), or CheckpointError naming the file and the field."""
+    for name in ("hidden", "epoch", "step"):
+        if not _is_int(meta.get(name)) or meta[name] < (1 if name == "hidden" else 0):
+            raise _field(path, name, f"is {meta.get(name)!r}, expected an integer "
+                                     f">= {1 if name == 'hidden' else 0}")
+    hidden, epoch, step, dtype = meta["hidden"], meta["epoch"], meta["step"], meta.get("dtype")
+    if dtype not in ("float32", "float64"):
+        raise _field(path, "dtype", f"is {dtype!r}, expected float32 or float64")
+    config, extras = meta.get("config"), meta.get("extras", {})
+    if not isinstance(config, dict):
+        raise _field(path, "config", "is missing")
+    if not isinstance(extras, dict):
+        raise _field(path, "extras", f"is {extras!r}, expected an object")
+    for key in (*MUST_MATCH, "epochs"):
+        if key not in config:
+            raise _field(path, f"config.{key}", "is missing")
+    for key, value in (("hidden", hidden), ("dtype", dtype)):
+        if config[key] != value:
+            raise _field(path, f"config.{key}", f"is {config[key]!r} but the parameters are "
+                                                f"{key} {value!r}")
+    _check_position(path, config, extras, epoch, step)
+    return hidden, dtype, epoch, step
+
+
+def _check_position(path, config: dict, extras: dict, epoch: int, step: int) -> None:
+    """The position within the run the checkpoint records: within its epochs, a step within an
+    epoch of its training set, a partial epoch's loss sum finite."""
+    for key in ("epochs", "train_size", "batch_size"):
+        if not _is_int(config[key]) or config[key] < 1:
+            raise _field(path, f"config.{key}", f"is {config[key]!r}, expected an integer >= 1")
+    if epoch > config["epochs"] or (step and epoch >= config["epochs"]):
+        raise _field(path, "epoch", f"is {epoch} (step {step}) in a run of "
+                                    f"{config['epochs']} epoch(s)")
+    spe = -(-config["train_size"] // config["batch_size"])
+    if step >= spe:
+        raise _field(path, "step", f"is {step}, but an epoch of {config['train_size']} images "
+                                   f"in batches of {config['batch_size']} has {spe} steps")
+    if step:
+        nll = extras.get("epoch_nll_sum")
+        if isinstance(nll, bool) or not isinstance(nll, (int, float)) or not (
+                math.isfinite(nll) and nll >= 0):
+            raise _field(path, "extras.epoch_nll_sum", f"is {nll!r}, expected the partial "
+                                                       f"epoch's loss sum (a finite number >= 0)")
+
+
+def _check_arrays(path, arrays: dict, hidden: int, dtype: str) -> None:
+    """W1, b1, W2, b2: the shapes of ``hidden``, the dtype of the metadata, finite values."""
     expected = {"W1": (hidden, INPUTS), "b1": (hidden,), "W2": (CLASSES, hidden), "b2": (CLASSES,)}
     for name, shape in expected.items():
         arr = arrays[name]
@@ -356,10 +417,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if arr.dtype != np.dtype(dtype):
             raise CheckpointError(f"{path}: corrupt checkpoint ({name} is {arr.dtype}, metadata "
                                   f"says {dtype})")
-    params = {k: np.asfortranarray(arrays[k]) for k in PARAM_NAMES}
-    return Checkpoint(params=params, epoch=epoch, step=step, config=meta.get("config", {}),
-                      dtype=dtype, version=str(meta.get("dpmlp_version", "?")),
-                      extras=meta.get("extras", {}), path=path)
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise _field(path, name, f"holds {bad} non-finite value(s) (inf or nan: a diverged "
+                                     f"run's parameters)")
 
 
 def validate_checkpoint(ckpt: Checkpoint, current: dict[str, Any], *,

@@ -288,3 +288,82 @@ def test_free_space_is_checked_before_training(env, tmp_path):
     assert re.fullmatch(rf"dpmlp: error: --save {small}/p\.npz and --run-dir {small}/r: need "
                         rf"about \S+ [kM]B on their file system, \d+ kB free", line), line
     assert not (small / "r").exists()
+
+
+# ------------------------------------------------------------------ checkpoints: validated
+def forge(src: Path, dst: Path, meta=None, config=None, extras=None, drop=(), arrays=None):
+    """A copy of checkpoint ``src`` with metadata fields (``meta``), config keys (``config``;
+    ``drop`` removes some), extras and arrays replaced, as a hand edit or a bug would."""
+    with np.load(src) as z:
+        members = {k: z[k] for k in z.files}
+    doc = json.loads(members.pop("__meta__").tobytes().decode())
+    doc.update(meta or {})
+    doc["config"].update(config or {})
+    doc["extras"].update(extras or {})
+    for key in drop:
+        doc["config"].pop(key)
+    members.update(arrays or {})
+    blob = np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)
+    np.savez(dst, **members, __meta__=blob)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def a_checkpoint(tmp_path_factory):
+    """The checkpoint at the end of epoch 1 of a tiny run (20 steps an epoch), recorded as a
+    run of 3 epochs so that ``-e 3`` resumes it; every forgery starts from it."""
+    base = tmp_path_factory.mktemp("ckpt")
+    env = one_job_env(base)
+    run = base / "run"
+    proc = cli(TINY + ["-e", "1", "--run-dir", str(run), "--quiet"], env)
+    assert proc.returncode == 0, proc.stderr
+    src = next((run / "checkpoints").iterdir())
+    # the same position written as a 3-epoch run's, so that -e 3 may resume it
+    return forge(src, base / "base.npz", config={"epochs": 3})
+
+
+W1_NAN = np.full((16, 784), np.nan, dtype=np.float32)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(meta={"epoch": -1}), "field epoch is -1, expected an integer >= 0"),
+    (dict(meta={"epoch": "1"}), "field epoch is '1', expected an integer >= 0"),
+    (dict(meta={"step": 7.5}), "field step is 7.5"),
+    (dict(meta={"step": 5000}), "field step is 5000, but an epoch of 200 images in batches of "
+                                "10 has 20 steps"),
+    (dict(meta={"epoch": 9}), "field epoch is 9 (step 0) in a run of 3 epoch(s)"),
+    (dict(meta={"step": 5}, extras={"epoch_nll_sum": "nan"}), "field extras.epoch_nll_sum is"),
+    (dict(meta={"step": 5}), "field extras.epoch_nll_sum is None"),
+    (dict(meta={"dtype": "int8"}), "field dtype is 'int8', expected float32 or float64"),
+    (dict(meta={"hidden": 0}), "field hidden is 0, expected an integer >= 1"),
+    (dict(config={"hidden": 32}), "field config.hidden is 32 but the parameters are hidden 16"),
+    (dict(drop=("lr",)), "field config.lr is missing"),
+    (dict(drop=("exact",)), "field config.exact is missing"),
+    (dict(config={"batch_size": 0}), "field config.batch_size is 0, expected an integer >= 1"),
+    (dict(config={"epochs": 2.5}), "field config.epochs is 2.5"),
+    (dict(arrays={"W1": W1_NAN}), "field W1 holds 12544 non-finite value(s)"),
+])
+def test_an_inconsistent_checkpoint_is_one_line_naming_file_and_field(env, tmp_path,
+                                                                      a_checkpoint, change,
+                                                                      words):
+    bad = forge(a_checkpoint, tmp_path / "bad.npz", **change)
+    line = one_line(cli(TINY + ["-e", "3", "--resume", str(bad)], env))
+    assert line.startswith(f"dpmlp: error: --resume {bad}: field "), line
+    assert words in line, line
+
+
+def test_the_forged_base_checkpoint_itself_resumes(env, tmp_path, a_checkpoint):
+    proc = cli(TINY + ["-e", "3", "--resume", str(a_checkpoint), "--quiet"], env)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "0.5"), ("--reg", "0"), ("--scale", "raw"),
+                                         ("--val-size", "50"), ("--batch-size", "20")])
+def test_resume_with_another_computation_is_refused(env, a_checkpoint, flag, value):
+    line = one_line(cli(TINY + ["-e", "3", "--resume", str(a_checkpoint), flag, value], env))
+    assert f"was trained with {flag} " in line and f"this run has {flag} {value}" in line
+
+
+def test_resume_with_another_seed_says_so(env, a_checkpoint):
+    proc = cli(TINY + ["-e", "3", "--resume", str(a_checkpoint), "--seed", "7"], env)
+    assert proc.returncode == 0 and "was trained with --seed 0" in proc.stdout

@@ -21,7 +21,7 @@ from core.model import init_params
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = {"hidden": 8, "dtype": "float32", "batch_size": 50, "lr": 0.5, "reg": 1e-5,
           "scale": "unit", "train_size": 500, "val_size": 100, "seed": 0, "ranks": 1,
-          "backend": "numpy", "comm": "single"}
+          "backend": "numpy", "comm": "single", "epochs": 5, "exact": False, "gemm": "simt"}
 SPE = 10  # steps an epoch of CONFIG: 500 / 50
 
 
@@ -216,9 +216,12 @@ def test_finished_and_impossible_positions(tmp_path):
     c = ck.load_checkpoint(write(tmp_path / "c.npz", epoch=2, step=0))
     one_line_error(ck.validate_checkpoint, c, CONFIG, epochs=2, names=["already trained 2",
                                                                       "--epochs"])
-    c = ck.load_checkpoint(write(tmp_path / "d.npz", epoch=1, step=12))
-    one_line_error(ck.validate_checkpoint, c, CONFIG, epochs=5, steps_per_epoch=10,
-                   names=["step 12"])
+    c = ck.load_checkpoint(write(tmp_path / "d.npz", epoch=1, step=7))
+    one_line_error(ck.validate_checkpoint, c, CONFIG, epochs=5, steps_per_epoch=5,
+                   names=["step 7"])
+    # inconsistent with itself: caught when read (tests/test_adversarial.py has the others)
+    one_line_error(ck.load_checkpoint, write(tmp_path / "e.npz", epoch=1, step=12),
+                   names=["field step is 12", "has 10 steps"])
 
 
 # ---------------------------------------------------------------------------- pre-flight

@@ -325,7 +325,7 @@ def test_issue_done_when_under_mpirun(env, tmp_path):
     args = ["--backend", "numpy", "--dtype", "float64", "--train-size", "4000", "--val-size",
             "500", "-n", "64", "-b", "20", "-e", "6"]
     full, part, run = tmp_path / "full.npz", tmp_path / "part.npz", tmp_path / "R"
-    done = subprocess.run(mpirun(2, args + ["--save", str(full), "--quiet"], env), cwd=REPO,
+    done = subprocess.run(mpirun(2, args + ["--save", str(full)], env), cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("dpmlp: BLAS threads") == 1  # rank 0 only
