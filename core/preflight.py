@@ -202,8 +202,12 @@ def split_data(data, args):
     """Hold out the validation set from the end of the training file; train on the first N."""
     total = len(data.train_labels)
     val_size = args.val_size if args.val_size is not None else total // 10
+    if val_size >= total and args.val_size is None:
+        raise UserError(f"the training images of {data.source}: {total} are too few to hold out "
+                        f"a validation set and train on the rest")
     if val_size >= total:
-        raise UserError(f"--val-size {val_size}: must be smaller than the {total} training images")
+        raise UserError(f"--val-size {val_size}: must be smaller than the {total} training images "
+                        f"of {data.source}")
     available = total - val_size
     train_size = args.train_size if args.train_size is not None else available
     if train_size > available:

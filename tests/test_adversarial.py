@@ -367,3 +367,73 @@ def test_resume_with_another_computation_is_refused(env, a_checkpoint, flag, val
 def test_resume_with_another_seed_says_so(env, a_checkpoint):
     proc = cli(TINY + ["-e", "3", "--resume", str(a_checkpoint), "--seed", "7"], env)
     assert proc.returncode == 0 and "was trained with --seed 0" in proc.stdout
+
+
+# ------------------------------------------------------------------ flags mean what they say
+@pytest.mark.parametrize("args, line", [
+    (["-r", "-1e-5"], "argument -r/--reg: must be a number >= 0, got '-1e-5'"),
+    (["--reg", "-.5"], "argument -r/--reg: must be a number >= 0, got '-.5'"),
+    (["-l", "-1"], "argument -l/--lr: must be a positive number, got '-1'"),
+    (["-l", "-inf"], "argument -l/--lr: must be a positive number, got '-inf'"),
+    (["--collective-timeout", "-3"], "argument --collective-timeout: must be a number >= 0, "
+                                     "got '-3'"),
+    (["--collective-timeout", "inf"], "argument --collective-timeout: must be a number >= 0, "
+                                      "got 'inf'"),
+    (["--seed", "100000000000000000000"], "argument --seed: must be an integer from 0 to "
+                                          "9223372036854775807 (2**63 - 1), got "
+                                          "'100000000000000000000'"),
+    (["--seed", "1e20"], "argument --seed: must be an integer >= 0, got '1e20'"),
+    (["-b", "1e20"], "argument -b/--batch-size: must be a positive integer, got '1e20'"),
+    (["-e", "0"], "argument -e/--epochs: must be a positive integer, got '0'"),
+    (["--overwrite"], "--overwrite: replaces the run of --run-dir DIR, so it needs --run-dir "
+                      "and no --resume"),
+])
+def test_flag_values_follow_the_flags_rules(env, args, line):
+    assert one_line(cli(TINY + args, env)) == f"dpmlp: error: {line}"
+
+
+@pytest.mark.parametrize("var, value, line", [
+    ("DPMLP_COLLECTIVE_TIMEOUT", "inf", "must be a number of seconds >= 0 (0 = off), as "
+                                        "--collective-timeout"),
+    ("DPMLP_COLLECTIVE_TIMEOUT", "nan", "must be a number of seconds >= 0"),
+    ("DPMLP_COLLECTIVE_TIMEOUT", "-1", "must be a number of seconds >= 0"),
+    ("DPMLP_COLLECTIVE_TIMEOUT", "soon", "must be a number of seconds"),
+    ("DPMLP_CUDA_AWARE_MPI", "maybe", "must be 1 or 0 (as --cuda-aware-mpi)"),
+])
+def test_environment_forms_follow_the_flags_rules(env, var, value, line):
+    env = dict(env, **{var: value})
+    assert one_line(cli(TINY, env)).startswith(f"dpmlp: error: {var}={value!r}: {line}")
+
+
+def test_a_batch_larger_than_the_training_set_is_clamped_everywhere(env):
+    huge = cli(TINY + ["-e", "1", "-b", "100000000000000000000", "--verify"], env)
+    whole = cli(TINY + ["-e", "1", "-b", "200", "--verify"], env)
+    assert huge.returncode == 0 and whole.returncode == 0, huge.stderr + whole.stderr
+    assert ("dpmlp: note: --batch-size 100000000000000000000 is larger than the 200 training "
+            "images; using 200 (one step an epoch: batch gradient descent)") in huge.stdout
+    assert " B=200 " in huge.stdout
+    tolerance = [re.search(r"tolerance (\S+) \(float32\)", p.stdout).group(1)
+                 for p in (huge, whole)]
+    assert tolerance[0] == tolerance[1] != "6.0e+03"
+    exact = cli(TINY + ["-e", "1", "-b", "100000000000000000000", "--exact", "--quiet"], env)
+    assert exact.returncode == 0 and "Traceback" not in exact.stderr, exact.stderr
+
+
+def _idx(path: Path, magic: int, dims: tuple, payload: bytes = b"") -> None:
+    import gzip
+    import struct
+
+    with gzip.open(path, "wb") as fh:
+        fh.write(struct.pack(f">I{len(dims)}I", magic, *dims) + payload)
+
+
+def test_an_empty_training_file_is_named(env, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(REPO / "core" / "data" / name, data / name)
+    _idx(data / "train-images-idx3-ubyte.gz", 2051, (0, 28, 28))
+    _idx(data / "train-labels-idx1-ubyte.gz", 2049, (0,))
+    line = one_line(cli(["--backend", "numpy", "-e", "1", "--data-dir", str(data)], env))
+    assert line.startswith(f"dpmlp: error: {data}/train-images-idx3-ubyte.gz: holds no images")
+    assert "--val-size" not in line

@@ -240,7 +240,7 @@ def test_verify_every_thins_the_check(env):
 def test_wrong_sigmoid_backward_caught_at_first_step(env, dtype, off):
     env["DPMLP_TEST_OFF"] = off
     proc = cli(TINY + ["--backend", "wrong-sigmoid-backward", "--dtype", dtype, "--verify"], env)
-    line = assert_failed(proc, "epoch 1 step 0", "gradient of W1", "worst element dW1[")
+    line = assert_failed(proc, "epoch 1 step 1", "gradient of W1", "worst element dW1[")
     assert re.search(r"backend \S+, reference \S+$", line), line
     # the detail block names every quantity; the output layer is right
     assert re.search(r"^verify:\s+gradient W2 .* ok ", proc.stdout, re.M), proc.stdout
@@ -250,7 +250,7 @@ def test_wrong_sigmoid_backward_caught_at_first_step(env, dtype, off):
 def test_gemm_dropping_last_k_caught_at_first_step(env):
     proc = cli(TINY + ["--backend", "wrong-gemm-drops-last-k", "--dtype", "float64", "--verify"],
                env)
-    assert_failed(proc, "epoch 1 step 0", "gradient of W2")
+    assert_failed(proc, "epoch 1 step 1", "gradient of W2")
 
 
 def test_one_gradient_element_off_is_caught(env):
@@ -258,7 +258,7 @@ def test_one_gradient_element_off_is_caught(env):
     0; relative to its parameter's max-norm the error is exactly the 1e-10 put there."""
     env["DPMLP_TEST_OFF"] = "1e-10"
     proc = cli(TINY + ["--backend", "nudged-gradient", "--dtype", "float64", "--verify"], env)
-    line = assert_failed(proc, "epoch 1 step 0", "gradient of")
+    line = assert_failed(proc, "epoch 1 step 1", "gradient of")
     err = float(re.search(r"relative max-norm error (\S+)", line).group(1))
     assert err == pytest.approx(1e-10, rel=1e-3)
 
@@ -270,7 +270,7 @@ def test_error_above_tolerance_on_small_values_is_caught(env):
     tol = verify.step_tolerance("float64", 16, 67)
     env["DPMLP_TEST_OFF"] = repr(5 * tol)
     proc = cli(TINY + ["--backend", "nudged-gradient", "--dtype", "float64", "--verify"], env)
-    line = assert_failed(proc, "epoch 1 step 0", "gradient of")
+    line = assert_failed(proc, "epoch 1 step 1", "gradient of")
     m = re.search(r"relative max-norm error (\S+) > .* backend (\S+), reference (\S+)$", line)
     assert m, line
     err, got, ref = map(float, m.groups())
@@ -333,7 +333,7 @@ def test_wrong_backend_caught_under_mpirun(env):
     """Rank 0 finds it; every rank stops at the same step and the job exits 4."""
     proc = cli(TINY + ["--backend", "wrong-gemm-drops-last-k", "--dtype", "float64", "--verify"],
                env, ranks=3)
-    assert_failed(proc, "epoch 1 step 0", "gradient of W2")
+    assert_failed(proc, "epoch 1 step 1", "gradient of W2")
 
 
 @pytest.mark.mpi
