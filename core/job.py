@@ -225,6 +225,8 @@ def run_with_error_policy(main: Callable[[], int]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt:
+        if launched_rank() == 0:
+            print("dpmlp: interrupted (SIGINT)", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:  # noqa: BLE001
         traceback.print_exc()

@@ -23,6 +23,7 @@ from core.data_parallel import scale_images
 from core.errors import EXIT_DIVERGED, EXIT_OUTPUT, OutputError, UserError
 from core.progress import Progress
 from core.rescue import failure_line, rescue
+from core.startup import deferred, phase
 from core.verify import VERIFY_FAILED_EXIT, VerifyFailed, final_for, lockstep_for
 
 
@@ -131,9 +132,10 @@ class TrainingSession:
         path, failure = None, None
         if self.root:
             try:
-                path = write_run_checkpoint(self.rundir.path, self.trainer.params(), epoch=epoch,
-                                            step=step, config=self.run_config,
-                                            dtype=self.config.dtype, extras=extras)
+                with deferred():  # a signal now waits for the checkpoint to be whole
+                    path = write_run_checkpoint(self.rundir.path, self.trainer.params(),
+                                                epoch=epoch, step=step, config=self.run_config,
+                                                dtype=self.config.dtype, extras=extras)
             except OSError as exc:
                 where = self.rundir.path / CHECKPOINT_SUBDIR / checkpoint_name(
                     epoch, step, self.trainer.steps_per_epoch)
@@ -169,7 +171,8 @@ class TrainingSession:
             save_checkpoint(path, params, epoch=epoch, step=step, config=self.run_config,
                             dtype=self.config.dtype, extras=extras)
 
-        saved = rescue(write, checkpoint_name(epoch, step, self.trainer.steps_per_epoch))
+        with deferred():
+            saved = rescue(write, checkpoint_name(epoch, step, self.trainer.steps_per_epoch))
         pos = (f"epoch {epoch + 1} step {step}" if step else f"the end of epoch {epoch}")
         return f"training stopped at {pos}: " + failure_line(what, exc, saved, resume=True)
 
@@ -220,6 +223,7 @@ def train_and_report(session: TrainingSession, data, train_x, train_y, say) -> i
             lockstep = lockstep_for(args, comm, trainer, data, train_x, train_y, say)
             session.observe = lockstep.on_step
         session.train()
+        phase("testing and writing the results", trained=True)
         if lockstep:
             say(lockstep.end(), flush=True)
     except VerifyFailed as failure:
@@ -263,10 +267,12 @@ def save_final(session: TrainingSession, params: dict) -> str | None:
     failure = None
     if session.root:
         try:
-            checkpoint.save_params(session.args.save, params)
+            with deferred():  # a signal now waits for --save to be written
+                checkpoint.save_params(session.args.save, params)
         except OSError as exc:
             first = [session.rundir.path] if session.rundir is not None else []
-            saved = rescue(lambda path: checkpoint.save_params(path, params),
-                           Path(session.args.save).name, first)
+            with deferred():
+                saved = rescue(lambda path: checkpoint.save_params(path, params),
+                               Path(session.args.save).name, first)
             failure = failure_line(f"--save {session.args.save}", exc, saved, resume=False)
     return session.comm.bcast(failure) if session.comm.size > 1 else failure

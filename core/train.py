@@ -10,6 +10,10 @@ cleanly; a failure during training aborts the whole job naming the rank (core/jo
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the heavy imports: a signal from the first line is one line
+    from core.startup import install_signal_handlers
+    install_signal_handlers()
+
 import math
 import socket
 import sys
@@ -24,6 +28,7 @@ from core.job import Job, comm_options, run_with_error_policy
 from core.plugins import Registry
 from core.preflight import check_memory, check_outputs, split_data
 from core.session import Diverged, TrainingSession, train_and_report
+from core.startup import phase
 from core.threads import count_local_ranks, limit_blas_threads
 from core.train_flags import build_parser, check_run_flags, parse_flags
 
@@ -52,6 +57,7 @@ def main(argv=None, prog: str | None = None) -> int:
     job = Job.start(args.comm, comm_options(args.cuda_aware_mpi or None, args.collective_timeout),
                     registry)
     job.quiet = args.quiet
+    phase("checking --save, --run-dir and --resume")
     rundir, ckpt = job.agree(lambda: check_outputs(args) if job.is_root else (None, None))
     try:
         return _run(job, args, rundir, job.comm.bcast(ckpt))
@@ -125,7 +131,9 @@ def _load(job: Job, args, local_ranks: int):
     from core.data import locate_and_load  # imported late: only needed once flags are valid
 
     entry, backend = job.make_backend(args.backend, args.dtype, args.gemm)
+    phase("loading the data")
     data = locate_and_load(args.data_dir, args.download, log=job.say)
+    phase("setting up the training")
     train_img, train_lab, val_img, val_lab = split_data(data, args)
     if args.batch_size > len(train_lab):
         job.say(f"dpmlp: note: --batch-size {args.batch_size} is larger than the "

@@ -437,3 +437,51 @@ def test_an_empty_training_file_is_named(env, tmp_path):
     line = one_line(cli(["--backend", "numpy", "-e", "1", "--data-dir", str(data)], env))
     assert line.startswith(f"dpmlp: error: {data}/train-images-idx3-ubyte.gz: holds no images")
     assert "--val-size" not in line
+
+
+# ------------------------------------------------------------------ signals at every stage
+STARTING = re.compile(r"dpmlp: interrupted \((SIGINT|SIGTERM)\) while (starting up|checking "
+                      r"--save, --run-dir and --resume|loading the data|setting up the "
+                      r"training); no epoch was trained")
+TRAINING = re.compile(r"dpmlp: interrupted at epoch \d+ step \d+; resume with --resume (\S+)")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("delay", [0.25, 0.6, 1.0, 1.6])
+def test_a_signal_at_any_moment_of_start_up_is_one_line_and_130(env, tmp_path, sig, delay):
+    """From the program's first line (the interpreter's own start, some 50 ms, is before it):
+    during imports, the pre-flight, data loading, set-up or training."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "core.train", *TINY, "-b", "1", "-e", "20",
+                             "--run-dir", str(run)], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and len(lines) == 1, err
+    if STARTING.fullmatch(lines[0]):
+        assert not run.exists() or (run / "config.json").exists()  # no empty directory left
+    else:
+        assert TRAINING.fullmatch(lines[0]), lines[0]
+        assert list((run / "checkpoints").glob("*.npz"))
+
+
+def test_deferred_holds_a_signal_until_the_write_is_done():
+    from core import startup
+
+    before = {sig: signal.getsignal(sig) for sig in startup.SIGNALS}
+    startup.install_signal_handlers()
+    try:
+        written = []
+        with pytest.raises(SystemExit) as info:
+            with startup.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                written.append("whole")  # the write goes on
+        assert info.value.code == 130 and written == ["whole"]
+    finally:
+        startup._state["fired"] = False
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

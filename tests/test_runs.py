@@ -262,12 +262,14 @@ def test_second_signal_exits_at_once(monkeypatch):
 
     exits = []
     monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
+    # whatever was there before (default_int_handler, or SIG_IGN under nohup or a background job)
+    before = {sig: signal.getsignal(sig) for sig in StopRequest.SIGNALS}
     with StopRequest(SingleCommunicator()) as stop:
         stop._handle(signal.SIGINT, None)
         assert stop.signum == signal.SIGINT and exits == []
         stop._handle(signal.SIGINT, None)
         assert exits == [130]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert {sig: signal.getsignal(sig) for sig in StopRequest.SIGNALS} == before  # restored
 
 
 def test_divergence_exits_3_with_one_line(env, tmp_path):
