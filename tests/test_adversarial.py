@@ -485,3 +485,53 @@ def test_deferred_holds_a_signal_until_the_write_is_done():
         startup._state["fired"] = False
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------ every subcommand
+def dpmlp(args, env, timeout=120):
+    return subprocess.run([sys.executable, "-c", "import sys; from core.cli import main; "
+                           "sys.exit(main())", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["bench", "--hidden", "abc"], "argument --hidden: must be comma-separated positive "
+                                   "integers, got 'abc'"),
+    (["bench", "--epochs", "0"], "argument --epochs: must be a positive integer, got '0'"),
+    (["bench", "--samples", "-5"], "argument --samples: must be a positive integer, got '-5'"),
+    (["bench", "--backends", "foo", "--samples", "100"], "unknown backend"),
+    (["bench", "--modes", "bogus", "--samples", "100"], "--modes: bogus is none of"),
+    (["bench", "--bogus"], "unrecognized arguments: --bogus"),
+    (["train", "-r", "-1"], "argument -r/--reg: must be a number >= 0, got '-1'"),
+    (["plot", "/no/such/run"], "not found"),
+    (["backends", "extra"], "dpmlp backends takes no arguments"),
+    (["fly"], "unknown command 'fly'"),
+])
+def test_every_subcommand_is_one_line_exit_2(env, args, words):
+    line = one_line(dpmlp(args, env))
+    assert line.startswith("dpmlp: error: ") and words in line, line
+
+
+def test_bench_json_on_a_read_only_directory_is_one_line(env, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        proc = dpmlp(["bench", "--samples", "100", "--json", str(ro / "b.json")], env)
+        if proc.returncode == 0:
+            pytest.skip("this user writes into a read-only directory (root)")
+        assert "cannot write" in one_line(proc)
+    finally:
+        ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("command", ["train", "bench", "plot", "backends"])
+def test_each_subcommand_has_its_own_help(env, command):
+    proc = dpmlp([command, "--help"], env)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: dpmlp {command}"), proc.stdout
+
+
+def test_bare_dpmlp_prints_its_usage_on_stderr_exit_2(env):
+    proc = dpmlp([], env)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("usage: dpmlp {train,bench,plot,backends}")
