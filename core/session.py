@@ -21,7 +21,8 @@ from core.checkpoint import (CHECKPOINT_SUBDIR, checkpoint_name, save_checkpoint
                              write_run_checkpoint)
 from core.data_parallel import scale_images
 from core.errors import EXIT_DIVERGED, EXIT_OUTPUT, OutputError, UserError
-from core.progress import Progress
+from core.job import launched_size
+from core.progress import Progress, wants_bar
 from core.rescue import failure_line, rescue
 from core.startup import deferred, phase
 from core.verify import VERIFY_FAILED_EXIT, VerifyFailed, final_for, lockstep_for
@@ -69,9 +70,11 @@ class TrainingSession:
         self.run_config, self.ckpt = run_config, ckpt
         self.config = trainer.config
         self.root = comm.rank == 0
+        choice = getattr(args, "progress", "auto")
         self.progress = Progress(epochs=self.config.epochs,
                                  steps_per_epoch=trainer.steps_per_epoch,
-                                 enabled=self.root, quiet=args.quiet)
+                                 enabled=self.root, quiet=args.quiet, silent=choice == "none",
+                                 bar=wants_bar(choice, sys.stdout, launched_size() > 1))
         # How often (in steps; and at every epoch's end) the ranks compare the stop/non-finite
         # flags: every step in one process on the host; every 10 steps across ranks (one more
         # small collective per step would cost more than the step at small batches); every 20
@@ -96,7 +99,8 @@ class TrainingSession:
             self._epoch, self._done = epoch, first
         n, b = trainer.n_train, self.config.batch_size
         self.progress.on_step(samples=min(done * b, n) - min(self._done * b, n),
-                              steps=done - self._done)
+                              steps=done - self._done,
+                              loss=lambda: self._running_loss(min(done * b, n)))
         self._done = done
         if done % self.check_every and done != spe:
             return False
@@ -108,6 +112,15 @@ class TrainingSession:
             raise Diverged(f"loss is not finite at epoch {epoch} step {done}; lower --lr "
                            f"(--scale raw needs --lr near 0.01)")
         return bool(flags[0])
+
+    def _running_loss(self, samples: int) -> float | None:
+        """The bar's running loss: the epoch's loss sum so far over its samples, from rank 0's
+        share (no collective: called only when the bar is redrawn, on rank 0)."""
+        nll = getattr(self.trainer, "_nll", None)
+        if nll is None or not samples:
+            return None
+        local = float(self.trainer.backend.to_host(nll)[0])
+        return local * self.comm.size / samples
 
     def on_epoch(self, stats) -> None:
         self.progress.end_stats(stats)

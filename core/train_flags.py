@@ -17,6 +17,7 @@ from core.data_parallel import CUDA_GRAPH_CHOICES
 from core.errors import UserError
 from core.job import check_gemm_flags
 from core.ops import GEMM_MODES
+from core.progress import PROGRESS_CHOICES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,7 +169,10 @@ def _output_flags(group) -> None:
                        help="replace the run in --run-dir DIR when it stopped before its first "
                             "checkpoint (a run with checkpoints is never replaced)")
     group.add_argument("--quiet", action="store_true",
-                       help="no progress bar and no per-epoch lines (the summary stays)")
+                       help="print only the summary line and errors")
+    group.add_argument("--progress", choices=PROGRESS_CHOICES, default="auto",
+                       help="auto (a bar on a terminal, under mpirun the launcher's; else one "
+                            "line an epoch), bar, lines, none")
     group.add_argument("--version", action="version", version=f"dpmlp {__version__}")
 
 

@@ -535,3 +535,90 @@ def test_bare_dpmlp_prints_its_usage_on_stderr_exit_2(env):
     proc = dpmlp([], env)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("usage: dpmlp {train,bench,plot,backends}")
+
+
+# ------------------------------------------------------------------ what the run prints
+def test_the_bar_shows_the_running_loss(env):
+    proc = cli(TINY + ["--train-size", "3000", "-b", "1", "-e", "1", "--progress", "bar"], env)
+    assert proc.returncode == 0, proc.stderr
+    postfixes = re.findall(r"steps \[[^\]]*samples/s, loss (\d+\.\d{4})\]", proc.stdout)
+    assert postfixes and all(0 < float(v) < 10 for v in postfixes), proc.stdout[-2000:]
+
+
+def test_progress_none_and_lines(env):
+    none = cli(TINY + ["--progress", "none"], env)
+    lines = cli(TINY + ["--progress", "lines"], env)
+    assert none.returncode == lines.returncode == 0
+    assert not re.search(r"^epoch ", none.stdout, re.M) and "steps [" not in none.stdout
+    assert len(re.findall(r"^epoch +\d+/2 ", lines.stdout, re.M)) == 2
+    assert "\r" not in lines.stdout
+
+
+@pytest.mark.mpi
+def test_under_mpirun_in_a_terminal_rank_0_draws_the_bar(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from conftest import MPIRUN
+
+    main, sub = pty.openpty()
+    fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen([MPIRUN, "--oversubscribe", "-n", "2", sys.executable, "-m",
+                             "core.train", *TINY, "--train-size", "2000", "-b", "2", "-e", "1"],
+                            cwd=REPO, env=one_job_env(tmp_path), stdout=sub,
+                            stderr=subprocess.PIPE)
+    os.close(sub)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main)
+    proc.wait(timeout=120)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert b"steps [" in out and b"done: 1 epoch(s)" in out
+
+
+def test_quiet_prints_only_the_summary_and_errors(env, tmp_path):
+    proc = cli(TINY + ["--quiet", "--save", str(tmp_path / "p.npz"), "--verify"], env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert re.fullmatch(r"done: 2 epoch\(s\), [^\n]*; test acc \d+\.\d\d%\n", proc.stdout), \
+        proc.stdout
+
+
+@pytest.mark.parametrize("extra", [["--exact"], ["--verify=final"], ["--verify"]])
+def test_done_is_the_last_line(env, extra):
+    proc = cli(TINY + ["-e", "1"] + extra, env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith("done: 1 epoch(s)"), proc.stdout
+
+
+def test_one_step_numbering_in_messages_file_names_and_resume(env, tmp_path):
+    run = tmp_path / "run"
+    args = TINY + ["--train-size", "2000", "-b", "1", "-e", "3"]
+    proc = subprocess.Popen([sys.executable, "-m", "core.train", *args, "--run-dir", str(run)],
+                            cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    for line in proc.stdout:
+        if line.startswith("epoch "):
+            time.sleep(0.3)  # into epoch 2
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=60)
+    m = TRAINING.fullmatch(err.strip())
+    assert proc.returncode == 130 and m, err
+    epoch, step = map(int, re.search(r"epoch (\d+) step (\d+)", err).groups())
+    assert 1 <= step < 2000, err  # inside the epoch: step S of it done, 1-based
+    assert f"ckpt-{epoch:04d}-{step:08d}.npz" in [p.name for p in (run / "checkpoints").iterdir()]
+    resumed = cli(args + ["--resume", str(run)], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (f"dpmlp: resuming from {run}/checkpoints/ckpt-{epoch:04d}-{step:08d}.npz at epoch "
+            f"{epoch} step {step}\n") in resumed.stdout
+    again = cli(args + ["--resume", str(run), "-e", "4", "--progress", "none"], env)
+    assert "at the end of epoch 3\n" in again.stdout and again.returncode == 0

@@ -33,6 +33,7 @@ CORE_LAYER = {
     "core.data_parallel": 2, "core.model": 2, "core.data": 2, "core.plugins": 2,
     "core.checkpoint": 2, "core.rundir": 2, "core.progress": 2, "core.threads": 2,
     "core.reference": 2, "core.exact": 2, "core.exact_math": 1,
+    "core.startup": 1, "core.runlock": 2, "core.rescue": 2,
     "core.job": 3, "core.verify": 3,
     "core.train_flags": 3, "core.preflight": 3, "core.session": 3,
     "core.train": 4, "core.bench": 4, "core.plot": 4,
