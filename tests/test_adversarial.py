@@ -622,3 +622,33 @@ def test_one_step_numbering_in_messages_file_names_and_resume(env, tmp_path):
             f"{epoch} step {step}\n") in resumed.stdout
     again = cli(args + ["--resume", str(run), "-e", "4", "--progress", "none"], env)
     assert "at the end of epoch 3\n" in again.stdout and again.returncode == 0
+
+
+# ------------------------------------------------------------------ what slipped through
+def test_a_resume_inside_an_epoch_records_every_epochs_loss_as_the_uninterrupted_run(env,
+                                                                                  tmp_path):
+    """The parameters of a resumed run are bit-identical whether or not the partial epoch's loss
+    sum is restored; metrics.jsonl is not: every epoch's loss must equal the uninterrupted one."""
+    args = TINY + ["--dtype", "float64", "--train-size", "2000", "-b", "1", "-e", "3"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert cli(args + ["--run-dir", str(whole), "--quiet"], env).returncode == 0
+    for attempt in range(3):  # a signal may land on an epoch's end; then once more
+        shutil.rmtree(part, ignore_errors=True)
+        proc = subprocess.Popen([sys.executable, "-m", "core.train", *args, "--run-dir",
+                                 str(part)], cwd=REPO, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for line in proc.stdout:
+            if line.startswith("epoch "):
+                time.sleep(0.2 + 0.1 * attempt)
+                proc.send_signal(signal.SIGTERM)
+                break
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        step = int(re.search(r"step (\d+);", err).group(1))
+        if step:
+            break
+    assert step, "every signal landed on an epoch boundary"
+    resumed = cli(args + ["--resume", str(part), "--quiet"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["epoch"] for r in metrics(part)] == [1, 2, 3]
+    assert [r["loss"] for r in metrics(part)] == [r["loss"] for r in metrics(whole)]

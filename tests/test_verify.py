@@ -253,6 +253,18 @@ def test_gemm_dropping_last_k_caught_at_first_step(env):
     assert_failed(proc, "epoch 1 step 1", "gradient of W2")
 
 
+@pytest.mark.parametrize("dtype, off", [("float64", "1e-9"), ("float32", "1e-3")])
+def test_an_sgd_step_with_another_learning_rate_is_caught_in_the_updated_parameters(env, dtype,
+                                                                                   off):
+    """The gradients are right; only the update is off. A lockstep check that compared the
+    gradients alone would pass it (issue 21: a mutant that survived the suite)."""
+    env = dict(env, DPMLP_TEST_OFF=off)
+    proc = cli(TINY + ["--backend", "wrong-sgd-learning-rate", "--dtype", dtype, "--verify"], env)
+    line = assert_failed(proc, "epoch 1 step 1", "updated ")
+    assert "gradient of" not in line
+    assert re.search(r"updated (W1|b1|W2|b2) relative max-norm error", line), line
+
+
 def test_one_gradient_element_off_is_caught(env):
     """Mutation (d) end to end: ONE element off by 1000x the tolerance. A min over elements sees
     0; relative to its parameter's max-norm the error is exactly the 1e-10 put there."""
