@@ -129,17 +129,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         if any(a is not None for a in acc):
             ax_acc.plot(epochs, [math.nan if a is None else a for a in acc], marker="o",
                         markersize=3, label=label, color=line.get_color())
-    ax_loss.set_title("training loss")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy + L2 (log scale)")
-    if any(_finite(r.get("loss")) for _, _, recs in runs for r in recs):
-        ax_loss.set_yscale("log")
-    ax_acc.set_title("validation accuracy")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy (%)")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(True, alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+    _label_axes(ax_loss, ax_acc, any(_finite(r.get("loss")) for _, _, recs in runs
+                                     for r in recs))
     # One legend for both panels, below them, where it hides no curve.
     fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=9, frameon=False)
     fig.suptitle(common_title([summary for _, summary, _ in runs]), fontsize=10)
@@ -154,6 +145,20 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     finally:
         plt.close(fig)
     return out
+
+
+def _label_axes(ax_loss, ax_acc, log_scale: bool) -> None:
+    ax_loss.set_title("training loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("cross-entropy + L2 (log scale)")
+    if log_scale:
+        ax_loss.set_yscale("log")
+    ax_acc.set_title("validation accuracy")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
 
 
 def _finite(value) -> float | None:
