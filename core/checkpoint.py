@@ -374,11 +374,9 @@ def _checked_meta(path, meta: dict) -> tuple[int, str, int, int]:
         raise _field(path, "config", "is missing")
     if not isinstance(extras, dict):
         raise _field(path, "extras", f"is {extras!r}, expected an object")
-    for key in (*MUST_MATCH, "epochs"):
-        if key not in config:
-            raise _field(path, f"config.{key}", "is missing")
+    # (a key this run has and the checkpoint lacks is refused by check_same_computation)
     for key, value in (("hidden", hidden), ("dtype", dtype)):
-        if config[key] != value:
+        if key in config and config[key] != value:
             raise _field(path, f"config.{key}", f"is {config[key]!r} but the parameters are "
                                                 f"{key} {value!r}")
     _check_position(path, config, extras, epoch, step)
@@ -389,11 +387,13 @@ def _check_position(path, config: dict, extras: dict, epoch: int, step: int) -> 
     """The position within the run the checkpoint records: within its epochs, a step within an
     epoch of its training set, a partial epoch's loss sum finite."""
     for key in ("epochs", "train_size", "batch_size"):
-        if not _is_int(config[key]) or config[key] < 1:
+        if key in config and (not _is_int(config[key]) or config[key] < 1):
             raise _field(path, f"config.{key}", f"is {config[key]!r}, expected an integer >= 1")
-    if epoch > config["epochs"] or (step and epoch >= config["epochs"]):
+    if "epochs" in config and (epoch > config["epochs"] or (step and epoch >= config["epochs"])):
         raise _field(path, "epoch", f"is {epoch} (step {step}) in a run of "
                                     f"{config['epochs']} epoch(s)")
+    if "train_size" not in config or "batch_size" not in config:
+        return
     spe = -(-config["train_size"] // config["batch_size"])
     if step >= spe:
         raise _field(path, "step", f"is {step}, but an epoch of {config['train_size']} images "
@@ -459,8 +459,8 @@ def check_same_computation(saved: dict[str, Any], current: dict[str, Any], where
         if key not in current:
             continue
         if key not in saved:
-            raise CheckpointError(f"{where}: field config.{key} ({flag}) is missing; not a "
-                                  f"record this dpmlp wrote, so it cannot tell the run apart")
+            raise CheckpointError(f"{where}: field config.{key} is missing ({flag}); not a "
+                                  f"checkpoint to resume from")
         if not _same(saved[key], current[key]):
             raise CheckpointError(f"{where}: was trained with {flag} {_show(saved[key])}, this run "
                                   f"has {flag} {_show(current[key])}; resume with the same "
