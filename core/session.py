@@ -204,6 +204,7 @@ class TrainingSession:
         ckpt, trainer = self.ckpt, self.trainer
         start_epoch = ckpt.epoch + 1 if ckpt is not None else 1
         first_step = ckpt.step if ckpt is not None else 0
+        phase("training")  # (ends here if a start-up signal was swallowed)
         with self.stop, np.errstate(all="ignore"):
             trainer.train(on_epoch=self.on_epoch, start_epoch=start_epoch,
                           first_step=first_step, on_step=self.on_step, observe=self.observe)

@@ -34,7 +34,11 @@ def _is_rank0() -> bool:
 
 
 def phase(what: str, trained: bool = False) -> None:
-    """What the program does now ("loading the data"), and whether training has happened."""
+    """What the program does now ("loading the data"), and whether training has happened. A
+    signal whose SystemExit some library swallowed (a bare ``except:`` during an import) ends
+    the program here, at the next phase."""
+    if _state["fired"]:
+        raise SystemExit(130)
     _state["phase"], _state["trained"] = what, trained
 
 
