@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 
+from core.errors import EXIT_TIMEOUT
+
 _QUERY, _REPLY = 7301, 7302
 
 
@@ -78,11 +80,14 @@ class Watchdog:
         missing = self._missing_ranks(number) if self.can_query else None
         who = (f"ranks that did not arrive: {', '.join(map(str, missing))}" if missing
                else "could not tell which ranks did not arrive")
-        print(f"dpmlp: error on rank {self.rank}: collective {name} (#{number}) did not complete "
-              f"within {self.timeout:g} s; {who}; aborting the job "
-              f"(--collective-timeout sets the limit)", file=sys.stderr, flush=True)
-        self._mpi.COMM_WORLD.Abort(3)
-        os._exit(3)
+        # One whole line, flushed and given a moment to leave before the launcher's abort banner
+        sys.stderr.write(f"\ndpmlp: error on rank {self.rank}: collective {name} (#{number}) did "
+                         f"not complete within {self.timeout:g} s; {who}; aborting the job "
+                         f"(--collective-timeout sets the limit)\n")
+        sys.stderr.flush()
+        time.sleep(0.2)
+        self._mpi.COMM_WORLD.Abort(EXIT_TIMEOUT)
+        os._exit(EXIT_TIMEOUT)
 
     def _missing_ranks(self, number: int, grace: float = 3.0) -> list[int]:
         others = [r for r in range(self.size) if r != self.rank]

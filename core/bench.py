@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from core.checkpoint import check_writable_target, why
 from core.errors import UserError
 from core.job import (Job, apply_gemm_mode, check_gemm_flags, device_for,
                       run_with_error_policy)
@@ -34,15 +35,43 @@ from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 from core.scaling import predicted_exchange_us, probe_link
 
 
-def _args(argv):
-    p = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__.splitlines()[0])
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (UserError: exit 2), as the CLI's."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _positive_list(text):
+    """'256,1024': the values of --hidden/--batch, each a positive integer."""
+    try:
+        return [_positive(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got "
+                                         f"{text!r}") from None
+
+
+def _args(argv, prog=None):
+    p = _Parser(prog=prog or "python -m core.bench", description=__doc__.splitlines()[0])
     p.add_argument("--backends", default=None,
                    help="comma-separated backends (default: every available GPU backend, or numpy)")
-    p.add_argument("--hidden", default="256,1024,4096", help="H values (256,1024,4096)")
-    p.add_argument("--batch", default="800,3200", help="B values (800,3200)")
+    p.add_argument("--hidden", default="256,1024,4096", type=_positive_list,
+                   help="H values (256,1024,4096)")
+    p.add_argument("--batch", default="800,3200", type=_positive_list, help="B values (800,3200)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--epochs", type=int, default=3, help="timed epochs per row, after 1 warm-up (3)")
-    p.add_argument("--samples", type=int, default=60000, help="samples per epoch (60000)")
+    p.add_argument("--epochs", type=_positive, default=3,
+                   help="timed epochs per row, after 1 warm-up (3)")
+    p.add_argument("--samples", type=_positive, default=60000, help="samples per epoch (60000)")
     p.add_argument("--data-dir", default=None, help="MNIST directory (default: synthetic data)")
     p.add_argument("--comm", default="auto", help="communicator under mpirun (auto = mpi)")
     p.add_argument("--cuda-graphs", default="auto",
@@ -389,8 +418,9 @@ def _torch_graph_epoch(dtype, x, y, hidden, batch):
 
 
 # ---------------------------------------------------------------------------- main
-def main(argv=None) -> int:
-    args = _args(argv)
+def main(argv=None, prog=None) -> int:
+    args = _args(argv, prog)
+    check_writable_target("--json", args.json, "file")
     job = Job.start(args.comm)
     comm, say = job.comm, job.say
     entries, runs, gemm_settings = _chosen_runs(args, job.registry, say)
@@ -401,8 +431,7 @@ def main(argv=None) -> int:
     # the data in float64 when a row needs it (float32 rows take a rounded copy)
     dtype = np.float64 if set(modes) & {"float64", "exact"} else np.dtype(args.dtype).type
     x, y, source = _data(args, dtype)
-    hiddens = [int(h) for h in args.hidden.split(",")]
-    batches = [int(b) for b in args.batch.split(",")]
+    hiddens, batches = args.hidden, args.batch
     say(f"dpmlp bench: {', '.join(e.name for e in entries)}; comm {comm.name} x{comm.size}; "
         f"{args.dtype}; {x.shape[1]} samples/epoch ({source}); median of {args.epochs} epochs")
     # A throwaway row first: GPU clocks ramp up and kernels load on first use, which would
@@ -416,11 +445,14 @@ def main(argv=None) -> int:
         kernels = _kernel_rows(args, comm, say, runs, x, y, hiddens, batches)
         gemms = _gemm_rows(args, say, runs, hiddens, batches[0])
     if comm.rank == 0:
-        with open(args.json, "w") as fh:
-            json.dump({"machine": _machine(), "dtype": args.dtype, "gemm_modes": gemm_settings,
-                       "samples": int(x.shape[1]),
-                       "data": source, "training": training, "gemm": gemms,
-                       "step_kernels": kernels}, fh, indent=1)
+        try:
+            with open(args.json, "w") as fh:
+                json.dump({"machine": _machine(), "dtype": args.dtype, "gemm_modes": gemm_settings,
+                           "samples": int(x.shape[1]),
+                           "data": source, "training": training, "gemm": gemms,
+                           "step_kernels": kernels}, fh, indent=1)
+        except OSError as exc:
+            raise UserError(f"--json {args.json}: cannot write: {why(exc)}") from None
         say(f"\nwrote {args.json}")
     job.finish()
     return 0

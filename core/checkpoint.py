@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -178,7 +179,9 @@ class Checkpoint:
         return self.step == 0
 
     def describe(self) -> str:
-        return (f"epoch {self.epoch} step {self.step}" if self.step
+        """The position as every message says it (1-based): "epoch 1 step 69" (69 steps of
+        epoch 1 done), or "the end of epoch 2"."""
+        return (f"epoch {self.epoch + 1} step {self.step}" if self.step
                 else f"the end of epoch {self.epoch}")
 
 
@@ -221,8 +224,26 @@ def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / CHECKPOINT_SUBDIR
 
 
-def checkpoint_name(epoch: int, step: int) -> str:
-    return f"ckpt-{epoch:04d}-{step:08d}.npz"
+def checkpoint_name(epoch: int, step: int, steps_per_epoch: int | None = None) -> str:
+    """``ckpt-EEEE-SSSSSSSS.npz`` in the messages' convention (1-based): step S of epoch E is
+    the last one done. After ``epoch`` completed epochs and ``step`` steps of the next, that is
+    epoch ``epoch + 1`` step ``step``; at an epoch's end (step 0), epoch ``epoch`` step
+    ``steps_per_epoch``. The names sort in the order the run reached them."""
+    if step or not steps_per_epoch or not epoch:
+        return f"ckpt-{epoch + (1 if step else 0):04d}-{step:08d}.npz"
+    return f"ckpt-{epoch:04d}-{steps_per_epoch:08d}.npz"
+
+
+def _steps_per_epoch(config: dict[str, Any]) -> int | None:
+    try:
+        return max(1, -(-int(config["train_size"]) // int(config["batch_size"])))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _name_key(path: Path) -> tuple[int, int]:
+    m = _CKPT_NAME.match(path.name)
+    return (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -231,10 +252,9 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     directory = checkpoint_dir(run_dir)
     if directory.is_dir():
         for entry in directory.iterdir():
-            m = _CKPT_NAME.match(entry.name)
-            if m and entry.is_file():
-                found.append(((int(m.group(1)), int(m.group(2))), entry))
-    return [p for _, p in sorted(found)]
+            if _CKPT_NAME.match(entry.name) and entry.is_file():
+                found.append(entry)
+    return sorted(found, key=_name_key)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -251,12 +271,13 @@ def write_run_checkpoint(run_dir: str | os.PathLike, params: dict[str, np.ndarra
     resumed from further back) are removed too, so "latest" is always this one."""
     directory = checkpoint_dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    path = save_checkpoint(directory / checkpoint_name(epoch, step), params, epoch=epoch,
-                           step=step, config=config, dtype=dtype, extras=extras)
+    name = checkpoint_name(epoch, step, _steps_per_epoch(config))
+    path = save_checkpoint(directory / name, params, epoch=epoch, step=step, config=config,
+                           dtype=dtype, extras=extras)
     remove_stale_temporaries(directory)
     others = [p for p in list_checkpoints(run_dir) if p != path]
-    later = [p for p in others if p.name > path.name]
-    earlier = [p for p in others if p.name < path.name]
+    later = [p for p in others if _name_key(p) > _name_key(path)]
+    earlier = [p for p in others if _name_key(p) < _name_key(path)]
     for old in later + earlier[:max(0, len(earlier) - (keep - 1))]:
         try:
             old.unlink()
@@ -272,6 +293,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         latest = latest_checkpoint(path)
+        if latest is None and (path / "config.json").exists():
+            raise CheckpointError(f"{path}: a run directory without checkpoints (its run stopped "
+                                  f"before the first); start it again in itself with --resume "
+                                  f"{path}, or replace it with --run-dir {path} --overwrite")
         if latest is None:
             raise CheckpointError(f"{path}: a directory without checkpoints (expected a checkpoint "
                                   f"file or a run directory with {CHECKPOINT_SUBDIR}/ckpt-*.npz)")
@@ -318,11 +343,71 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     missing = [k for k in PARAM_NAMES if k not in arrays]
     if missing:
         raise CheckpointError(f"{path}: corrupt checkpoint (no {', '.join(missing)})")
-    try:
-        hidden, dtype = int(meta["hidden"]), str(meta["dtype"])
-        epoch, step = int(meta["epoch"]), int(meta["step"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt checkpoint metadata (field {exc})") from None
+    hidden, dtype, epoch, step = _checked_meta(path, meta)
+    _check_arrays(path, arrays, hidden, dtype)
+    params = {k: np.asfortranarray(arrays[k]) for k in PARAM_NAMES}
+    return Checkpoint(params=params, epoch=epoch, step=step, config=meta["config"],
+                      dtype=dtype, version=str(meta.get("dpmlp_version", "?")),
+                      extras=meta["extras"], path=path)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field(path, name: str, problem: str) -> CheckpointError:
+    return CheckpointError(f"{path}: field {name} {problem}; not a checkpoint to resume from")
+
+
+def _checked_meta(path, meta: dict) -> tuple[int, str, int, int]:
+    """Every field of the metadata against its range and the others: (hidden, dtype, epoch,
+    step), or CheckpointError naming the file and the field."""
+    for name in ("hidden", "epoch", "step"):
+        if not _is_int(meta.get(name)) or meta[name] < (1 if name == "hidden" else 0):
+            raise _field(path, name, f"is {meta.get(name)!r}, expected an integer "
+                                     f">= {1 if name == 'hidden' else 0}")
+    hidden, epoch, step, dtype = meta["hidden"], meta["epoch"], meta["step"], meta.get("dtype")
+    if dtype not in ("float32", "float64"):
+        raise _field(path, "dtype", f"is {dtype!r}, expected float32 or float64")
+    config, extras = meta.get("config"), meta.get("extras", {})
+    if not isinstance(config, dict):
+        raise _field(path, "config", "is missing")
+    if not isinstance(extras, dict):
+        raise _field(path, "extras", f"is {extras!r}, expected an object")
+    # (a key this run has and the checkpoint lacks is refused by check_same_computation)
+    for key, value in (("hidden", hidden), ("dtype", dtype)):
+        if key in config and config[key] != value:
+            raise _field(path, f"config.{key}", f"is {config[key]!r} but the parameters are "
+                                                f"{key} {value!r}")
+    _check_position(path, config, extras, epoch, step)
+    return hidden, dtype, epoch, step
+
+
+def _check_position(path, config: dict, extras: dict, epoch: int, step: int) -> None:
+    """The position within the run the checkpoint records: within its epochs, a step within an
+    epoch of its training set, a partial epoch's loss sum finite."""
+    for key in ("epochs", "train_size", "batch_size"):
+        if key in config and (not _is_int(config[key]) or config[key] < 1):
+            raise _field(path, f"config.{key}", f"is {config[key]!r}, expected an integer >= 1")
+    if "epochs" in config and (epoch > config["epochs"] or (step and epoch >= config["epochs"])):
+        raise _field(path, "epoch", f"is {epoch} (step {step}) in a run of "
+                                    f"{config['epochs']} epoch(s)")
+    if "train_size" not in config or "batch_size" not in config:
+        return
+    spe = -(-config["train_size"] // config["batch_size"])
+    if step >= spe:
+        raise _field(path, "step", f"is {step}, but an epoch of {config['train_size']} images "
+                                   f"in batches of {config['batch_size']} has {spe} steps")
+    if step:
+        nll = extras.get("epoch_nll_sum")
+        if isinstance(nll, bool) or not isinstance(nll, (int, float)) or not (
+                math.isfinite(nll) and nll >= 0):
+            raise _field(path, "extras.epoch_nll_sum", f"is {nll!r}, expected the partial "
+                                                       f"epoch's loss sum (a finite number >= 0)")
+
+
+def _check_arrays(path, arrays: dict, hidden: int, dtype: str) -> None:
+    """W1, b1, W2, b2: the shapes of ``hidden``, the dtype of the metadata, finite values."""
     expected = {"W1": (hidden, INPUTS), "b1": (hidden,), "W2": (CLASSES, hidden), "b2": (CLASSES,)}
     for name, shape in expected.items():
         arr = arrays[name]
@@ -332,10 +417,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if arr.dtype != np.dtype(dtype):
             raise CheckpointError(f"{path}: corrupt checkpoint ({name} is {arr.dtype}, metadata "
                                   f"says {dtype})")
-    params = {k: np.asfortranarray(arrays[k]) for k in PARAM_NAMES}
-    return Checkpoint(params=params, epoch=epoch, step=step, config=meta.get("config", {}),
-                      dtype=dtype, version=str(meta.get("dpmlp_version", "?")),
-                      extras=meta.get("extras", {}), path=path)
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise _field(path, name, f"holds {bad} non-finite value(s) (inf or nan: a diverged "
+                                     f"run's parameters)")
 
 
 def validate_checkpoint(ckpt: Checkpoint, current: dict[str, Any], *,
@@ -348,11 +433,7 @@ def validate_checkpoint(ckpt: Checkpoint, current: dict[str, Any], *,
     where = ckpt.path if ckpt.path is not None else "checkpoint"
     # hidden and dtype from the arrays themselves, whatever the stored config says
     saved = dict(ckpt.config, hidden=ckpt.hidden, dtype=ckpt.dtype)
-    for key, flag in MUST_MATCH.items():
-        if key in current and key in saved and not _same(saved[key], current[key]):
-            raise CheckpointError(f"{where}: was trained with {flag} {_show(saved[key])}, this run "
-                                  f"has {flag} {_show(current[key])}; resume with the same "
-                                  f"{flag} or start a new run")
+    check_same_computation(saved, current, where)
     if steps_per_epoch is not None and ckpt.step >= steps_per_epoch:
         raise CheckpointError(f"{where}: step {ckpt.step} of epoch {ckpt.epoch + 1} is past the end "
                               f"of an epoch of {steps_per_epoch} steps (other training data?)")
@@ -369,6 +450,21 @@ def validate_checkpoint(ckpt: Checkpoint, current: dict[str, Any], *,
                          f"has {_show(current[key])}; the result differs from an uninterrupted "
                          f"run by rounding only")
     return notes
+
+
+def check_same_computation(saved: dict[str, Any], current: dict[str, Any], where) -> None:
+    """CheckpointError naming ``where`` and the flag when a MUST_MATCH key differs between the
+    run recorded in ``saved`` and this one (or is missing from the record)."""
+    for key, flag in MUST_MATCH.items():
+        if key not in current:
+            continue
+        if key not in saved:
+            raise CheckpointError(f"{where}: field config.{key} is missing ({flag}); not a "
+                                  f"checkpoint to resume from")
+        if not _same(saved[key], current[key]):
+            raise CheckpointError(f"{where}: was trained with {flag} {_show(saved[key])}, this run "
+                                  f"has {flag} {_show(current[key])}; resume with the same "
+                                  f"{flag} or start a new run")
 
 
 def _same(a, b) -> bool:
@@ -421,6 +517,11 @@ def _probe_write(directory: Path) -> None:
     finally:
         os.close(fd)
         os.unlink(tmp)
+
+
+def why(exc: OSError) -> str:
+    """An OSError in the words of a one-line message: 'no space left on device', ..."""
+    return _why(exc)
 
 
 def _why(exc: OSError) -> str:

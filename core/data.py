@@ -178,6 +178,9 @@ def load_split(directory: str | os.PathLike, prefix: str) -> tuple[np.ndarray, n
         raise DataError(
             f"{img_path} has {len(images)} images but {lbl_path} has {len(labels)} labels"
         )
+    if not len(images):
+        raise DataError(f"{img_path}: holds no images (an IDX file of 0 images, with {lbl_path} "
+                        f"of 0 labels); nothing to train on or test with")
     return images, labels
 
 

@@ -58,16 +58,32 @@ def comm_options(cuda_aware_mpi: bool | None = None, collective_timeout: float |
     default. This is the one place the environment is read for them."""
     environ = os.environ if environ is None else environ
     if not cuda_aware_mpi:
-        cuda_aware_mpi = environ.get(CUDA_AWARE_ENV, "") not in ("", "0")
+        cuda_aware_mpi = _env_switch(environ, CUDA_AWARE_ENV, "--cuda-aware-mpi")
     if collective_timeout is None:
         text = environ.get(TIMEOUT_ENV, "")
-        try:
-            collective_timeout = float(text) if text else DEFAULT_COLLECTIVE_TIMEOUT
-        except ValueError:
-            raise UserError(f"{TIMEOUT_ENV}={text!r}: must be a number of seconds") from None
-        if not collective_timeout >= 0:
-            raise UserError(f"{TIMEOUT_ENV}={text!r}: must be >= 0")
+        collective_timeout = DEFAULT_COLLECTIVE_TIMEOUT
+        if text.strip():
+            try:
+                collective_timeout = float(text)
+            except ValueError:
+                raise UserError(f"{TIMEOUT_ENV}={text!r}: must be a number of seconds") from None
+            if not 0 <= collective_timeout < float("inf"):
+                raise UserError(f"{TIMEOUT_ENV}={text!r}: must be a number of seconds >= 0 "
+                                f"(0 = off), as --collective-timeout")
     return CommOptions(cuda_aware_mpi=cuda_aware_mpi, collective_timeout=collective_timeout)
+
+
+_SWITCH = {"": False, "0": False, "false": False, "no": False, "off": False,
+           "1": True, "true": True, "yes": True, "on": True}
+
+
+def _env_switch(environ: Mapping[str, str], name: str, flag: str) -> bool:
+    """An on/off environment variable (1/0, true/false, yes/no, on/off), as its flag."""
+    text = environ.get(name, "")
+    try:
+        return _SWITCH[text.strip().lower()]
+    except KeyError:
+        raise UserError(f"{name}={text!r}: must be 1 or 0 (as {flag})") from None
 
 
 # ---------------------------------------------------------------------------- --gemm
@@ -119,6 +135,7 @@ class Job:
 
     registry: Registry
     comm: Communicator
+    quiet: bool = False  # --quiet: say() prints only to stderr (errors, warnings)
 
     @classmethod
     def start(cls, comm_name: str = "auto", options: CommOptions | None = None,
@@ -135,7 +152,10 @@ class Job:
         return self.comm.rank == 0
 
     def say(self, *args, **kwargs) -> None:
-        """print() on rank 0 only: one copy of every line, however many ranks."""
+        """print() on rank 0 only: one copy of every line, however many ranks; with --quiet only
+        what goes to stderr."""
+        if self.quiet and kwargs.get("file") is not sys.stderr:
+            return
         if self.comm.rank == 0:
             print(*args, **kwargs)
 
@@ -205,6 +225,8 @@ def run_with_error_policy(main: Callable[[], int]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt:
+        if launched_rank() == 0:
+            print("dpmlp: interrupted (SIGINT)", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:  # noqa: BLE001
         traceback.print_exc()

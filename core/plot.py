@@ -3,7 +3,9 @@
     python -m core.plot RUN_DIR [RUN_DIR ...] [-o OUT.png]
 
 Two panels against the epoch: training loss (log scale) and validation accuracy (%), one line
-per run, labelled by its config (backend, H, B, lr, plus whatever else differs between the runs).
+per run, labelled by its directory and the part of its config that differs between the runs; the
+config they share (backend, H, B, lr, ...) is the title. Two runs of one config still have two
+labels. The format is the one ``-o``'s suffix names (.png, .pdf, .svg, ...; PNG without one).
 Needs matplotlib (``pip install 'dpmlp[plot]'``); without it: one line on stderr, exit code 2.
 The default output is RUN_DIR/curves.png for one run, curves.png here for several.
 """
@@ -52,8 +54,47 @@ def labels_for(runs: Sequence[dict[str, Any]]) -> list[str]:
     return labels
 
 
+def _parts(run: dict[str, Any], keys) -> list[str]:
+    return [f.format(run[k]) for k, f in keys if run.get(k) is not None]
+
+
+def legend_labels(run_dirs: Sequence[str | Path], runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Each run's directory (its name; the path as given where names repeat), with the config
+    keys that differ between the runs in brackets."""
+    names = [Path(d).name or str(d) for d in run_dirs]
+    if len(set(names)) < len(names):
+        names = [str(d) for d in run_dirs]
+    differing = [(k, f) for k, f in LABEL_KEYS + OPTIONAL_KEYS
+                 if len({repr(r.get(k)) for r in runs}) > 1]
+    labels = []
+    for name, run in zip(names, runs):
+        parts = _parts(run, differing)
+        labels.append(f"{name} ({' '.join(parts)})" if parts else name)
+    for i, label in enumerate(list(labels)):  # the same directory twice
+        if labels.count(label) > 1:
+            labels[i] = f"{label} #{labels[:i].count(label) + 1}"
+    return labels
+
+
+def common_title(runs: Sequence[dict[str, Any]]) -> str:
+    """The config every run shares: backend, H, B, lr and the optional keys that agree."""
+    same = [(k, f) for k, f in LABEL_KEYS + OPTIONAL_KEYS
+            if len({repr(r.get(k)) for r in runs}) == 1]
+    return " ".join(_parts(runs[0], same))
+
+
+def _format_of(fig, out: Path) -> str:
+    """The file format ``out``'s suffix names (png without a suffix); UserError otherwise."""
+    ext = out.suffix[1:].lower() or "png"
+    supported = fig.canvas.get_supported_filetypes()
+    if ext not in supported:
+        raise UserError(f"-o {out}: matplotlib cannot write .{ext} files; use one of "
+                        f"{', '.join('.' + e for e in sorted(supported))}")
+    return ext
+
+
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
-    """Draw the curves of ``run_dirs`` into the PNG ``out``; returns its path."""
+    """Draw the curves of ``run_dirs`` into ``out`` (its suffix's format); returns its path."""
     runs = []  # the run directories first: a wrong path is the mistake to report
     for run_dir in run_dirs:
         records = read_metrics(run_dir)
@@ -67,7 +108,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
                         "(or pip install matplotlib)") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-    labels = labels_for([summary for _, summary, _ in runs])
+    labels = legend_labels(run_dirs, [summary for _, summary, _ in runs])
 
     columns = min(len(runs), 3)
     legend_rows = -(-len(runs) // columns)
@@ -88,10 +129,29 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         if any(a is not None for a in acc):
             ax_acc.plot(epochs, [math.nan if a is None else a for a in acc], marker="o",
                         markersize=3, label=label, color=line.get_color())
+    _label_axes(ax_loss, ax_acc, any(_finite(r.get("loss")) for _, _, recs in runs
+                                     for r in recs))
+    # One legend for both panels, below them, where it hides no curve.
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=9, frameon=False)
+    fig.suptitle(common_title([summary for _, summary, _ in runs]), fontsize=10)
+    fig.tight_layout(rect=(0, legend_height / (4.2 + legend_height), 1, 1))
+    out = Path(out)
+    try:
+        fig.savefig(out, format=_format_of(fig, out))
+    except OSError as exc:
+        raise UserError(f"-o {out}: cannot write: {exc.strerror or exc}") from None
+    except UserError:
+        raise
+    finally:
+        plt.close(fig)
+    return out
+
+
+def _label_axes(ax_loss, ax_acc, log_scale: bool) -> None:
     ax_loss.set_title("training loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("cross-entropy + L2 (log scale)")
-    if any(_finite(r.get("loss")) for _, _, recs in runs for r in recs):
+    if log_scale:
         ax_loss.set_yscale("log")
     ax_acc.set_title("validation accuracy")
     ax_acc.set_xlabel("epoch")
@@ -99,17 +159,6 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    # One legend for both panels, below them, where it hides no curve.
-    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, legend_height / (4.2 + legend_height), 1, 1))
-    out = Path(out)
-    try:
-        fig.savefig(out, format="png")
-    except OSError as exc:
-        raise UserError(f"-o {out}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
-    return out
 
 
 def _finite(value) -> float | None:
@@ -124,19 +173,20 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m core.plot",
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog or "python -m core.plot",
                 description="Learning curves (training loss, validation accuracy) of run "
                             "directories written with --run-dir.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("-o", "--output", default=None, metavar="OUT.png",
-                   help="PNG to write (default: RUN_DIR/curves.png for one run, ./curves.png)")
+                   help="file to write, in the format its suffix names: .png, .pdf, .svg, ... "
+                        "(default: RUN_DIR/curves.png for one run, ./curves.png)")
     return p
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(prog).parse_args(argv)
         out = args.output or (Path(args.run_dirs[0]) / "curves.png" if len(args.run_dirs) == 1
                               else Path("curves.png"))
         path = plot_runs(args.run_dirs, out)
@@ -148,4 +198,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from core.startup import install_signal_handlers
+    install_signal_handlers()
     sys.exit(main())

@@ -19,6 +19,7 @@ summary. Every method is a no-op on ranks other than 0 (``enabled=False``).
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -66,14 +67,16 @@ class _NullTask:
 class Progress:
     def __init__(self, *, epochs: int, steps_per_epoch: int, enabled: bool = True,
                  quiet: bool = False, stream: TextIO | None = None, bar: bool | None = None,
-                 refresh: float = 0.5):
-        """``bar``: None decides (terminal and not quiet and tqdm importable); True/False force."""
+                 refresh: float = 0.5, silent: bool = False):
+        """``bar``: None decides (terminal and not quiet and tqdm importable); True/False force.
+        ``silent``: neither bar nor per-epoch lines (--progress none), the rest as usual."""
         self.epochs, self.steps_per_epoch = epochs, max(1, steps_per_epoch)
-        self.enabled, self.quiet = enabled, quiet
+        self.enabled, self.quiet, self.silent = enabled, quiet, silent
         self.stream = stream if stream is not None else sys.stdout
         self.refresh = refresh
         self._tqdm = None
-        if enabled and (bar if bar is not None else (not quiet and _isatty(self.stream))):
+        if enabled and not quiet and not silent and (bar if bar is not None
+                                                     else _isatty(self.stream)):
             self._tqdm = load_tqdm()
         self.totals = _Totals()
         self._bar = None
@@ -138,7 +141,7 @@ class Progress:
         if val_accuracy is not None and (t.best_val is None or val_accuracy > t.best_val):
             t.best_val, t.best_epoch = val_accuracy, epoch
         line = format_epoch_line(epoch, self.epochs, loss, val_accuracy, seconds, samples)
-        if not self.quiet:
+        if not self.quiet and not self.silent:
             self._print(line)
         return line
 
@@ -147,23 +150,25 @@ class Progress:
         return self.end_epoch(stats.epoch, stats.loss, stats.val_accuracy, stats.seconds, samples)
 
     # ------------------------------------------------------------------ summary
-    def summary(self) -> str:
+    def summary(self, test_accuracy: float | None = None) -> str:
         t = self.totals
-        if not t.epochs:
-            return "done: no epoch trained"
-        rate = t.samples / t.seconds if t.seconds > 0 else math.inf
-        line = (f"done: {t.epochs} epoch(s), {t.samples:,} samples in {t.seconds:.1f} s "
-                f"({rate:,.0f} samples/s)")
+        line = "done: no epoch trained"
+        if t.epochs:
+            rate = t.samples / t.seconds if t.seconds > 0 else math.inf
+            line = (f"done: {t.epochs} epoch(s), {t.samples:,} samples in {t.seconds:.1f} s "
+                    f"({rate:,.0f} samples/s)")
         if t.best_val is not None:
             line += f"; best val acc {100 * t.best_val:.2f}% at epoch {t.best_epoch}"
+        if test_accuracy is not None:
+            line += f"; test acc {100 * test_accuracy:.2f}%"
         return line
 
-    def finish(self) -> str | None:
+    def finish(self, test_accuracy: float | None = None) -> str | None:
         """Print the summary line (also when quiet) and return it."""
         if not self.enabled:
             return None
         self._close_bar()
-        line = self.summary()
+        line = self.summary(test_accuracy)
         self._print(line)
         return line
 
@@ -201,6 +206,41 @@ class Progress:
             self._tqdm.write(line, file=self.stream)
         else:
             print(line, file=self.stream, flush=True)
+
+
+#: --progress's choices: auto (a bar on a terminal, the launcher's under mpirun), bar, lines, none
+PROGRESS_CHOICES = ("auto", "bar", "lines", "none")
+
+
+def launcher_terminal(max_depth: int = 8) -> bool:
+    """Under a launcher (mpirun: its daemon, then mpirun), whether the stdout of an ancestor
+    process, the launcher's, is a terminal: rank 0's own stdout is then a pipe to it, and the
+    bar, forwarded, is drawn there. Linux (/proc); False where that cannot be read."""
+    pid = os.getppid()
+    for _ in range(max_depth):
+        if pid <= 1:
+            return False
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/1")
+            if target.startswith(("/dev/pts/", "/dev/tty")):
+                return True
+            with open(f"/proc/{pid}/stat") as fh:
+                pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
+def wants_bar(choice: str, stream, launched: bool) -> bool | None:
+    """--progress to Progress's ``bar``: True (bar), False (lines), None (auto: decided there,
+    with the launcher's terminal counted as this one's under a launcher)."""
+    if choice == "bar":
+        return True
+    if choice in ("lines", "none"):
+        return False
+    if launched and not _isatty(stream) and launcher_terminal():
+        return True
+    return None
 
 
 def _isatty(stream) -> bool:

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from core import __version__
-from core.checkpoint import _jsonable, atomic_write, check_writable_target
+from core.checkpoint import _jsonable, atomic_write, check_writable_target, list_checkpoints
 from core.errors import UserError
+from core.runlock import LOCK_NAME, RunLock
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -51,6 +52,9 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.created = False  # prepare() made the directory (discard_if_unused may remove it)
+        self.lock: RunLock | None = None
+        self.restart_config: dict | None = None  # a run restarted from its beginning: its config
 
     @property
     def config_path(self) -> Path:
@@ -67,14 +71,55 @@ class RunDir:
         check_writable_target(flag, path, "dir")
         run = cls(path)
         try:
+            run.created = not run.path.exists()
             run.path.mkdir(exist_ok=True)
         except OSError as exc:
             raise UserError(f"{flag} {path}: cannot create: {exc.strerror or exc}") from None
         return run
 
+    def acquire(self, flag: str = "--run-dir") -> "RunDir":
+        """Lock the directory for this job (UserError naming the pid that holds it)."""
+        self.lock = RunLock.acquire(self.path, flag)
+        return self
+
     def has_run(self) -> bool:
-        """True when the directory already holds a run (config.json or metrics.jsonl)."""
-        return self.config_path.exists() or self.metrics_path.exists()
+        """True when the directory already holds a run (config.json, metrics.jsonl or a
+        checkpoint)."""
+        return self.state() != "empty"
+
+    def state(self) -> str:
+        """"empty" (nothing of a run), "started" (config.json or metrics.jsonl but no checkpoint:
+        a run that stopped before its first one) or "checkpointed"."""
+        if list_checkpoints(self.path):
+            return "checkpointed"
+        if self.config_path.exists() or self.metrics_path.exists():
+            return "started"
+        return "empty"
+
+    def clear_unfinished(self) -> None:
+        """--overwrite of a run without checkpoints: its config.json and metrics.jsonl go."""
+        for path in (self.config_path, self.metrics_path):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def release(self, discard_if_unused: bool = False) -> None:
+        """Release the lock; with ``discard_if_unused``, remove a directory that prepare() made
+        and nothing of a run was written to (a job that ended during its start-up)."""
+        if discard_if_unused and self.created and self.lock is not None and self.lock.held:
+            try:
+                names = {p.name for p in self.path.iterdir()}
+            except OSError:
+                names = {"?"}
+            if names <= {LOCK_NAME}:
+                try:
+                    (self.path / LOCK_NAME).unlink()
+                    self.path.rmdir()
+                except OSError:
+                    pass
+        if self.lock is not None:
+            self.lock.release()
 
     # ------------------------------------------------------------------ config.json
     def write_config(self, flags: argparse.Namespace | dict[str, Any], *, backend: str,

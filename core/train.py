@@ -10,21 +10,27 @@ cleanly; a failure during training aborts the whole job naming the rank (core/jo
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the heavy imports: a signal from the first line is one line
+    from core.startup import install_signal_handlers
+    install_signal_handlers()
+
 import math
 import sys
 
 import numpy as np
 
 from core.buckets import buckets_apply, describe_buckets
-from core.checkpoint import validate_checkpoint
+from core.checkpoint import check_same_computation, validate_checkpoint, why
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 from core.device_preflight import check_device_memory
+from core.errors import OutputError
 from core.exact import ExactRangeError
 from core.job import Job, comm_options, run_with_error_policy
 from core.plugins import Registry
 from core.preflight import check_memory, check_outputs, split_data
 from core.session import Diverged, TrainingSession, train_and_report
 from core.placement import apply_local_rank, gather_places, my_place, placement_lines
+from core.startup import phase
 from core.threads import limit_blas_threads, planned_blas_threads
 from core.train_flags import build_parser, check_run_flags, parse_flags
 
@@ -42,9 +48,9 @@ def list_backends(registry: Registry) -> str:
                      for r in rows)
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str | None = None) -> int:
     """One rank's part of a training run (or --list-backends); returns the exit status."""
-    args = parse_flags(argv)
+    args = parse_flags(argv, prog)
     registry = Registry.load()
     if args.list_backends:
         print(list_backends(registry))
@@ -52,11 +58,21 @@ def main(argv=None) -> int:
     check_run_flags(args)
     job = Job.start(args.comm, comm_options(args.cuda_aware_mpi or None, args.collective_timeout),
                     registry)
+    job.quiet = args.quiet
+    phase("checking --save, --run-dir and --resume")
+    rundir, ckpt = job.agree(lambda: check_outputs(args) if job.is_root else (None, None))
+    try:
+        return _run(job, args, rundir, job.comm.bcast(ckpt))
+    finally:
+        if rundir is not None:  # a job that ended before writing anything leaves no directory
+            rundir.release(discard_if_unused=True)
+
+
+def _run(job: Job, args, rundir, ckpt) -> int:
+    """The run after the pre-flight: backend, data, trainer, the record, the session."""
     comm, say = job.comm, job.say
     apply_local_rank(comm, gather_places(comm, my_place()))  # the launcher's, else by hostname
     local_ranks = comm.local_size
-    rundir, ckpt = job.agree(lambda: check_outputs(args) if comm.rank == 0 else (None, None))
-    ckpt = comm.bcast(ckpt)
     line = limit_blas_threads(local_ranks)
     if line:
         say(f"dpmlp: {line}")
@@ -77,11 +93,7 @@ def main(argv=None) -> int:
     config = TrainConfig(hidden=args.hidden, reg=args.reg, lr=args.lr, epochs=args.epochs,
                          batch_size=args.batch_size, seed=args.seed, dtype=args.dtype)
     run_config = _run_config(args, config, comm, entry, train_x, val_x)
-    if ckpt is not None:
-        steps_per_epoch = max(1, math.ceil(train_x.shape[1] / config.batch_size))
-        for note in job.agree(lambda: validate_checkpoint(ckpt, run_config, epochs=config.epochs,
-                                                          steps_per_epoch=steps_per_epoch)):
-            say(f"dpmlp: {note}")
+    _check_resume(job, rundir, ckpt, run_config, config, train_x.shape[1])
     _say_what_runs(say, args, config, comm, entry, backend, data, train_x, val_x)
     trainer = job.agree(lambda: DataParallelTrainer(
         backend, comm, config, train_x, train_y, val_x, val_y, cuda_graphs=args.cuda_graphs,
@@ -90,7 +102,8 @@ def main(argv=None) -> int:
     if not backend.host_resident or args.cuda_graphs == "on":
         say("dpmlp: CUDA graphs " + ("on: each epoch replays one graph" if trainer.use_graphs
                                      else f"off: {trainer.graph_note}"))
-    _begin_record(rundir, args, comm, entry, backend, ckpt, run_config, data)
+    devices = comm.allgather(backend.describe_device())
+    job.agree(lambda: _begin_record(rundir, args, comm, entry, devices, ckpt, run_config, data))
     if ckpt is not None:
         say(f"dpmlp: resuming from {ckpt.path} at {ckpt.describe()}")
         if ckpt.step:
@@ -99,14 +112,42 @@ def main(argv=None) -> int:
     return _train(job, session, data, train_x, train_y)
 
 
+def _check_resume(job: Job, rundir, ckpt, run_config: dict, config: TrainConfig,
+                  n_train: int) -> None:
+    """The checkpoint to resume (or the config.json of a run started again from its beginning)
+    against this run: one line and exit 2 where they differ, notes where only rounding does."""
+    def check():
+        notes = []
+        if ckpt is not None:
+            notes = validate_checkpoint(ckpt, run_config, epochs=config.epochs,
+                                        steps_per_epoch=max(1, math.ceil(n_train /
+                                                                         config.batch_size)))
+        if rundir is not None and rundir.restart_config is not None:
+            check_same_computation(rundir.restart_config, run_config, rundir.config_path)
+            notes.append(f"note: {rundir.path} stopped before its first checkpoint; starting it "
+                         f"again from the beginning")
+        return notes
+
+    for note in job.agree(check):
+        job.say(f"dpmlp: {note}")
+
+
 def _load(job: Job, args, local_ranks: int):
     """This rank's backend and data: (entry, backend, data, (train_x, train_y, val_x, val_y)),
-    the images scaled to the run's dtype; checked against host memory before they are."""
+    the images scaled to the run's dtype; checked against host memory before they are. A batch
+    larger than the training set is clamped to it (with a note): batch gradient descent."""
     from core.data import locate_and_load  # imported late: only needed once flags are valid
 
     entry, backend = job.make_backend(args.backend, args.dtype, args.gemm)
+    phase("loading the data")
     data = locate_and_load(args.data_dir, args.download, log=job.say)
+    phase("setting up the training")
     train_img, train_lab, val_img, val_lab = split_data(data, args)
+    if args.batch_size > len(train_lab):
+        job.say(f"dpmlp: note: --batch-size {args.batch_size} is larger than the "
+                f"{len(train_lab)} training images; using {len(train_lab)} (one step an epoch: "
+                f"batch gradient descent)")
+        args.batch_size = len(train_lab)
     check_memory(args, job.comm.size, local_ranks, len(train_lab), len(val_lab),
                  len(data.train_labels) + len(data.test_labels), backend.host_resident)
     check_device_memory(args, backend, job.comm.local_rank, local_ranks, job.comm.size,
@@ -141,18 +182,24 @@ def _say_what_runs(say, args, config, comm, entry, backend, data, train_x, val_x
             f"ranks {config.batch_size}..{comm.size - 1} get no samples but still take part")
 
 
-def _begin_record(rundir, args, comm, entry, backend, ckpt, run_config, data) -> None:
-    """--run-dir's config.json (rank 0; the devices are gathered from every rank), and on a
-    resume its metrics.jsonl cut back to the checkpoint's epoch."""
-    devices = comm.allgather(backend.describe_device())
+def _begin_record(rundir, args, comm, entry, devices, ckpt, run_config, data) -> None:
+    """--run-dir's config.json (rank 0), and on a resume its metrics.jsonl cut back to the
+    checkpoint's epoch (to none for a run started again from its beginning). The directory is
+    this run's own (core/preflight.py): no other run's history is touched."""
     if rundir is None:
         return
-    rundir.write_config(args, backend=entry.name, comm=comm.name, ranks=comm.size,
-                        dtype=args.dtype, devices=devices,
-                        resumed_from=ckpt.path if ckpt is not None else None,
-                        extra={"run": run_config, "data_source": str(data.source)})
-    if ckpt is not None:
-        rundir.truncate_metrics(ckpt.epoch)
+    try:
+        rundir.write_config(args, backend=entry.name, comm=comm.name, ranks=comm.size,
+                            dtype=args.dtype, devices=devices,
+                            resumed_from=ckpt.path if ckpt is not None else None,
+                            extra={"run": run_config, "data_source": str(data.source)})
+        if rundir.restart_config is not None:
+            rundir.truncate_metrics(0)
+        elif ckpt is not None:
+            rundir.truncate_metrics(ckpt.epoch)
+    except OSError as exc:
+        raise OutputError(f"--run-dir {rundir.path}: cannot write its config.json or "
+                          f"metrics.jsonl: {why(exc)}; nothing trained yet") from None
 
 
 def _train(job: Job, session: TrainingSession, data, train_x, train_y) -> int:
@@ -162,7 +209,7 @@ def _train(job: Job, session: TrainingSession, data, train_x, train_y) -> int:
         status = train_and_report(session, data, train_x, train_y, job.say)
     except SystemExit:
         raise
-    except (Diverged, ExactRangeError) as exc:
+    except (Diverged, ExactRangeError, OutputError) as exc:
         job.say(f"dpmlp: error: {exc}", file=sys.stderr, flush=True)
         job.finish()
         return exc.exit_code
@@ -172,9 +219,9 @@ def _train(job: Job, session: TrainingSession, data, train_x, train_y) -> int:
     return status
 
 
-def run(argv=None) -> int:
+def run(argv=None, prog: str | None = None) -> int:
     """main() with the job's error policy (core/job.py)."""
-    return run_with_error_policy(lambda: main(argv))
+    return run_with_error_policy(lambda: main(argv, prog))
 
 
 if __name__ == "__main__":

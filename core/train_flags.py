@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import sys
 
 from core import __version__
 from core.buckets import DEFAULT_BUCKET_MB
@@ -16,6 +18,7 @@ from core.data_parallel import CUDA_GRAPH_CHOICES
 from core.errors import UserError
 from core.job import check_gemm_flags
 from core.ops import GEMM_MODES
+from core.progress import PROGRESS_CHOICES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,6 +56,23 @@ def _positive_float(text):
     return value
 
 
+#: --seed's range: what every tool reading config.json and checkpoints takes as an integer
+MAX_SEED = 2**63 - 1
+
+
+def _seed(text):
+    value = _non_negative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_SEED} (2**63 - 1), "
+                                         f"got {text!r}")
+    return value
+
+
+def non_negative_seconds(text):
+    """--collective-timeout's rule (also DPMLP_COLLECTIVE_TIMEOUT's, core/job.py)."""
+    return _non_negative_float(text)
+
+
 def _non_negative_float(text):
     value = _number(text, float, "a number >= 0")
     if not value >= 0 or value == float("inf"):
@@ -60,8 +80,8 @@ def _non_negative_float(text):
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m core.train",
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog or "python -m core.train",
                 description="Data-parallel training of a two-layer MLP on MNIST.")
     _model_flags(p.add_argument_group("model and optimisation (course flags)"))
     _execution_flags(p.add_argument_group("execution"))
@@ -78,7 +98,7 @@ def _model_flags(group) -> None:
     group.add_argument("-e", "--epochs", type=_positive_int, default=10, help="epochs (10)")
     group.add_argument("-b", "--batch-size", type=_positive_int, default=100,
                        help="global minibatch size, split over ranks (100)")
-    group.add_argument("--seed", type=_non_negative_int, default=0,
+    group.add_argument("--seed", type=_seed, default=0,
                        help="seed of the initial weights (0)")
     group.add_argument("--dtype", choices=("float32", "float64"), default=None,
                        help="float32 (default) or float64 (the default with --exact)")
@@ -153,14 +173,45 @@ def _output_flags(group) -> None:
     group.add_argument("--resume", default=None, metavar="PATH",
                        help="continue from a checkpoint file or a run directory's latest "
                             "checkpoint (a run directory is also the --run-dir)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --run-dir DIR when it stopped before its first "
+                            "checkpoint (a run with checkpoints is never replaced)")
     group.add_argument("--quiet", action="store_true",
-                       help="no progress bar and no per-epoch lines (the summary stays)")
+                       help="print only the summary line and errors")
+    group.add_argument("--progress", choices=PROGRESS_CHOICES, default="auto",
+                       help="auto (a bar on a terminal, under mpirun the launcher's; else one "
+                            "line an epoch), bar, lines, none")
     group.add_argument("--version", action="version", version=f"dpmlp {__version__}")
 
 
-def parse_flags(argv=None) -> argparse.Namespace:
+#: a negative number given as a flag's value: -1, -1.5, -.5, -1e-5, -inf, -nan
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.I)
+
+
+def attach_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``-r -1e-5`` as ``-r=-1e-5``: argparse takes a value that starts with '-' for a flag
+    (and says "expected one argument"); joined, the flag's own rule judges the value."""
+    takes_value = {opt for action in parser._actions if action.nargs is None
+                   for opt in action.option_strings}
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return out + argv[i:]
+        if token in takes_value and i + 1 < len(argv) and _NEGATIVE_NUMBER.match(argv[i + 1]):
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def parse_flags(argv=None, prog: str | None = None) -> argparse.Namespace:
     """The parsed flags, --dtype's default filled in: float64 with --exact, else float32."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser(prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(attach_negative_values(parser, argv))
     if args.dtype is None:
         args.dtype = "float64" if args.exact else "float32"
     elif args.exact and args.dtype != "float64":
@@ -176,4 +227,7 @@ def check_run_flags(args: argparse.Namespace) -> None:
         args.run_dir = args.resume
     if args.checkpoint_every and not args.run_dir:
         raise UserError("--checkpoint-every: needs --run-dir DIR (where the checkpoints go)")
+    if args.overwrite and (not args.run_dir or args.resume):
+        raise UserError("--overwrite: replaces the run of --run-dir DIR, so it needs --run-dir "
+                        "and no --resume")
     check_gemm_flags(args.gemm, args.dtype)

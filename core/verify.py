@@ -66,9 +66,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from core import reference
+from core.errors import EXIT_VERIFY
 
 #: exit code of a run whose --verify failed (2 is a user error, 1 a crash)
-VERIFY_FAILED_EXIT = 4
+VERIFY_FAILED_EXIT = EXIT_VERIFY
 #: unit roundoff u of each dtype
 UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24}
 #: safety factor C of step_tolerance (see the module docstring)
@@ -244,12 +245,13 @@ class Lockstep:
         if info.epoch != self.epoch:
             self._check_epoch_complete()
             if info.epoch != self.epoch + 1 or info.index != 0:
-                self._fail_everywhere(f"verify FAILED: step {info.index} of epoch {info.epoch} "
+                self._fail_everywhere(f"verify FAILED: step {info.index + 1} of epoch "
+                                      f"{info.epoch} "
                                       f"follows epoch {self.epoch}")
             self.epoch, self.count = info.epoch, 0
-        where = f"epoch {info.epoch} step {info.index}"
+        where = f"epoch {info.epoch} step {info.index + 1}"  # 1-based, as every message
         if info.index != self.count:
-            self._fail_everywhere(f"verify FAILED at {where}: expected step {self.count}")
+            self._fail_everywhere(f"verify FAILED at {where}: expected step {self.count + 1}")
         if info.index >= len(self.plan):
             self._fail_everywhere(f"verify FAILED at {where}: an epoch of {len(self.labels)} "
                                   f"samples in batches of {self.cfg.batch_size} has only "
@@ -289,7 +291,7 @@ class Lockstep:
         self.prev = got
         self.checked += 1
         findings = compare(grad, got_grad, "gradient") + compare(updated, got, "updated")
-        where = f"epoch {info.epoch} step {info.index}"
+        where = f"epoch {info.epoch} step {info.index + 1}"  # 1-based, as every message
         for f in findings:
             if f.error > self.worst[0] or self.worst[1] is None:
                 self.worst = (f.error, f"{f.quantity} {f.name}, {where}")
@@ -297,7 +299,7 @@ class Lockstep:
         if not bad:
             return None
         fmt = ".17g" if self.dtype == "float64" else ".9g"
-        self.say(f"verify: step check at {where} (training step {info.step}, samples "
+        self.say(f"verify: step check at {where} (training step {info.step + 1}, samples "
                  f"[{start}, {start + size})), {self.dtype}, tolerance {self.tolerance:.1e}:")
         for f in findings:
             mark = "FAILED" if f in bad else "ok"

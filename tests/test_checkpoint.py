@@ -21,7 +21,8 @@ from core.model import init_params
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = {"hidden": 8, "dtype": "float32", "batch_size": 50, "lr": 0.5, "reg": 1e-5,
           "scale": "unit", "train_size": 500, "val_size": 100, "seed": 0, "ranks": 1,
-          "backend": "numpy", "comm": "single"}
+          "backend": "numpy", "comm": "single", "epochs": 5, "exact": False, "gemm": "simt"}
+SPE = 10  # steps an epoch of CONFIG: 500 / 50
 
 
 def params(hidden=8, dtype="float32", seed=0):
@@ -65,12 +66,12 @@ def test_run_dir_latest_and_pruning(tmp_path):
         ck.write_run_checkpoint(run, params(), epoch=epoch, step=step, config=CONFIG,
                                 dtype="float32", keep=2)
     names = [p.name for p in ck.list_checkpoints(run)]
-    assert names == [ck.checkpoint_name(2, 5), ck.checkpoint_name(3, 0)]
+    assert names == [ck.checkpoint_name(2, 5, SPE), ck.checkpoint_name(3, 0, SPE)]
     c = ck.load_checkpoint(run)  # a run directory means its latest
     assert (c.epoch, c.step) == (3, 0)
     # Resumed from further back: the later checkpoints of the abandoned attempt go.
     ck.write_run_checkpoint(run, params(), epoch=1, step=3, config=CONFIG, dtype="float32")
-    assert [p.name for p in ck.list_checkpoints(run)] == [ck.checkpoint_name(1, 3)]
+    assert [p.name for p in ck.list_checkpoints(run)] == [ck.checkpoint_name(1, 3, SPE)]
 
 
 def test_save_params_is_the_plain_format(tmp_path):
@@ -116,8 +117,8 @@ def test_killed_writer_leaves_old_checkpoint_and_its_temporary_is_ignored_then_r
     # The next write to that directory removes it (its writer is dead).
     ck.write_run_checkpoint(run, params(), epoch=2, step=0, config=CONFIG, dtype="float32")
     assert not temporaries[0].exists()
-    assert [p.name for p in sorted(good.parent.iterdir())] == [ck.checkpoint_name(1, 0),
-                                                               ck.checkpoint_name(2, 0)]
+    assert [p.name for p in sorted(good.parent.iterdir())] == [ck.checkpoint_name(1, 0, SPE),
+                                                               ck.checkpoint_name(2, 0, SPE)]
 
 
 def test_failed_write_keeps_old_file_and_leaves_no_temporary(tmp_path):
@@ -215,9 +216,12 @@ def test_finished_and_impossible_positions(tmp_path):
     c = ck.load_checkpoint(write(tmp_path / "c.npz", epoch=2, step=0))
     one_line_error(ck.validate_checkpoint, c, CONFIG, epochs=2, names=["already trained 2",
                                                                       "--epochs"])
-    c = ck.load_checkpoint(write(tmp_path / "d.npz", epoch=1, step=12))
-    one_line_error(ck.validate_checkpoint, c, CONFIG, epochs=5, steps_per_epoch=10,
-                   names=["step 12"])
+    c = ck.load_checkpoint(write(tmp_path / "d.npz", epoch=1, step=7))
+    one_line_error(ck.validate_checkpoint, c, CONFIG, epochs=5, steps_per_epoch=5,
+                   names=["step 7"])
+    # inconsistent with itself: caught when read (tests/test_adversarial.py has the others)
+    one_line_error(ck.load_checkpoint, write(tmp_path / "e.npz", epoch=1, step=12),
+                   names=["field step is 12", "has 10 steps"])
 
 
 # ---------------------------------------------------------------------------- pre-flight

@@ -43,6 +43,20 @@ def test_labels_name_the_config_and_what_differs(tmp_path):
     assert same[0] != same[1]
 
 
+def test_legend_names_each_run_by_its_directory_and_the_title_the_shared_config(tmp_path):
+    a = make_run(tmp_path / "a", hidden=16, lr=1.0)
+    b = make_run(tmp_path / "b", hidden=64, lr=0.5, dtype="float64")
+    c = make_run(tmp_path / "c", hidden=16, lr=1.0)
+    runs = [plot.run_summary(d) for d in (a, b)]
+    assert plot.legend_labels([a, b], runs) == ["a (H=16 lr=1.0 float32)",
+                                                "b (H=64 lr=0.5 float64)"]
+    assert plot.common_title(runs).startswith("numpy B=100 P=1 reg=1e-05")
+    # two runs of one config: told apart by their directories
+    same = [plot.run_summary(d) for d in (a, c)]
+    assert plot.legend_labels([a, c], same) == ["a", "c"]
+    assert plot.common_title(same).startswith("numpy H=16 B=100 lr=1.0 float32")
+
+
 def test_png_with_expected_size_and_labels(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib (the 'plot' extra) is not installed")
     runs = [make_run(tmp_path / "a", 16, 1.0), make_run(tmp_path / "b", 64, 0.5),
@@ -66,8 +80,26 @@ def test_png_with_expected_size_and_labels(tmp_path):
     assert out.stat().st_size > 10_000
     assert png_size(out) == (1100, 420 + 52)  # 11 x 4.2 in at 100 dpi, one legend row below
     assert seen["titles"] == ["training loss", "validation accuracy"]
-    for label in ("numpy H=16 B=100 lr=1.0", "numpy H=64 B=100 lr=0.5", "numpy H=256 B=100 lr=2.0"):
-        assert label in seen["legend"]
+    assert seen["legend"] == ["a (H=16 lr=1.0)", "b (H=64 lr=0.5)", "c (H=256 lr=2.0)"]
+
+
+@pytest.mark.parametrize("suffix, magic", [(".pdf", b"%PDF"), (".svg", b"<?xml"),
+                                           (".png", b"\x89PNG")])
+def test_output_format_follows_the_suffix(tmp_path, suffix, magic):
+    pytest.importorskip("matplotlib", reason="matplotlib (the 'plot' extra) is not installed")
+    out = tmp_path / f"curves{suffix}"
+    assert plot.main([str(make_run(tmp_path / "a")), "-o", str(out)]) == 0
+    assert out.read_bytes().startswith(magic)
+
+
+def test_unknown_output_format_is_one_line(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib (the 'plot' extra) is not installed")
+    out = tmp_path / "curves.docx"
+    assert plot.main([str(make_run(tmp_path / "a")), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dpmlp: error: -o {out}: matplotlib cannot write .docx files; use "
+                          f"one of ") and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_command_line(tmp_path):

@@ -200,9 +200,8 @@ def test_verify_every_thins_the_check(wrong_backends_env):
 @pytest.mark.parametrize("dtype,off", [("float64", "1e-9"), ("float32", "1e-3")])
 def test_wrong_sigmoid_backward_caught_at_first_step(wrong_backends_env, dtype, off):
     wrong_backends_env["DPMLP_TEST_OFF"] = off
-    proc = cli(TINY + ["--backend", "wrong-sigmoid-backward", "--dtype", dtype, "--verify"],
-               wrong_backends_env)
-    line = assert_failed(proc, "epoch 1 step 0", "gradient of W1", "worst element dW1[")
+    proc = cli(TINY + ["--backend", "wrong-sigmoid-backward", "--dtype", dtype, "--verify"], wrong_backends_env)
+    line = assert_failed(proc, "epoch 1 step 1", "gradient of W1", "worst element dW1[")
     assert re.search(r"backend \S+, reference \S+$", line), line
     # the detail block names every quantity; the output layer is right
     assert re.search(r"^verify:\s+gradient W2 .* ok ", proc.stdout, re.M), proc.stdout
@@ -212,16 +211,27 @@ def test_wrong_sigmoid_backward_caught_at_first_step(wrong_backends_env, dtype, 
 def test_gemm_dropping_last_k_caught_at_first_step(wrong_backends_env):
     proc = cli(TINY + ["--backend", "wrong-gemm-drops-last-k", "--dtype", "float64", "--verify"],
                wrong_backends_env)
-    assert_failed(proc, "epoch 1 step 0", "gradient of W2")
+    assert_failed(proc, "epoch 1 step 1", "gradient of W2")
+
+
+@pytest.mark.parametrize("dtype, off", [("float64", "1e-9"), ("float32", "1e-3")])
+def test_an_sgd_step_with_another_learning_rate_is_caught_in_the_updated_parameters(wrong_backends_env, dtype,
+                                                                                   off):
+    """The gradients are right; only the update is off. A lockstep check that compared the
+    gradients alone would pass it (issue 21: a mutant that survived the suite)."""
+    wrong_backends_env = dict(wrong_backends_env, DPMLP_TEST_OFF=off)
+    proc = cli(TINY + ["--backend", "wrong-sgd-learning-rate", "--dtype", dtype, "--verify"], wrong_backends_env)
+    line = assert_failed(proc, "epoch 1 step 1", "updated ")
+    assert "gradient of" not in line
+    assert re.search(r"updated (W1|b1|W2|b2) relative max-norm error", line), line
 
 
 def test_one_gradient_element_off_is_caught(wrong_backends_env):
     """Mutation (d) end to end: ONE element off by 1000x the tolerance. A min over elements sees
     0; relative to its parameter's max-norm the error is exactly the 1e-10 put there."""
     wrong_backends_env["DPMLP_TEST_OFF"] = "1e-10"
-    proc = cli(TINY + ["--backend", "nudged-gradient", "--dtype", "float64", "--verify"],
-               wrong_backends_env)
-    line = assert_failed(proc, "epoch 1 step 0", "gradient of")
+    proc = cli(TINY + ["--backend", "nudged-gradient", "--dtype", "float64", "--verify"], wrong_backends_env)
+    line = assert_failed(proc, "epoch 1 step 1", "gradient of")
     err = float(re.search(r"relative max-norm error (\S+)", line).group(1))
     assert err == pytest.approx(1e-10, rel=1e-3)
 
@@ -232,9 +242,8 @@ def test_error_above_tolerance_on_small_values_is_caught(wrong_backends_env):
     comparison catches it."""
     tol = verify.step_tolerance("float64", 16, 67)
     wrong_backends_env["DPMLP_TEST_OFF"] = repr(5 * tol)
-    proc = cli(TINY + ["--backend", "nudged-gradient", "--dtype", "float64", "--verify"],
-               wrong_backends_env)
-    line = assert_failed(proc, "epoch 1 step 0", "gradient of")
+    proc = cli(TINY + ["--backend", "nudged-gradient", "--dtype", "float64", "--verify"], wrong_backends_env)
+    line = assert_failed(proc, "epoch 1 step 1", "gradient of")
     m = re.search(r"relative max-norm error (\S+) > .* backend (\S+), reference (\S+)$", line)
     assert m, line
     err, got, ref = map(float, m.groups())
@@ -298,7 +307,7 @@ def test_wrong_backend_caught_under_mpirun(wrong_backends_env):
     """Rank 0 finds it; every rank stops at the same step and the job exits 4."""
     proc = cli(TINY + ["--backend", "wrong-gemm-drops-last-k", "--dtype", "float64", "--verify"],
                wrong_backends_env, ranks=3)
-    assert_failed(proc, "epoch 1 step 0", "gradient of W2")
+    assert_failed(proc, "epoch 1 step 1", "gradient of W2")
 
 
 @pytest.mark.mpi

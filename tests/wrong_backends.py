@@ -72,7 +72,17 @@ class NudgedGradient(NumpyBackend):
         p += -lr * g
 
 
+class OffLearningRate(NumpyBackend):
+    """Right gradients, but the SGD step uses the learning rate times 1 + DPMLP_TEST_OFF: only
+    the updated parameters are wrong, so a check of the gradients alone passes it."""
+
+    name = "wrong-sgd-learning-rate"
+
+    def sgd_step(self, params, grads, lr, reg=0.0, reg_ranges=()):
+        super().sgd_step(params, grads, lr * (1.0 + _off()), reg, reg_ranges)
+
+
 @hookimpl
 def register_backends(register):
-    for cls in (OffSigmoidBackward, DropLastK, NudgedGradient):
+    for cls in (OffSigmoidBackward, DropLastK, NudgedGradient, OffLearningRate):
         register(cls)

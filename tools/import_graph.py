@@ -38,6 +38,7 @@ CORE_LAYER = {
     "core.checkpoint": 2, "core.rundir": 2, "core.progress": 2, "core.threads": 2,
     "core.reference": 2, "core.exact": 2, "core.exact_math": 1,
     "core.buckets": 2, "core.placement": 2, "core.scaling": 2,
+    "core.startup": 1, "core.runlock": 2, "core.rescue": 2,
     "core.job": 3, "core.verify": 3,
     "core.train_flags": 3, "core.preflight": 3, "core.session": 3, "core.device_preflight": 3,
     "core.train": 4, "core.bench": 4, "core.plot": 4,
