@@ -25,8 +25,10 @@
 
 #include "common.cuh"
 #include "gemm.cuh"
-#include "gemm_tf32x3.cuh"
+#include "gemm_simt.cuh"
 #include "gemm_tc64.cuh"
+#include "gemm_tf32x3.cuh"
+#include "gemm_kernels.cuh"
 #include "elementwise.cuh"
 #include "reductions.cuh"
 #include "exact.cuh"
