@@ -619,14 +619,14 @@ struct WarpMmaFragment {
 
     __device__ __forceinline__ explicit WarpMmaFragment(int tid)
     {
-        const int warp = tid / 32, lane = tid % 32;
+        const int warp = tid >> 5, lane = tid & 31;
         const int wg = KG == 1 ? warp : warp % GW;  // the warp within its k-group
         g = KG == 1 ? 0 : warp / GW;
         lt = tid % GT;
         wm0 = (wg % WARPS_M) * WM;
         wn0 = (wg / WARPS_M) * WN;
-        gid = lane / 4;
-        tig = lane % 4;
+        gid = lane >> 2;
+        tig = lane & 3;
     }
 
     // the accumulators of block (i, j), as mma.sync's four C registers
