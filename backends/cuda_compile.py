@@ -77,6 +77,17 @@ def compile_options(dtype) -> tuple[str, ...]:
     return (f"-DREAL={real_ctype(dtype)}", "-ftz=true")
 
 
+def kernel_names(dtype) -> tuple[str, ...]:
+    """The kernels of the op table that the build for `dtype` defines, in the table's order: all
+    but the GEMM kernels of the other precision's tiles (gemm_plan.gemm_kernels_for). The
+    backends fetch exactly these from the compiled module."""
+    from backends import gemm_plan, op_table  # (they import this module)
+
+    elsewhere = set(gemm_plan.GEMM_KERNEL_BUILD) - set(
+        gemm_plan.gemm_kernels_for(np.dtype(dtype).name))
+    return tuple(name for name in op_table.KERNEL_NAMES if name not in elsewhere)
+
+
 def find_nvcc() -> str | None:
     """Path of nvcc: $PATH first, then $CUDA_HOME/bin, then /usr/local/cuda/bin; None if absent."""
     found = shutil.which("nvcc")
