@@ -402,29 +402,25 @@ __device__ __forceinline__ void gemm_finish(const Mma& mma, real (&acc)[Mma::FRA
 }
 
 // ------------------------------------------------------------------------------------------------
-// Pipelines: K walked slab by slab through NSTAGES shared-memory stages (SlabStages), each slab
-// multiplied by the slab multiply, then the finish. Splitting K inside the block (KG > 1) shortens
-// the chain of slabs a block walks and puts more warps on each multiprocessor: the model's
-// products are too small to fill an H100 with tiles alone, and a block walking all of K by itself
-// is bound by global-load latency, not arithmetic.
+// Pipelines: how K is walked, slab by slab, through NSTAGES shared-memory stages (SlabStages): a
+// pipeline names its Loader and walks K with it, each slab multiplied by the slab multiply;
+// gemm_mainloop around it. Splitting K inside the block (KG > 1) shortens the chain of slabs a
+// block walks and puts more warps on each multiprocessor: the model's products are too small to
+// fill an H100 with tiles alone, and a block walking all of K by itself is bound by global-load
+// latency, not arithmetic.
 // ------------------------------------------------------------------------------------------------
 
 // The shared memory of a pipeline: NSTAGES stages of As and Bs, which become the k-groups'
 // reduction buffer at the end.
-template <class Mma, int NSTAGES>
+template <class Mma_, int NSTAGES>
 struct SlabStages {
+    using Mma = Mma_;
     static constexpr int BM = Mma::BM, BN = Mma::BN, BK = Mma::BK, THREADS = Mma::THREADS;
     static constexpr int AS = BM + Mma::PAD, BS = BN + Mma::PAD;
     static constexpr int STAGE = BK * AS + BK * BS;  // one stage: As and Bs
     static constexpr int SMEM = NSTAGES * STAGE;     // reals, 16-byte aligned
     static_assert(NSTAGES >= 2, "at least double buffering");
     static_assert((Mma::KG / 2) * Mma::GT * Mma::FRAG <= SMEM, "reduction must fit in the stages");
-
-    static __device__ __forceinline__ void zero(real (&acc)[Mma::FRAG])
-    {
-#pragma unroll
-        for (int f = 0; f < Mma::FRAG; ++f) acc[f] = real(0);
-    }
 };
 
 // cp.async, STAGES slabs deep: while the block multiplies slab s, slabs s+1 .. s+STAGES-1 are in
@@ -433,20 +429,13 @@ struct SlabStages {
 template <class Mma, int STAGES>
 struct GemmMultistage : SlabStages<Mma, STAGES> {
     using S = SlabStages<Mma, STAGES>;
+    template <bool TA, bool TB, bool ONES>
+    using Loader = AsyncSlabLoader<S::BM, S::BN, S::BK, S::THREADS, TA, TB, ONES, Mma::PAD>;
 
-    // smem: S::SMEM reals of shared memory, declared by the tile (so that one kernel can choose
-    // between configurations at run time on one buffer)
-    template <bool TA, bool TB, bool ONES, class Epi>
-    static __device__ __forceinline__ void run(real* smem, GEMM_CORE_ARGS, const Epi& epi)
+    template <class L>
+    static __device__ __forceinline__ void walk(L& slab, const Mma& mma, real (&acc)[Mma::FRAG],
+                                                real* smem, int K)
     {
-        const Mma mma(threadIdx.x);
-        const int m0 = blockIdx.x * S::BM;
-        const int n0 = blockIdx.y * S::BN;
-        AsyncSlabLoader<S::BM, S::BN, S::BK, S::THREADS, TA, TB, ONES, Mma::PAD> slab(
-            A, B, M, N, K, lda, ldb, m0, n0, threadIdx.x);
-        real acc[Mma::FRAG];
-        S::zero(acc);
-
         const unsigned sbase = shared_addr(smem);
         const int nslabs = (K + S::BK - 1) / S::BK;
         // Prologue: slabs 0 .. STAGES-2 in flight. One commit per slab (empty groups past the
@@ -471,7 +460,6 @@ struct GemmMultistage : SlabStages<Mma, STAGES> {
         }
         copy_wait<0>();  // only empty groups can remain
         if (Mma::KG > 1) __syncthreads();  // the stages become the reduction buffer
-        gemm_finish(mma, acc, smem, C, M, N, ldc, m0, n0, epi);
     }
 };
 
@@ -482,47 +470,61 @@ struct GemmMultistage : SlabStages<Mma, STAGES> {
 template <class Mma>
 struct GemmRegisterStaged : SlabStages<Mma, 2> {
     using S = SlabStages<Mma, 2>;
+    template <bool TA, bool TB, bool ONES>
+    using Loader = SlabLoader<S::BM, S::BN, S::BK, S::THREADS, TA, TB, ONES, Mma::PAD>;
 
-    template <bool TA, bool TB, bool ONES, class Epi>
-    static __device__ __forceinline__ void run(real* smem, GEMM_CORE_ARGS, const Epi& epi)
+    template <class L>
+    static __device__ __forceinline__ void walk(L& slab, const Mma& mma, real (&acc)[Mma::FRAG],
+                                                real* smem, int K)
     {
-        const Mma mma(threadIdx.x);
-        const int m0 = blockIdx.x * S::BM;
-        const int n0 = blockIdx.y * S::BN;
-        SlabLoader<S::BM, S::BN, S::BK, S::THREADS, TA, TB, ONES, Mma::PAD> slab(
-            A, B, M, N, K, lda, ldb, m0, n0, threadIdx.x);
-        real acc[Mma::FRAG];
-        S::zero(acc);
-
         const int nslabs = (K + S::BK - 1) / S::BK;
-        if (nslabs > 0) {
-            slab.load();
-            slab.store(smem, smem + S::BK * S::AS);
-            __syncthreads();
-            for (int s = 0; s < nslabs; ++s) {
-                const int cur = s & 1;
-                if (s + 1 < nslabs) slab.load();  // in flight during the multiply below
-                const real* As = smem + cur * S::STAGE;
-                mma.multiply(acc, As, As + S::BK * S::AS);
-                // The other buffer was last read in slab s-1, and every thread passed the barrier
-                // that ended slab s-1 before getting here: it is free to overwrite.
-                if (s + 1 < nslabs) {
-                    real* nxt = smem + (cur ^ 1) * S::STAGE;
-                    slab.store(nxt, nxt + S::BK * S::AS);
-                }
-                __syncthreads();
+        if (nslabs == 0) return;
+        slab.load();
+        slab.store(smem, smem + S::BK * S::AS);
+        __syncthreads();
+        for (int s = 0; s < nslabs; ++s) {
+            const int cur = s & 1;
+            if (s + 1 < nslabs) slab.load();  // in flight during the multiply below
+            const real* As = smem + cur * S::STAGE;
+            mma.multiply(acc, As, As + S::BK * S::AS);
+            // The other buffer was last read in slab s-1, and every thread passed the barrier
+            // that ended slab s-1 before getting here: it is free to overwrite.
+            if (s + 1 < nslabs) {
+                real* nxt = smem + (cur ^ 1) * S::STAGE;
+                slab.store(nxt, nxt + S::BK * S::AS);
             }
+            __syncthreads();  // (the last one: the buffers become the reduction buffer)
         }
-        gemm_finish(mma, acc, smem, C, M, N, ldc, m0, n0, epi);
     }
 };
+
+// The mainloop of every GEMM block: the thread's fragment of the block's tile (the pipeline's
+// slab multiply) and accumulators, the pipeline's loader over op(A) and op(B), K walked slab by
+// slab, then the finish through the epilogue. smem: Pipeline::SMEM reals of shared memory,
+// declared by the tile (so that one kernel can choose between configurations at run time on one
+// buffer).
+template <class Pipeline, bool TA, bool TB, bool ONES, class Epi>
+__device__ __forceinline__ void gemm_mainloop(real* smem, GEMM_CORE_ARGS, const Epi& epi)
+{
+    using Mma = typename Pipeline::Mma;
+    const Mma mma(threadIdx.x);
+    const int m0 = blockIdx.x * Pipeline::BM;
+    const int n0 = blockIdx.y * Pipeline::BN;
+    typename Pipeline::template Loader<TA, TB, ONES> slab(A, B, M, N, K, lda, ldb, m0, n0,
+                                                          threadIdx.x);
+    real acc[Mma::FRAG];
+#pragma unroll
+    for (int f = 0; f < Mma::FRAG; ++f) acc[f] = real(0);
+    Pipeline::walk(slab, mma, acc, smem, K);
+    gemm_finish(mma, acc, smem, C, M, N, ldc, m0, n0, epi);
+}
 
 // ------------------------------------------------------------------------------------------------
 // Tiles: what a kernel runs (gemm_kernels.cuh): run(GEMM_CORE_ARGS, depth, epi) computes the
 // block's tile of C; `depth` is the K that chooses a configuration (a split block's: its chunk).
 // ------------------------------------------------------------------------------------------------
 
-// One configuration (a pipeline over a slab multiply), with its launch bounds.
+// One configuration (a pipeline over a slab multiply: gemm_mainloop), with its launch bounds.
 template <class Pipeline, int MIN_BLOCKS_>
 struct GemmTileOf {
     static constexpr int BM = Pipeline::BM, BN = Pipeline::BN, THREADS = Pipeline::THREADS;
@@ -533,7 +535,7 @@ struct GemmTileOf {
     {
         (void)depth;
         __shared__ __align__(16) real smem[Pipeline::SMEM];
-        Pipeline::template run<TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
+        gemm_mainloop<Pipeline, TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
     }
 };
 
@@ -551,9 +553,9 @@ struct GemmTileByDepth {
     {
         __shared__ __align__(16) real smem[Short::SMEM > Deep::SMEM ? Short::SMEM : Deep::SMEM];
         if (depth > DEEP_K)
-            Deep::template run<TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
+            gemm_mainloop<Deep, TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
         else
-            Short::template run<TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
+            gemm_mainloop<Short, TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
     }
 };
 

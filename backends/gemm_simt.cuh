@@ -6,30 +6,25 @@
 #include "common.cuh"
 #include "gemm.cuh"
 
-// Load N consecutive reals from 16-byte aligned shared memory with 128-bit loads (LDS.128): one
-// instruction instead of four keeps the GEMM inner loop issue-bound on FMAs, not on loads.
-template <int N>
-__device__ __forceinline__ void lds_vec(const float* p, float* r)
+// Four consecutive reals of 16-byte aligned shared memory in 128-bit loads (LDS.128): one
+// instruction instead of four (float) or two instead of four (double) keeps the GEMM inner loop
+// issue-bound on FMAs, not on loads.
+__device__ __forceinline__ void lds4(const float* p, float* r)
 {
-#pragma unroll
-    for (int q = 0; q < N / 4; ++q) {
-        const float4 v = reinterpret_cast<const float4*>(p)[q];
-        r[4 * q + 0] = v.x;
-        r[4 * q + 1] = v.y;
-        r[4 * q + 2] = v.z;
-        r[4 * q + 3] = v.w;
-    }
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    r[0] = v.x;
+    r[1] = v.y;
+    r[2] = v.z;
+    r[3] = v.w;
 }
-
-template <int N>
-__device__ __forceinline__ void lds_vec(const double* p, double* r)
+__device__ __forceinline__ void lds4(const double* p, double* r)
 {
-#pragma unroll
-    for (int q = 0; q < N / 2; ++q) {
-        const double2 v = reinterpret_cast<const double2*>(p)[q];
-        r[2 * q + 0] = v.x;
-        r[2 * q + 1] = v.y;
-    }
+    const double2 lo = reinterpret_cast<const double2*>(p)[0];
+    const double2 hi = reinterpret_cast<const double2*>(p)[1];
+    r[0] = lo.x;
+    r[1] = lo.y;
+    r[2] = hi.x;
+    r[3] = hi.y;
 }
 
 // The SIMT slab multiply (gemm.cuh's Mma): a BM x BN tile computed by KG groups of
@@ -78,10 +73,10 @@ struct SimtFma {
             real a_frag[TM], b_frag[TN];
 #pragma unroll
             for (int gr = 0; gr < RG; ++gr)
-                lds_vec<4>(As + kk * AS + gr * RSPAN + tx * 4, a_frag + 4 * gr);
+                lds4(As + kk * AS + gr * RSPAN + tx * 4, a_frag + 4 * gr);
 #pragma unroll
             for (int gc = 0; gc < CG; ++gc)
-                lds_vec<4>(Bs + kk * BS + gc * CSPAN + ty * 4, b_frag + 4 * gc);
+                lds4(Bs + kk * BS + gc * CSPAN + ty * 4, b_frag + 4 * gc);
 #pragma unroll
             for (int i = 0; i < TM; ++i)
 #pragma unroll
