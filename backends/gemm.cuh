@@ -14,8 +14,9 @@
 //                 an epilogue (EpiScale, EpiBiasSigmoid, EpiSigmoidBackward) or, split over K
 //                 across blocks, through the last-block ticket of common.cuh (SplitK).
 //
-// A tile (GemmTileOf, GemmTileByDepth) is a pipeline over a slab multiply and its launch bounds;
-// backends/gemm_kernels.cuh turns each row of its table into the tile's kernels. Every
+// gemm_mainloop composes them for one block; a tile (GemmTileOf, GemmTileByDepth) is a pipeline
+// over a slab multiply with its launch bounds, and backends/gemm_kernels.cuh turns each row of its
+// table into the tile's kernels (entries gemm_tile, gemm_tile_split). Every
 // element's sum is a fixed sequence of FMAs or mma instructions and adds, fixed by the tile alone
 // (no atomics): reruns, graph replays and the two backends agree bit for bit.
 //
@@ -24,7 +25,7 @@
 //   KG, GT         k-groups (each multiplies its share of every slab) and threads per k-group;
 //                  THREADS = KG * GT
 //   g, lt          the thread's k-group and its index in it
-//   FRAG           the reals of the thread's partial tile acc[FRAG] (the pipeline's registers):
+//   FRAG           the reals of the thread's partial tile acc[FRAG] (registers gemm_mainloop holds)
 //   ROWS, COLS     element at(r, c) is row r and column c of the thread's fragment, at row
 //                  row(m0, r) and column col(n0, c) of the tile at m0, n0
 //   Mma(tid)       the thread's coordinates;   multiply(acc, As, Bs): acc += its part of a slab
