@@ -25,8 +25,8 @@ import numpy as np
 SOURCE_DIR = Path(__file__).parent
 KERNELS_CU = SOURCE_DIR / "kernels.cu"
 #: the headers kernels.cu is made of, in the order it includes them
-HEADERS = ("common.cuh", "gemm.cuh", "gemm_tf32x3.cuh", "gemm_tc64.cuh", "elementwise.cuh",
-           "reductions.cuh", "exact.cuh")
+HEADERS = ("common.cuh", "gemm.cuh", "gemm_simt.cuh", "gemm_tc64.cuh", "gemm_tf32x3.cuh",
+           "gemm_kernels.cuh", "elementwise.cuh", "reductions.cuh", "exact.cuh")
 
 #: C type that -DREAL names for each supported dtype
 REAL_CTYPE = {"float32": "float", "float64": "double"}
@@ -75,6 +75,17 @@ def compile_options(dtype) -> tuple[str, ...]:
     NVRTC and which cannot be turned off there (cupy/cupy#9576); nvcc gets it too, so that both
     builds compute the same bits."""
     return (f"-DREAL={real_ctype(dtype)}", "-ftz=true")
+
+
+def kernel_names(dtype) -> tuple[str, ...]:
+    """The kernels of the op table that the build for `dtype` defines, in the table's order: all
+    but the GEMM kernels of the other precision's tiles (gemm_plan.gemm_kernels_for). The
+    backends fetch exactly these from the compiled module."""
+    from backends import gemm_plan, op_table  # (they import this module)
+
+    elsewhere = set(gemm_plan.GEMM_KERNEL_BUILD) - set(
+        gemm_plan.gemm_kernels_for(np.dtype(dtype).name))
+    return tuple(name for name in op_table.KERNEL_NAMES if name not in elsewhere)
 
 
 def find_nvcc() -> str | None:

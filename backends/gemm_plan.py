@@ -1,5 +1,6 @@
-"""GEMM launch planning for the GPU backends: the tiles of backends/gemm.cuh, which tile an
-M x N x K product gets, and the whole launch (kernel, grid, block, sizes) of one call's shapes.
+"""GEMM launch planning for the GPU backends: the tiles and kernels of backends/gemm_kernels.cuh
+(read from its table), which tile an M x N x K product gets, and the whole launch (kernel, grid,
+block, sizes) of one call's shapes.
 
 Pure Python: importing this module never touches a GPU library. The GEMM is the one op whose launch
 is chosen per shape rather than computed from the operand sizes alone, so it is planned here once
@@ -10,12 +11,99 @@ the op table; it still has its entry there (backends/op_table.py: signature, ref
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+
+from backends.cuda_compile import REAL_CTYPE, SOURCE_DIR
+
+
+# ------------------------------------------------------------------------ the kernel table
+# backends/gemm_kernels.cuh defines the GEMM kernels from one table, GEMM_TILE_TABLE: a row per tile
+# (its name, the build that has its kernels, its tile of C and threads, and whether it has the
+# short-K and split-K kernel families), each family a macro of one GEMM_KERNEL line a kernel. This
+# module reads that table: the tiles, their geometry and every kernel name below come from it, so
+# the planner names exactly the kernels the builds define (tests/test_cuda_compile.py checks the
+# compiled builds against it).
+
+GEMM_KERNELS_CUH = SOURCE_DIR / "gemm_kernels.cuh"
+
+_TABLE = re.compile(r"#define GEMM_TILE_TABLE\(X\)((?:[^\n]*\\\n)*[^\n]*)")
+_ROW = re.compile(r"X\(\s*(\w+),\s*(\w+),\s*(\d+),\s*(\d+),\s*(\d+),\s*([01]),\s*([01])\s*\)")
+_FAMILY = re.compile(r"#define GEMM_(\w+)_KERNELS\(tile\)((?:[^\n]*\\\n)*[^\n]*)")
+_KERNEL = re.compile(r"GEMM_KERNEL\(tile, (\w+), \w+, \w+, (\w*), (\w+),")
 
 
 @dataclass(frozen=True)
+class GemmTileRow:
+    """A row of GEMM_TILE_TABLE: a block of `threads` threads computes bm x bn of C."""
+
+    tile: str
+    #: the build with its kernels: "any", or the C type of -DREAL ("float", "double")
+    build: str
+    bm: int
+    bn: int
+    threads: int
+    #: its kernel families (GEMM_<FAMILY>_KERNELS): "base", then "short_k", "split" where it has them
+    families: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GemmKernelLine:
+    """A GEMM_KERNEL line of a family: the kernel gemm_<tile>_<ops><suffix>(<args>)."""
+
+    ops: str
+    suffix: str
+    #: the C macro of its parameters (GEMM<SUFFIX>_ARGS)
+    args: str
+
+
+def read_kernel_table(text: str) -> tuple[dict[str, GemmTileRow],
+                                          dict[str, tuple[GemmKernelLine, ...]]]:
+    """The rows of gemm_kernels.cuh's GEMM_TILE_TABLE by tile, and each kernel family's lines."""
+    table = _TABLE.search(text)
+    if table is None:
+        raise ValueError("no GEMM_TILE_TABLE(X) in gemm_kernels.cuh")
+    rows = {}
+    for tile, build, bm, bn, threads, short_k, split in _ROW.findall(table.group(1)):
+        families = ("base",) + (("short_k",) if short_k == "1" else ()) + (
+            ("split",) if split == "1" else ())
+        rows[tile] = GemmTileRow(tile, build, int(bm), int(bn), int(threads), families)
+    families = {name.lower(): tuple(GemmKernelLine(*line) for line in _KERNEL.findall(body))
+                for name, body in _FAMILY.findall(text)}
+    return rows, families
+
+
+GEMM_TILE_TABLE, GEMM_KERNEL_FAMILIES = read_kernel_table(
+    GEMM_KERNELS_CUH.read_text(encoding="utf-8"))
+
+
+def gemm_kernel_name(tile: str, trans_a: bool, trans_b: bool) -> str:
+    return f"gemm_{tile}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
+
+
+def tile_kernels(tile: str) -> tuple[str, ...]:
+    """Every kernel gemm_kernels.cuh defines for `tile`, family by family."""
+    return tuple(f"gemm_{tile}_{line.ops}{line.suffix}"
+                 for family in GEMM_TILE_TABLE[tile].families
+                 for line in GEMM_KERNEL_FAMILIES[family])
+
+
+#: every GEMM kernel of the table -> the build that has it ("any", "float", "double")
+GEMM_KERNEL_BUILD: dict[str, str] = {kernel: row.build for row in GEMM_TILE_TABLE.values()
+                                     for kernel in tile_kernels(row.tile)}
+
+
+def gemm_kernels_for(dtype_name: str) -> tuple[str, ...]:
+    """The GEMM kernels of the float32 or float64 build (no other is compiled there: each is one
+    the planner can launch in that build)."""
+    ctype = REAL_CTYPE[dtype_name]
+    return tuple(k for k, build in GEMM_KERNEL_BUILD.items() if build in ("any", ctype))
+
+
+# ------------------------------------------------------------------------ tiles
+@dataclass(frozen=True)
 class GemmTile:
-    """One GEMM tile shape of gemm.cuh: a block computes bm x bn of C with `threads` threads."""
+    """A GEMM tile the planner picks: a block computes bm x bn of C with `threads` threads."""
 
     name: str
     bm: int
@@ -25,19 +113,29 @@ class GemmTile:
     efficiency: float
 
 
-GEMM_TILES = {
-    "t128": GemmTile("t128", 128, 128, 256, 1.0),  # 8 x 8 per thread
-    "t64": GemmTile("t64", 64, 64, 256, 0.85),     # 8 x 8 per thread, K split over 4 groups (float)
-    "s16": GemmTile("s16", 16, 16, 256, 0.5),      # 4 x 4 per thread, K split over 16 groups
-    # float64 on the FP64 tensor cores (gemm_tc64.cuh): warps of 32 x 32 mma.sync blocks, 4 or 8
-    "tc64": GemmTile("tc64", 64, 64, 128, 1.0),
-    "tc128": GemmTile("tc128", 128, 64, 256, 1.0),
-}
+# ------------------------------------------------------------------------ GEMM modes (--gemm)
+# simt: the FP32/FP64 FMA kernels (the default; gemm_simt.cuh), and in float64 on sm_80+ the FP64
+# tensor-core tiles (gemm_tc64.cuh). tf32x3 (float32 only, sm_80+): the tensor-core twins of
+# gemm_tf32x3.cuh, with the error-compensated three-product split. Each SIMT tile has a twin of the
+# same size and threads (GEMM_X3_TILE), so the planner picks the SIMT tile and names its twin; no
+# split-K kernels.
+GEMM_MODES = ("simt", "tf32x3")
+GEMM_X3_TILE = {"t128": "x128", "t64": "x64", "s16": "x16"}
+#: the least compute capability with the TF32 mma and cvt.rna.tf32 instructions
+GEMM_X3_MIN_CAPABILITY = (8, 0)
+
+#: the relative efficiency of each tile the planner picks: t128 8 x 8 per thread; t64 8 x 8 per
+#: thread, K split over 4 groups (float); s16 4 x 4 per thread, K split over 16 groups; tc64, tc128
+#: float64 on the FP64 tensor cores, warps of 32 x 32 mma.sync blocks (4 or 8)
+_EFFICIENCY = {"t128": 1.0, "t64": 0.85, "s16": 0.5, "tc64": 1.0, "tc128": 1.0}
+#: the tiles the planner picks (every row of the table but the TF32x3 twins), geometry from it
+GEMM_TILES = {row.tile: GemmTile(row.tile, row.bm, row.bn, row.threads, _EFFICIENCY[row.tile])
+              for row in GEMM_TILE_TABLE.values() if row.tile not in GEMM_X3_TILE.values()}
 
 #: the tiles that run on the FP64 tensor cores: picked only where plan_gemm's `tc64` says the
 #: build and device have them (float64, compute capability >= TC64_MIN_CAPABILITY); a forced one
 #: runs as TC64_FALLBACK elsewhere
-TC64_TILES = ("tc64", "tc128")
+TC64_TILES = tuple(t for t in GEMM_TILES if GEMM_TILE_TABLE[t].build == "double")
 #: tc128 (a third fewer slab loads per multiply-add than tc64, half the blocks) once its tiles give
 #: every multiprocessor this many blocks (its residency: two by registers); tc64 below
 TC128_MIN_BLOCKS_PER_SM = 2
@@ -46,8 +144,8 @@ TC64_MIN_CAPABILITY = (8, 0)
 
 
 def tc64_eligible(dtype_name: str, capability: tuple[int, int]) -> bool:
-    """Whether the tc64 tile's tensor-core path runs: a float64 build on an sm_80+ device (mma.sync
-    .f64); the kernels of other builds compute the tile with FMAs, and are never picked."""
+    """Whether the tensor-core tiles (TC64_TILES) run: a float64 build (the only one with their
+    kernels) on an sm_80+ device (mma.sync .f64; below, their mma traps and they are never picked)."""
     return dtype_name == "float64" and tuple(capability) >= TC64_MIN_CAPABILITY
 
 #: the skinny split-K tile is used for at most this many rows of C (the 10-class layer)
@@ -55,34 +153,19 @@ SKINNY_MAX_M = 16
 #: at most this deep a product is all epilogue (da1 = W2^T diff has K = 10): more, smaller tiles
 SHORT_K = 64
 
-#: the transpose pairs, as they appear in the kernel names (n = as is, t = transposed)
-GEMM_OPS = ("nn", "nt", "tn", "tt")
+#: the transpose pairs, as they appear in the kernel names (n = as is, t = transposed): the plain
+#: GEMM's, every tile has a kernel for each
+GEMM_OPS = tuple(line.ops for line in GEMM_KERNEL_FAMILIES["base"] if not line.suffix)
 
-#: parameters of every gemm_* kernel (DEFINE_GEMM's GEMM_ARGS): kind:name, kinds as in op_table
+#: parameters of every gemm_* kernel (GEMM_ARGS): kind:name, kinds as in op_table
 GEMM_PARAMS = "M:a, M:b, M:c, i:m, i:n, i:k, i:lda, i:ldb, i:ldc, r:alpha, r:beta"
 #: positions of the sizes in GEMM_PARAMS (m, n, k, lda, ldb, ldc): a plan fixes them
 GEMM_SIZE_POSITIONS = range(3, 9)
 
-
-def gemm_kernel_name(tile: str, trans_a: bool, trans_b: bool) -> str:
-    return f"gemm_{tile}_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
-
-
-#: every GEMM kernel gemm.cuh defines (DEFINE_GEMM), one per tile and transpose pair
+#: the plain GEMM's kernels of the planner's tiles, one per tile and transpose pair
 GEMM_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(t, ops[0] == "t", ops[1] == "t")
                                       for t in GEMM_TILES for ops in GEMM_OPS)
-
-# ------------------------------------------------------------------------ GEMM modes (--gemm)
-# simt: the FP32/FP64 FMA kernels above (the default: every kernel and bit as before).
-# tf32x3 (float32 only, sm_80+): the tensor-core twins of gemm_tf32x3.cuh, with the
-# error-compensated three-product split. Each SIMT tile has a twin of the same size and threads
-# (GEMM_X3_TILE), so the planner picks the SIMT tile and names its twin; no split-K kernels.
-GEMM_MODES = ("simt", "tf32x3")
-GEMM_X3_TILE = {"t128": "x128", "t64": "x64", "s16": "x16"}
-#: the least compute capability with the TF32 mma and cvt.rna.tf32 instructions
-GEMM_X3_MIN_CAPABILITY = (8, 0)
-
-#: the plain GEMM's TF32x3 kernels (DEFINE_GEMM in gemm_tf32x3.cuh), one per tile and pair
+#: the plain GEMM's TF32x3 kernels (--gemm tf32x3), one per tile and pair
 GEMM_X3_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(GEMM_X3_TILE[t], ops[0] == "t",
                                                           ops[1] == "t")
                                          for t in GEMM_X3_TILE for ops in GEMM_OPS)
@@ -95,8 +178,9 @@ GEMM_X3_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(GEMM_X3_TILE[t], ops[0
 # SplitK). Kernels: the tile's kernel name + "_split", two parameters more (the workspaces).
 
 #: the tiles with split kernels, and the transpose pairs of the plain GEMM's split kernels
-GEMM_SPLIT_TILES = ("t64", "s16", "tc64")
-GEMM_SPLIT_OPS = ("nn", "nt")
+GEMM_SPLIT_TILES = tuple(t for t in GEMM_TILES if "split" in GEMM_TILE_TABLE[t].families)
+GEMM_SPLIT_OPS = tuple(line.ops for line in GEMM_KERNEL_FAMILIES["split"]
+                       if line.suffix == "_split")
 #: reals of one workspace slot (64 x 64, t64's and tc64's tile; an s16 partial takes a sixteenth)
 GEMM_SPLIT_TILE_ELEMS = 64 * 64
 #: workspace capacity, fixed (CudaBackend._start allocates it before any capture): partial-tile
@@ -125,7 +209,7 @@ def gemm_split_kernel_name(tile: str, trans_a: bool, trans_b: bool) -> str:
     return gemm_kernel_name(tile, trans_a, trans_b) + "_split"
 
 
-#: the plain GEMM's split kernels (DEFINE_GEMM_SPLIT)
+#: the plain GEMM's split kernels
 GEMM_SPLIT_KERNELS: tuple[str, ...] = tuple(
     gemm_split_kernel_name(t, ops[0] == "t", ops[1] == "t")
     for t in GEMM_SPLIT_TILES for ops in GEMM_SPLIT_OPS)
@@ -175,8 +259,8 @@ def pick_gemm_split(tile: str, m: int, n: int, k: int, num_sms: int) -> int:
 
 @dataclass(frozen=True)
 class GemmVariant:
-    """A fused GEMM (core.ops FUSED_OPS): the GEMM tiles with an epilogue of gemm.cuh
-    (DEFINE_GEMM_<VARIANT>), instantiated for one transpose pair and some tiles only."""
+    """A fused GEMM (core.ops FUSED_OPS): the GEMM tiles with an epilogue (gemm_kernels.cuh's
+    families), for one transpose pair and the tiles that have its kernels."""
 
     #: the fused op of core.ops.Backend
     op: str
@@ -184,7 +268,7 @@ class GemmVariant:
     suffix: str
     #: the transpose pair ("nn", "tn", "nt")
     ops: str
-    #: the tiles gemm.cuh instantiates; a pick outside them becomes `fallback`
+    #: the planner's tiles with its kernel; a pick outside them becomes `fallback`
     tiles: tuple[str, ...]
     fallback: str
     #: the kernel's parameters (GEMM_<VARIANT>_ARGS), kinds as in op_table, operands named as the
@@ -192,7 +276,7 @@ class GemmVariant:
     params: str
     #: True: op(B) gets a virtual last column of ones, C one column more than op(B) (bias gradient)
     ones: bool = False
-    #: the tiles with a split-K kernel (DEFINE_GEMM_<VARIANT>_SPLIT)
+    #: the tiles with a split-K kernel (gemm_<tile>_<ops>_<suffix>_split)
     split_tiles: tuple[str, ...] = ()
 
     def kernel(self, tile: str, split: bool = False) -> str:
@@ -217,20 +301,26 @@ class GemmVariant:
         return tuple(self.kernel(t, split=True) for t in self.split_tiles)
 
 
+def _variant(op: str, suffix: str, ops: str, params: str, ones: bool = False) -> GemmVariant:
+    """The fused GEMM whose kernels are gemm_<tile>_<ops>_<suffix>[_split]: its tiles are the
+    planner's tiles that have them in the table, falling back to t64."""
+    has = GEMM_KERNEL_BUILD.__contains__
+    tiles = tuple(t for t in GEMM_TILES if has(f"gemm_{t}_{ops}_{suffix}"))
+    split = tuple(t for t in tiles if has(f"gemm_{t}_{ops}_{suffix}_split"))
+    return GemmVariant(op, suffix, ops, tiles, "t64", params, ones, split)
+
+
 #: parameters every fused GEMM kernel starts with (GEMM_CORE_ARGS): C is the op's `out`
 GEMM_CORE_PARAMS = "M:a, M:b, M:out, i:m, i:n, i:k, i:lda, i:ldb, i:ldc"
 
 #: the fused GEMMs by op name. da1 = W2^T diff has K = 10, which pick_gemm_tile never gives t128:
-#: its variant has t64 and s16 only (a forced or deep-K t128 pick runs as t64).
+#: its variant (the table's short_k family) has t64, s16 and tc64 only (a forced or deep-K t128
+#: pick runs as t64).
 GEMM_VARIANTS: dict[str, GemmVariant] = {v.op: v for v in (
-    GemmVariant("gemm_bias_sigmoid", "bias_sigmoid", "nn",
-                ("t128", "t64", "s16", "tc64", "tc128"), "t64",
-                GEMM_CORE_PARAMS + ", R:bias", split_tiles=("t64", "s16", "tc64")),
-    GemmVariant("gemm_sigmoid_backward", "sigmoid_backward", "tn", ("t64", "s16", "tc64"), "t64",
-                GEMM_CORE_PARAMS + ", M:act, i:ld_act"),
-    GemmVariant("gemm_with_bias_grad", "bias_grad", "nt",
-                ("t128", "t64", "s16", "tc64", "tc128"), "t64",
-                GEMM_CORE_PARAMS, ones=True, split_tiles=("t64", "s16", "tc64")),
+    _variant("gemm_bias_sigmoid", "bias_sigmoid", "nn", GEMM_CORE_PARAMS + ", R:bias"),
+    _variant("gemm_sigmoid_backward", "sigmoid_backward", "tn",
+             GEMM_CORE_PARAMS + ", M:act, i:ld_act"),
+    _variant("gemm_with_bias_grad", "bias_grad", "nt", GEMM_CORE_PARAMS, ones=True),
 )}
 
 

@@ -20,13 +20,21 @@
 // Reductions are deterministic (fixed order, no floating-point atomics), so two runs of the same
 // step give bit-identical results.
 //
+// The GEMM kernels come from one table (gemm_kernels.cuh's GEMM_TILE_TABLE, which
+// backends/gemm_plan.py reads): each tile's kernels, in the build of its precision only (the FP64
+// tensor-core tiles in the double build, the TF32x3 ones in the float build). They all run the one
+// mainloop of gemm.cuh (loader, pipeline, finish, epilogues) over a slab multiply: gemm_simt.cuh
+// (FMAs), gemm_tc64.cuh (FP64 mma), gemm_tf32x3.cuh (TF32x3 mma).
+//
 // Each kernel has one entry in backends/op_table.py (its parameters, launch geometry, the op it
-// serves); tests/test_op_table.py checks that the two agree.
+// serves); tests/test_cuda_compile.py checks that the two agree, build by build.
 
 #include "common.cuh"
 #include "gemm.cuh"
-#include "gemm_tf32x3.cuh"
+#include "gemm_simt.cuh"
 #include "gemm_tc64.cuh"
+#include "gemm_tf32x3.cuh"
+#include "gemm_kernels.cuh"
 #include "elementwise.cuh"
 #include "reductions.cuh"
 #include "exact.cuh"

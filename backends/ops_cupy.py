@@ -37,7 +37,7 @@ def _kernels_for(dtype: np.dtype, device: int):
             # returns the cupy.cuda.Function, whose call takes the stream explicitly: no
             # `with stream:` (and its bookkeeping) around every launch.
             _KERNELS[key] = {name: module.get_function(name).kernel
-                             for name in op_table.KERNEL_NAMES}
+                             for name in cuda_compile.kernel_names(dtype)}
     return _KERNELS[key]
 
 

@@ -90,9 +90,9 @@ def _kernels_for(dtype: np.dtype, device: int):
         module = SourceModule(cuda_compile.read_source(), nvcc=cuda_compile.find_nvcc() or "nvcc",
                               options=list(cuda_compile.compile_options(dtype)), no_extern_c=True)
         kernels = {}
-        for name, signature in op_table.KERNEL_SIGNATURES.items():
+        for name in cuda_compile.kernel_names(dtype):
             func = module.get_function(name)
-            func.prepare(op_table.pycuda_format(signature, dtype))
+            func.prepare(op_table.pycuda_format(op_table.KERNEL_SIGNATURES[name], dtype))
             kernels[name] = func
         kernels["_module"] = module  # keeps the module loaded while the functions live
         _KERNELS[key] = kernels
@@ -195,7 +195,8 @@ class PycudaBackend(CudaBackend):
         self._dev = cuda.Device(self.device_index)
         self._stream = cuda.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit sync with stream 0
         self._fns = _kernels_for(self.dtype, self.device_index)
-        self._start({name: self._fns[name].prepared_async_call for name in op_table.KERNEL_NAMES},
+        self._start({name: self._fns[name].prepared_async_call
+                     for name in cuda_compile.kernel_names(self.dtype)},
                     int(self._dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)),
                     tuple(self._dev.compute_capability()))
 

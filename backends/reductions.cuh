@@ -124,12 +124,10 @@ extern "C" __global__ void count_correct(const real* __restrict__ scores,
 // (column, class) finishes: softmax, diff (coalesced: a group's diff columns are contiguous) and,
 // for class 0, the column's loss. Thread 0 adds the block's column losses in column order.
 //
-// The loss over blocks, deterministically and without float atomics: each block writes its sum to
-// partials[blockIdx.x]; the LAST block to finish (an integer ticket, taken after a __threadfence)
+// The loss over blocks, deterministically and without float atomics (common.cuh's last-block
+// ticket): each block writes its sum to partials[blockIdx.x]; the last block to take the ticket
 // adds the partials in block order with block_sum (an order fixed by the grid size alone), adds
-// that to nll_acc[0] and resets the ticket to 0 for the next launch. The result depends only on
-// the operands and the launch shape: reruns, CUDA graph replays, cupy and pycuda give the same
-// bits.
+// that to nll_acc[0] and resets the ticket for the next launch.
 //
 // The host launches OL_THREADS threads and at most OL_MAX_BLOCKS blocks (the partials' slots),
 // never for zero columns, and only with 1 <= classes <= OL_MAX_CLASSES (backends/op_table.py has
@@ -144,6 +142,20 @@ extern "C" __global__ void count_correct(const real* __restrict__ scores,
 #define OL_MAX_CLASSES 10
 #define OL_MAX_BLOCKS 1024
 #define OL_SUMS (OL_COLS * OL_MAX_CLASSES)  // dot products per thread: a multiple of 8
+
+// A halving stage of output_layer's butterfly over a warp: of its 2 * HALF values v, the lane
+// keeps the half that its lane bit BIT (`upper`) selects and adds its partner's (lane ^ BIT) copy
+// of it.
+template <int HALF, int BIT>
+__device__ __forceinline__ void butterfly_halve(real* v, bool upper)
+{
+#pragma unroll
+    for (int i = 0; i < HALF; ++i) {
+        const real send = upper ? v[i] : v[i + HALF];
+        const real keep = upper ? v[i + HALF] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, BIT);
+    }
+}
 extern "C" __global__ void __launch_bounds__(OL_THREADS, 2)
     output_layer(const real* __restrict__ w2, const real* __restrict__ b2,
                  const real* __restrict__ a1, const int* __restrict__ labels,
@@ -154,7 +166,6 @@ extern "C" __global__ void __launch_bounds__(OL_THREADS, 2)
     __shared__ real red[OL_WARPS][OL_SUMS];  // per-warp dot products, q * OL_MAX_CLASSES + k
     __shared__ real zs[OL_SUMS];             // the group's logits, column-major
     __shared__ real col_nll[OL_COLS];
-    __shared__ int last_block;
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
@@ -198,24 +209,9 @@ extern "C" __global__ void __launch_bounds__(OL_THREADS, 2)
         real* v = &acc[0][0];
         {
             const bool b4 = lane & 16, b3 = lane & 8, b2 = lane & 4;
-#pragma unroll
-            for (int i = 0; i < OL_SUMS / 2; ++i) {
-                const real send = b4 ? v[i] : v[i + OL_SUMS / 2];
-                const real keep = b4 ? v[i + OL_SUMS / 2] : v[i];
-                v[i] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
-            }
-#pragma unroll
-            for (int i = 0; i < OL_SUMS / 4; ++i) {
-                const real send = b3 ? v[i] : v[i + OL_SUMS / 4];
-                const real keep = b3 ? v[i + OL_SUMS / 4] : v[i];
-                v[i] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
-            }
-#pragma unroll
-            for (int i = 0; i < OL_SUMS / 8; ++i) {
-                const real send = b2 ? v[i] : v[i + OL_SUMS / 8];
-                const real keep = b2 ? v[i + OL_SUMS / 8] : v[i];
-                v[i] = keep + __shfl_xor_sync(0xffffffffu, send, 4);
-            }
+            butterfly_halve<OL_SUMS / 2, 16>(v, b4);
+            butterfly_halve<OL_SUMS / 4, 8>(v, b3);
+            butterfly_halve<OL_SUMS / 8, 4>(v, b2);
 #pragma unroll
             for (int i = 0; i < OL_SUMS / 8; ++i) {
                 v[i] += __shfl_xor_sync(0xffffffffu, v[i], 2);
@@ -265,19 +261,15 @@ extern "C" __global__ void __launch_bounds__(OL_THREADS, 2)
     if (tid == 0) {
         partials[blockIdx.x] = block_nll;
         __threadfence();  // the partial is visible to every block before the ticket is taken
-        last_block = (atomicAdd(ticket, 1) == (int)gridDim.x - 1);
     }
-    __syncthreads();
-    if (last_block) {  // the same for the whole block: block_sum's __syncthreads are safe
-        __threadfence();
+    if (last_block_to_arrive(ticket, gridDim.x)) {  // the same for the whole block: block_sum's
+                                                    // __syncthreads are safe
         const volatile real* parts = partials;  // written by other blocks: bypass stale caches
         real s = real(0);
         for (int b = tid; b < (int)gridDim.x; b += OL_THREADS) s += parts[b];
         s = block_sum(s);
-        if (tid == 0) {
-            nll_acc[0] += s;
-            *ticket = 0;  // ready for the next launch (the kernel's end orders it before that)
-        }
+        if (tid == 0) nll_acc[0] += s;
+        reset_ticket(ticket);  // (the kernel's end orders it before the next launch)
     }
 }
 

@@ -1,5 +1,7 @@
-"""backends/kernels.cu compiles with nvcc for both precisions, and defines exactly the kernels of
-backends/op_table.py, each with the parameters its entry declares.
+"""backends/kernels.cu compiles with nvcc for both precisions, and each build defines exactly its
+kernels of backends/op_table.py (cuda_compile.kernel_names: the GEMM tiles of one precision are in
+its build only), each with the parameters its entry declares; gemm_plan reads the GEMM kernel
+table of gemm_kernels.cuh as its macros expand it.
 
 Needs nvcc, not a GPU (CI has nvcc at /usr/local/cuda/bin): without nvcc the compile tests skip;
 the table checks parse the sources and always run.
@@ -12,7 +14,7 @@ import subprocess
 
 import pytest
 
-from backends import cuda_compile, op_table
+from backends import cuda_compile, gemm_plan, op_table
 from backends.op_table import (Array, Counter, IntArg, Labels, LeadingDim, Matrix, RealArg, Size,
                                Workspace)
 from gpu_helpers import nvcc_or_skip
@@ -31,19 +33,22 @@ def _c_type(declaration: str) -> str:
     return base + ("*" if "*" in words else "")
 
 
-def declared_kernels(source: str) -> dict[str, list[str]]:
-    """Kernel name -> C types of its parameters, for the plain extern "C" kernels and the
-    DEFINE_GEMM<_VARIANT> expansions: DEFINE_GEMM_<VARIANT>(tile, ops, ...) defines
-    gemm_<tile>_<ops>_<variant> with the parameters of the macro GEMM_<VARIANT>_ARGS (which may
-    name other *_ARGS macros, expanded here)."""
+def _macro_bodies(source: str) -> dict[str, str]:
+    """Name -> body (continuation lines joined) of every #define."""
+    return {name: body.replace("\\\n", " ") for name, body in
+            re.findall(r"#define (\w+)(?:\([^)]*\))?((?:[^\n]*\\\n)*[^\n]*)", source)}
+
+
+def declared_kernels(source: str, dtype: str) -> dict[str, list[str]]:
+    """Kernel name -> C types of its parameters in the build for `dtype`: the plain extern "C"
+    kernels, and the GEMM kernels of gemm_kernels.cuh's table (the rows of this build, each with
+    its families' GEMM_KERNEL lines: gemm_<tile>_<ops><suffix> with the parameters of the line's
+    GEMM<SUFFIX>_ARGS macro, which may name other *_ARGS macros, expanded here)."""
     kernels = {}
-    plain = r'extern "C" __global__ void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)'
-    for name, params in re.findall(plain, source):
-        if name == "__launch_bounds__":  # DEFINE_GEMM's own body: the macro, not a kernel
-            continue
+    plain = r'^extern "C" __global__ void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)'
+    for name, params in re.findall(plain, source, flags=re.MULTILINE):
         kernels[name] = [_c_type(p) for p in params.split(",")]
-    bodies = {name: body.replace("\\\n", " ") for name, body in
-              re.findall(r"#define (GEMM\w*_ARGS)((?:[^\n]*\\\n)*[^\n]*)", source)}
+    bodies = _macro_bodies(source)
 
     def expand(macro: str) -> list[str]:
         types = []
@@ -52,9 +57,12 @@ def declared_kernels(source: str) -> dict[str, list[str]]:
             types += expand(part) if part in bodies else [_c_type(part)]
         return types
 
-    for variant, tile, ops in re.findall(r"^DEFINE_GEMM(\w*)\((\w+), (\w+),", source,
-                                         flags=re.MULTILINE):
-        kernels[f"gemm_{tile}_{ops}{variant.lower()}"] = expand(f"GEMM{variant}_ARGS")
+    rows, families = gemm_plan.read_kernel_table(source)
+    for row in rows.values():
+        if row.build in ("any", cuda_compile.REAL_CTYPE[dtype]):
+            for family in row.families:
+                for line in families[family]:
+                    kernels[f"gemm_{row.tile}_{line.ops}{line.suffix}"] = expand(line.args)
     return kernels
 
 
@@ -68,19 +76,57 @@ def test_source_is_kernels_cu_with_its_headers_expanded():
     assert tuple(included) == cuda_compile.HEADERS
 
 
-def test_kernel_table_matches_source():
-    declared = declared_kernels(cuda_compile.read_source())
-    table = set(op_table.KERNEL_NAMES)
+def test_kernel_table_is_read_as_the_preprocessor_expands_it():
+    """gemm_plan reads gemm_kernels.cuh's table the way its macros expand it: every row, every
+    GEMM_KERNEL line of every family, the flag columns naming the families GEMM_TILE_KERNELS
+    adds, each row's tile type defined, each build a -DREAL or any."""
+    source = cuda_compile.read_source()
+    bodies = _macro_bodies(source)
+    rows, families = gemm_plan.read_kernel_table(source)
+    assert len(rows) == bodies["GEMM_TILE_TABLE"].count("X(") > 0
+    assert set(families) == {"base", "short_k", "split"}
+    for family, lines in families.items():
+        assert len(lines) == bodies[f"GEMM_{family.upper()}_KERNELS"].count("GEMM_KERNEL(") > 0
+        assert all(line.args == f"GEMM{line.suffix.upper()}_ARGS" for line in lines), family
+    assert re.search(r"#define GEMM_TILE_KERNELS\(tile, build, bm, bn, threads, short_k, split\)",
+                     source)
+    expansion = " ".join(bodies["GEMM_TILE_KERNELS"].split())
+    assert "GEMM_BASE_KERNELS(tile) GEMM_IF_##short_k(GEMM_SHORT_K_KERNELS(tile))" in expansion
+    assert "GEMM_IF_##split(GEMM_SPLIT_KERNELS(tile))" in expansion
+    assert "GEMM_TILE_TABLE(GEMM_TILE_KERNELS)" in source
+    for row in rows.values():
+        assert row.build in {"any", *cuda_compile.REAL_CTYPE.values()}, row
+        assert re.search(rf"\bGemmTile_{row.tile};", source), f"no GemmTile_{row.tile}"
+    assert rows == gemm_plan.GEMM_TILE_TABLE and families == gemm_plan.GEMM_KERNEL_FAMILIES
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_table_matches_source(dtype):
+    """The kernels each build defines are those its backends fetch (cuda_compile.kernel_names:
+    the op table's, less the GEMM kernels of the other precision's tiles)."""
+    declared = declared_kernels(cuda_compile.read_source(), dtype)
+    table = set(cuda_compile.kernel_names(dtype))
     assert set(declared) == table, (
         f"only in the .cu sources: {sorted(set(declared) - table)}; "
         f"only in op_table: {sorted(table - set(declared))}")
 
 
+def test_every_kernel_is_in_a_build():
+    built = {name for dtype in DTYPES for name in cuda_compile.kernel_names(dtype)}
+    assert built == set(op_table.KERNEL_NAMES)
+    # per-precision tiles: the FP64 tensor-core ones in float64, the TF32x3 ones in float32 only
+    only32 = set(cuda_compile.kernel_names("float32")) - set(cuda_compile.kernel_names("float64"))
+    only64 = set(cuda_compile.kernel_names("float64")) - set(cuda_compile.kernel_names("float32"))
+    assert only32 and all(re.match(r"gemm_x\d+_", k) for k in only32)
+    assert only64 and all(re.match(r"gemm_tc\d+_", k) for k in only64)
+
+
 @pytest.mark.parametrize("kernel", op_table.KERNEL_NAMES)
 def test_kernel_parameters_match_source(kernel):
     """The entry's parameters are the kernel's, in number and kind (pointer of the right type,
-    int, real)."""
-    c_types = declared_kernels(cuda_compile.read_source())[kernel]
+    int, real), in the build that has it."""
+    dtype = next(d for d in DTYPES if kernel in cuda_compile.kernel_names(d))
+    c_types = declared_kernels(cuda_compile.read_source(), dtype)[kernel]
     params = op_table.KERNELS[kernel].parameters
     assert len(params) == len(c_types), (
         f"{kernel}: table {len(params)} params, source {len(c_types)}")
@@ -113,17 +159,20 @@ def test_nvcc_compiles_object(dtype, tmp_path):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_hopper_cubin_exports_unmangled_names(dtype, tmp_path):
-    """kernels.cu built in place (nvcc finds the headers next to it), for sm_90 (H100/H200): every
-    launched kernel is in the cubin under its extern "C" name."""
+    """kernels.cu built in place (nvcc finds the headers next to it), for sm_90 (H100/H200): the
+    cubin holds exactly the build's kernels (cuda_compile.kernel_names), each under its extern "C"
+    name."""
     nvcc = nvcc_or_skip()
     out = tmp_path / f"kernels_{dtype}.cubin"
     cmd = [nvcc, "-cubin", "-arch=sm_90", *cuda_compile.compile_options(dtype),
            str(cuda_compile.KERNELS_CU), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
-    blob = out.read_bytes()
-    missing = [name for name in op_table.KERNEL_NAMES if f".text.{name}\0".encode() not in blob]
-    assert not missing, f"kernels missing from the cubin (mangled?): {missing}"
+    compiled = {name.decode() for name in re.findall(rb"\.text\.(\w+)\0", out.read_bytes())}
+    built = set(cuda_compile.kernel_names(dtype))
+    assert not built - compiled, f"kernels missing from the cubin (mangled?): {built - compiled}"
+    # and nothing the build cannot launch: no other kernel (nor any non-inlined function)
+    assert not compiled - built, f"compiled, but no launch of this build: {compiled - built}"
 
 
 def test_source_refuses_build_without_real(tmp_path):

@@ -423,3 +423,51 @@ def test_split_kernels_in_the_table():
     assert gemm_plan.GEMM_SPLIT_KERNELS == ("gemm_t64_nn_split", "gemm_t64_nt_split",
                                             "gemm_s16_nn_split", "gemm_s16_nt_split",
                                             "gemm_tc64_nn_split", "gemm_tc64_nt_split")
+
+
+def _plannable_kernels(dtype: str) -> set[str]:
+    """Every GEMM kernel a plan can name in the build for `dtype`: each tile forced (and picked),
+    each transpose pair of the plain GEMM and each variant, unsplit and split, in every mode and
+    tensor-core setting the backend allows that dtype (float64: simt with or without the FP64
+    tensor cores; float32: simt, or tf32x3)."""
+    settings = ([("simt", False), ("simt", True)] if dtype == "float64"
+                else [("simt", False), ("tf32x3", False)])
+    products = [((False, False), None)] + [((o[0] == "t", o[1] == "t"), None) for o in
+                                            gemm_plan.GEMM_OPS[1:]]
+    products += [((v.ops[0] == "t", v.ops[1] == "t"), v) for v in gemm_plan.GEMM_VARIANTS.values()]
+    kernels = set()
+    for mode, tc64 in settings:
+        for (ta, tb), variant in products:
+            m, n, k = 256, 256, 1024
+            a, b = ((k, m) if ta else (m, k)), ((n, k) if tb else (k, n))
+            c = (m, n + 1) if variant is not None and variant.ones else (m, n)
+            for tile in (None, *gemm_plan.GEMM_TILES):
+                for split in (1, 4):
+                    plan = gemm_plan.plan_gemm(a, b, c, ta, tb, 132, tile, variant, split, mode,
+                                               tc64)
+                    kernels.add(plan.kernel)
+    return kernels
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_each_build_has_exactly_the_kernels_its_plans_name(dtype):
+    """No plan of a build names a kernel that build lacks, and the build compiles no GEMM kernel
+    that no plan names (gemm_kernels_for: the table's rows of that build)."""
+    assert _plannable_kernels(dtype) == set(gemm_plan.gemm_kernels_for(dtype))
+
+
+def test_kernel_table_rows():
+    """The planner's tiles and the TF32x3 twins, from gemm_kernels.cuh's table: each twin has its
+    SIMT tile's geometry and kernels (but the split ones), in the float32 build only; the FP64
+    tensor-core tiles are in the float64 build only."""
+    rows = gemm_plan.GEMM_TILE_TABLE
+    assert set(rows) == set(gemm_plan.GEMM_TILES) | set(gemm_plan.GEMM_X3_TILE.values())
+    for simt, x3 in gemm_plan.GEMM_X3_TILE.items():
+        assert (rows[x3].bm, rows[x3].bn, rows[x3].threads) == (
+            rows[simt].bm, rows[simt].bn, rows[simt].threads)
+        assert rows[x3].build == "float" and rows[simt].build == "any"
+        assert rows[x3].families == tuple(f for f in rows[simt].families if f != "split")
+    assert {t for t, row in rows.items() if row.build == "double"} == set(gemm_plan.TC64_TILES)
+    assert gemm_plan.tile_kernels("t64")[:4] == ("gemm_t64_nn", "gemm_t64_nt", "gemm_t64_tn",
+                                                 "gemm_t64_tt")
+    assert len(gemm_plan.GEMM_KERNEL_BUILD) == sum(len(gemm_plan.tile_kernels(t)) for t in rows)
