@@ -33,7 +33,7 @@ class CudaGemms:
     #: force S blocks per GEMM tile over K (split-K; tests, tuning) where the tile has a split
     #: kernel and the workspace fits (else S = 1); None picks per shape (gemm_plan.pick_gemm_split)
     gemm_split: int | None = None
-    #: --gemm: "simt" (FMA kernels) or "tf32x3" (float32 on sm_80+: the tensor-core kernels of
+    #: --gemm: "simt" (IEEE in the run's precision: FP32 FMA, FP64 tensor cores) or "tf32x3" (float32 on sm_80+: the tensor-core kernels of
     #: gemm_tf32x3.cuh); set through set_gemm_mode, part of every GEMM plan's key
     gemm_modes = gemm_plan.GEMM_MODES
     gemm_mode: str = "simt"

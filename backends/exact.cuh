@@ -62,7 +62,7 @@ __device__ __forceinline__ double x_frexp(double a, int* e) { return frexp(a, e)
 __device__ __forceinline__ real x_inf() { return real(__longlong_as_double(0x7ff0000000000000LL)); }
 __device__ __forceinline__ real x_nan() { return real(__longlong_as_double(0x7ff8000000000000LL)); }
 
-// core/exact_math.py's constants, the same doubles (tests/test_exact_math.py compares the lists)
+// core/exact_math.py's constants, the same doubles (tests/test_exact.py compares the lists)
 #define EXACT_INV_LN2 0x1.71547652b82fep+0
 #define EXACT_LN2_HI 0x1.62e42fee00000p-1
 #define EXACT_LN2_LO 0x1.a39ef35793c76p-33

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from backends.cuda_compile import REAL_CTYPE, SOURCE_DIR
 
+from core.ops import GEMM_MODES as CONTRACT_GEMM_MODES
+
 
 # ------------------------------------------------------------------------ the kernel table
 # backends/gemm_kernels.cuh defines the GEMM kernels from one table, GEMM_TILE_TABLE: a row per tile
@@ -114,12 +116,12 @@ class GemmTile:
 
 
 # ------------------------------------------------------------------------ GEMM modes (--gemm)
-# simt: the FP32/FP64 FMA kernels (the default; gemm_simt.cuh), and in float64 on sm_80+ the FP64
-# tensor-core tiles (gemm_tc64.cuh). tf32x3 (float32 only, sm_80+): the tensor-core twins of
+# simt (the default): the run's own precision, IEEE: in float32 the FP32 FMA kernels (gemm_simt.cuh),
+# in float64 on sm_80+ the FP64 tensor-core tiles (gemm_tc64.cuh), below that the FP64 FMA kernels. tf32x3 (float32 only, sm_80+): the tensor-core twins of
 # gemm_tf32x3.cuh, with the error-compensated three-product split. Each SIMT tile has a twin of the
 # same size and threads (GEMM_X3_TILE), so the planner picks the SIMT tile and names its twin; no
 # split-K kernels.
-GEMM_MODES = ("simt", "tf32x3")
+GEMM_MODES = CONTRACT_GEMM_MODES  # core.ops names them: the one list (core imports no backend)
 GEMM_X3_TILE = {"t128": "x128", "t64": "x64", "s16": "x16"}
 #: the least compute capability with the TF32 mma and cvt.rna.tf32 instructions
 GEMM_X3_MIN_CAPABILITY = (8, 0)

@@ -18,7 +18,6 @@ from typing import Callable, Mapping, NoReturn, TypeVar
 
 from core.communicator import DEFAULT_COLLECTIVE_TIMEOUT, CommOptions, Communicator
 from core.errors import UserError
-from core.ops import GEMM_MODES
 from core.plugins import Entry, Registry
 
 T = TypeVar("T")
@@ -86,10 +85,6 @@ def _env_switch(environ: Mapping[str, str], name: str, flag: str) -> bool:
         raise UserError(f"{name}={text!r}: must be 1 or 0 (as {flag})") from None
 
 
-# ---------------------------------------------------------------------------- --gemm
-#: --gemm's choices, by their old name: tests/test_tf32x3.py imports it from here (the lead drops
-#: this alias once that test names core.ops.GEMM_MODES, the one list)
-GEMM_CHOICES = GEMM_MODES
 
 
 def check_gemm_flags(gemm: str, dtype: str) -> None:

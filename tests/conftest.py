@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -212,3 +213,21 @@ def full_mnist_dir() -> Path:
     if FULL_MNIST is None:
         pytest.skip(FULL_MNIST_MISSING)
     return FULL_MNIST
+
+
+#: the smallest useful command-line run (the bundled subset, one epoch)
+TINY = ["--backend", "numpy", "--train-size", "500", "--val-size", "100", "-e", "1", "-n", "16"]
+
+
+def assert_user_error(proc, *must_name):
+    """Exit 2, exactly one non-empty stderr line, naming everything in ``must_name``."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert len(lines) == 1, f"expected one stderr line, got:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    line = lines[0]
+    assert line.startswith("dpmlp: error"), line
+    for name in must_name:
+        assert name in line, f"{name!r} not in {line!r}"
+    assert not re.search(r"^epoch ", proc.stdout, re.M), "trained before failing"
+    return line

@@ -230,10 +230,10 @@ def test_gemm_may_differ_on_resume(tmp_path):
 
 
 def test_flag_parses():
-    from core.job import GEMM_CHOICES
+    from core.ops import GEMM_MODES
     from core.train import build_parser
 
-    assert GEMM_CHOICES == gemm_plan.GEMM_MODES  # core names them without importing backends
+    assert GEMM_MODES == gemm_plan.GEMM_MODES  # core names them without importing backends
 
     assert build_parser().parse_args([]).gemm == "simt"
     assert build_parser().parse_args(["--gemm", "tf32x3"]).gemm == "tf32x3"
@@ -249,7 +249,7 @@ def _env(tmp_path):
 
 
 def _cli(args, tmp_path, timeout=300):
-    from tests.test_cli import cli
+    from conftest import cli
     return cli(args, _env(tmp_path), timeout=timeout)
 
 
@@ -260,14 +260,14 @@ def _cli(args, tmp_path, timeout=300):
     (["--gemm", "TF32x3"], ["--gemm"]),
 ], ids=["numpy", "numpy-float64", "float64", "bad-choice"])
 def test_cli_refusals_are_one_line(tmp_path, args, names):
-    from tests.test_cli import TINY, assert_user_error
+    from conftest import TINY, assert_user_error
     assert_user_error(_cli(TINY + args, tmp_path), *names)
 
 
 def test_run_dir_records_the_gemm(tmp_path):
     import json
 
-    from tests.test_cli import TINY
+    from conftest import TINY
     run = tmp_path / "run"
     proc = _cli(TINY + ["--run-dir", str(run), "--quiet"], tmp_path)
     assert proc.returncode == 0, proc.stderr
