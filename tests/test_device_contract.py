@@ -26,7 +26,7 @@ import pytest
 from conftest import REPO, TESTS
 from core.hookspecs import ENTRY_POINT_GROUP
 
-TRAIN = ["--comm", "single", "-e", "2", "--train-size", "400", "-n", "16", "-b", "60", "--quiet"]
+TRAIN = ["--comm", "single", "-e", "2", "--train-size", "400", "-n", "16", "-b", "60"]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from slurm_cluster import LocalSlurm, why_not
 pytestmark = pytest.mark.mpi
 SCRIPT = REPO / "examples" / "slurm" / "dpmlp.sbatch"
 FLAGS = ["--backend", "numpy", "--train-size", "2000", "-n", "32", "-b", "10", "-l", "0.5",
-         "-e", "30", "--quiet"]
+         "-e", "30", "--progress", "none"]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from core.job import device_for
 
 CONFIG = dict(hidden=16, reg=1e-3, lr=0.5, epochs=2, batch_size=50, seed=3)
 N_TRAIN, N_VAL = 230, 40  # 5 steps an epoch, the last of 30 samples
-CLI_RUN = ["-e", "1", "--train-size", "300", "-n", "16", "-b", "50", "--quiet"]
+CLI_RUN = ["-e", "1", "--train-size", "300", "-n", "16", "-b", "50"]
 
 
 def _data(dtype):
