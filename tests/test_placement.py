@@ -122,7 +122,7 @@ def test_cli_under_mpirun_prints_the_placement_and_buckets(tmp_path):
     from conftest import one_job_env, run_mpi
 
     env = one_job_env(tmp_path)
-    code, out, err, _ = run_mpi(2, ["-m", "core.train", "-e", "1", "--train-size", "200",
+    code, out, err, _ = run_mpi(2, ["-m", "core.train", "--backend", "numpy", "-e", "1", "--train-size", "200",
                                     "-n", "16"], timeout=180, env=env)
     assert code == 0, err
     assert "dpmlp: placement: 1 host(s) x 2 rank(s) x no GPU(s): " in out

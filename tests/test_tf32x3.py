@@ -488,7 +488,7 @@ def test_lockstep_verify_passes(name, tmp_path):
     """A training run with --gemm tf32x3, every step checked against the float64 reference."""
     x3_backend(name)
     proc = _cli(["--backend", name, "--gemm", "tf32x3", "--train-size", "3000", "--val-size",
-                 "300", "-e", "2", "-n", "100", "-b", "100", "--verify", "--quiet"], tmp_path,
+                 "300", "-e", "2", "-n", "100", "-b", "100", "--verify"], tmp_path,
                 timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "gemm tf32x3" in proc.stdout
