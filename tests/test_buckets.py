@@ -1,7 +1,7 @@
 """Gradient buckets (core/buckets.py, ``--bucket-mb``): the plan of blocks and buckets, and the
-bits: every bucket size, the unbucketed exchange (``--bucket-mb 0``) and the hidden layer in one
-GEMM give bit-identical parameters under mpirun -n 1..4, on the host exchange and the staged one
-(the GPU backends' path)."""
+bits: every bucket size and the unbucketed exchange (``--bucket-mb 0``) give bit-identical
+parameters under mpirun -n 1..4, on the host exchange and the staged one (the GPU backends' path);
+the hidden layer in one GEMM instead of blocks gives close ones (the BLAS may round otherwise)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,10 @@ def test_reduction_order_is_pinned_unless_the_user_chose():
     assert env["OMPI_MCA_coll_libnbc_iallreduce_algorithm"] == "ring"
 
 
+#: how far the run without blocks may drift from the blocked ones (two epochs of roundings)
+UNBLOCKED_RTOL = {"float32": 1e-4, "float64": 1e-11}
+
+
 def _bits_equal_across_buckets(tmp_path, ranks, backend="numpy"):
     from bucket_worker import BUCKET_MBS
 
@@ -76,6 +80,14 @@ def _bits_equal_across_buckets(tmp_path, ranks, backend="numpy"):
         reference = np.load(tmp_path / f"{dtype}-0.npy")
         for bucket in BUCKET_MBS:
             flat = np.load(tmp_path / f"{dtype}-{bucket}.npy")
+            if bucket == "unblocked":
+                # One GEMM against seven column blocks is a question about the BLAS, not about
+                # the exchange: OpenBLAS's float32 kernels on some CPUs (seen on an AMD EPYC,
+                # OpenBLAS 0.3.31) sum a small block in another order than the whole. Same
+                # training, other roundings: close, not bit-identical.
+                np.testing.assert_allclose(flat, reference, rtol=UNBLOCKED_RTOL[dtype],
+                                           atol=UNBLOCKED_RTOL[dtype])
+                continue
             differ = int(np.sum(flat.view(np.uint8) != reference.view(np.uint8)))
             assert differ == 0, f"P={ranks} {dtype} --bucket-mb {bucket}: {differ} bytes differ"
 
