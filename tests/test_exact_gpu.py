@@ -94,7 +94,7 @@ def test_exact_steps_give_the_reference_bits_whatever_the_split_k(backend):
 # ------------------------------------------------------------------ the CLI: one hash
 #: 200 samples in batches of 30 (10/10/10 on 3 ranks, 15/15 on 2), the last of 20 (7/7/6)
 TRAIN = ["--exact", "--train-size", "200", "--val-size", "50", "-e", "2", "-b", "30", "-n", "33",
-         "-r", "0.1", "-l", "0.5", "--seed", "5", "--quiet"]
+         "-r", "0.1", "-l", "0.5", "--seed", "5"]  # (not --quiet: the header names the ranks)
 
 
 def _sha(out):
