@@ -1,10 +1,12 @@
 """Benchmark: ``python -m core.bench`` (one process) or ``mpirun -n P python -m core.bench``.
 
 For each backend: time per epoch and samples/s of the real training loop on a 60k-sample epoch,
-the GPU time of each kernel of a step, and GEMM GFLOP/s at the model's shapes (CUDA events on a
-GPU). In the same run, the same MLP written with cupy.matmul (cuBLAS) and, if installed, PyTorch
-eager and PyTorch with one CUDA graph per epoch, so the ratios are measured side by side on one
-machine.
+with the epoch's FLOP-bound time at the device's peak for the row's mode and the share of it
+reached (core/flop_bound.py), the GPU time of each kernel of a step, and GEMM GFLOP/s at the
+model's shapes (CUDA events on a GPU). In the same run, the same MLP written with its strongest
+peers where installed (core/bench_peers.py): cupy.matmul (cuBLAS), PyTorch eager and with one CUDA
+graph per epoch, torch.compile with one CUDA graph per epoch, and JAX with the epoch in one jit, so
+the ratios are measured side by side on one machine.
 Under mpirun it adds the multi-rank rows: epoch time at P ranks and the share of each step spent
 in the gradient exchange (the epoch timed again with the exchange switched off).
 
@@ -24,6 +26,7 @@ import time
 
 import numpy as np
 
+from core import bench_peers, flop_bound
 from core.checkpoint import check_writable_target, why
 from core.errors import UserError
 from core.job import (Job, apply_gemm_mode, check_gemm_flags, device_for,
@@ -170,7 +173,8 @@ def bench_training(backend_cls, comm, args, x, y, hidden, batch, graphs="auto",
     total = statistics.median(time_epochs(trainer, args.epochs))
     row = {"backend": _label(backend_cls.name, gemm) + (" +graph" if trainer.use_graphs else ""),
            "gemm": gemm, "mode": mode, "comm": comm.name, "ranks": comm.size, "H": hidden,
-           "B": batch, "epoch_ms": 1e3 * total, "samples_per_s": x.shape[1] / total,
+           "B": batch, "samples": int(x.shape[1]), "on_host": backend.host_resident,
+           "epoch_ms": 1e3 * total, "samples_per_s": x.shape[1] / total,
            "exchange": trainer.exchange.mode, "cuda_graphs": trainer.use_graphs}
     if comm.size > 1:
         trainer.exchange = _NoExchange()
@@ -328,93 +332,36 @@ def bench_gemm(backend, shapes, repeats=20) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- references
-def reference_rows(args, x, y, hidden, batch) -> list[dict]:
-    """The same MLP step written with cupy.matmul (cuBLAS) and with PyTorch eager."""
+def reference_rows(args, x, y, hidden, batch, say, unavailable: set) -> list[dict]:
+    """The same MLP written with other frameworks (core/bench_peers.py): cuBLAS through CuPy,
+    PyTorch eager and with the epoch in one CUDA graph, torch.compile with the epoch in one CUDA
+    graph, JAX with the epoch in one jit. A peer whose library is absent (or has no CUDA) is
+    noted once and joins ``unavailable``; one that fails (compiling, capturing, running) is one
+    line naming it and the error, and the bench goes on."""
     rows = []
-    for name, make in (("cupy.matmul (cuBLAS)", _cupy_step), ("pytorch eager", _torch_step),
-                       ("pytorch cuda graph", _torch_graph_epoch)):
-        try:
-            run_epoch = make(args.dtype, x, y, hidden, batch)
-        except ImportError:
+    for name, make in bench_peers.PEERS:
+        if name in unavailable:
             continue
-        t = median_seconds(run_epoch, args.epochs)
-        rows.append({"backend": name, "comm": "-", "ranks": 1, "H": hidden, "B": batch,
+        try:
+            peer = make(args.dtype, x, y, hidden, batch)
+            t = median_seconds(peer.run, args.epochs)
+        except ImportError as exc:
+            unavailable.add(name)
+            say(f"dpmlp bench: note: no {name} rows: {_first_line(exc)}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - a peer's failure is its row's, not the bench's
+            say(f"dpmlp bench: note: {name} failed at H={hidden} B={batch}: "
+                f"{type(exc).__name__}: {_first_line(exc)}")
+            continue
+        rows.append({"backend": name, "gemm": "-", "mode": args.dtype, "comm": "-", "ranks": 1,
+                     "H": hidden, "B": batch, "samples": int(x.shape[1]), "on_host": False,
                      "epoch_ms": 1e3 * t, "samples_per_s": x.shape[1] / t, "exchange": "-"})
     return rows
 
 
-def _mlp_epoch(ops, X, Y1h, params, batch, lr=0.1, reg=1e-4):
-    """An epoch of the same MLP step, written with a framework's own matmul and element-wise ops.
-    ``ops``: mm, exp, sum(t, axis) and max(t, axis) keeping dims, and sync."""
-    W1, b1, W2, b2 = params
-    mm, exp, tsum, tmax = ops["mm"], ops["exp"], ops["sum"], ops["max"]
-
-    def epoch(sync=True):
-        for s in range(0, X.shape[1], batch):
-            x, y = X[:, s:s + batch], Y1h[:, s:s + batch]
-            a1 = 1 / (1 + exp(-(mm(W1, x) + b1)))
-            z2 = mm(W2, a1) + b2
-            e = exp(z2 - tmax(z2, 0))
-            diff = (e / tsum(e, 0) - y) / x.shape[1]
-            dz1 = mm(W2.T, diff) * a1 * (1 - a1)
-            W2[...] -= lr * (mm(diff, a1.T) + reg * W2)  # [...]: update the closed-over arrays
-            b2[...] -= lr * tsum(diff, 1)
-            W1[...] -= lr * (mm(dz1, x.T) + reg * W1)
-            b1[...] -= lr * tsum(dz1, 1)
-        if sync:
-            ops["sync"]()
-    return epoch
-
-
-def _cupy_step(dtype, x, y, hidden, batch):
-    import cupy as cp
-
-    p = init_params(hidden, 0)
-    X = cp.asarray(x, dtype=dtype)
-    Y = cp.asarray(np.eye(CLASSES, dtype=dtype)[:, y])
-    params = [cp.asarray(p["W1"], dtype), cp.zeros((hidden, 1), dtype),
-              cp.asarray(p["W2"], dtype), cp.zeros((CLASSES, 1), dtype)]
-    ops = {"mm": cp.matmul, "exp": cp.exp, "sum": lambda t, a: t.sum(a, keepdims=True),
-           "max": lambda t, a: t.max(a, keepdims=True), "sync": cp.cuda.Device().synchronize}
-    return _mlp_epoch(ops, X, Y, params, batch)
-
-
-def _torch_step(dtype, x, y, hidden, batch):
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ImportError("PyTorch has no CUDA here")
-    torch.backends.cuda.matmul.allow_tf32 = False  # FP32 against FP32: no TF32 tensor cores
-    kw = {"dtype": getattr(torch, dtype), "device": "cuda"}
-    p = init_params(hidden, 0)
-    X = torch.tensor(x, **kw)
-    Y = torch.tensor(np.eye(CLASSES)[:, y], **kw)
-    params = [torch.tensor(p["W1"], **kw), torch.zeros((hidden, 1), **kw),
-              torch.tensor(p["W2"], **kw), torch.zeros((CLASSES, 1), **kw)]
-    ops = {"mm": torch.matmul, "exp": torch.exp, "sum": lambda t, a: t.sum(a, keepdim=True),
-           "max": lambda t, a: t.amax(a, keepdim=True), "sync": torch.cuda.synchronize}
-    return _mlp_epoch(ops, X, Y, params, batch)
-
-
-def _torch_graph_epoch(dtype, x, y, hidden, batch):
-    """The PyTorch step with the whole epoch captured as one CUDA graph (torch.cuda.graph),
-    replayed per epoch: PyTorch's own answer to launch overhead."""
-    import torch
-
-    eager = _torch_step(dtype, x, y, hidden, batch)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # PyTorch asks for warm-up iterations on a side stream
-        eager()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        eager(sync=False)
-
-    def epoch():
-        graph.replay()
-        torch.cuda.synchronize()
-    return epoch
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "(no message)"
 
 
 # ---------------------------------------------------------------------------- main
@@ -434,12 +381,14 @@ def main(argv=None, prog=None) -> int:
     hiddens, batches = args.hidden, args.batch
     say(f"dpmlp bench: {', '.join(e.name for e in entries)}; comm {comm.name} x{comm.size}; "
         f"{args.dtype}; {x.shape[1]} samples/epoch ({source}); median of {args.epochs} epochs")
+    peaks = flop_bound.device_peaks()
+    say(_fmt_peaks(peaks))
     # A throwaway row first: GPU clocks ramp up and kernels load on first use, which would
     # otherwise be charged to whichever row happens to come first.
     for entry in entries:
         bench_training(entry.cls, comm, argparse.Namespace(**{**vars(args), "epochs": 1}), x, y,
                        hiddens[0], batches[0])
-    training = _training_rows(args, comm, say, runs, modes, x, y, hiddens, batches)
+    training = _training_rows(args, comm, say, runs, modes, x, y, hiddens, batches, peaks)
     kernels, gemms = [], []
     if comm.size == 1:
         kernels = _kernel_rows(args, comm, say, runs, x, y, hiddens, batches)
@@ -448,6 +397,7 @@ def main(argv=None, prog=None) -> int:
         try:
             with open(args.json, "w") as fh:
                 json.dump({"machine": _machine(), "dtype": args.dtype, "gemm_modes": gemm_settings,
+                           "peaks": peaks.as_json() if peaks else None,
                            "samples": int(x.shape[1]),
                            "data": source, "training": training, "gemm": gemms,
                            "step_kernels": kernels}, fh, indent=1)
@@ -485,10 +435,11 @@ def _chosen_runs(args, registry, say):
     return entries, runs, gemm_settings
 
 
-def _training_rows(args, comm, say, runs, modes, x, y, hiddens, batches) -> list[dict]:
+def _training_rows(args, comm, say, runs, modes, x, y, hiddens, batches, peaks) -> list[dict]:
     """An epoch-time row per shape, backend, --gemm, mode and --cuda-graphs setting, then (one
-    rank) the cuBLAS and PyTorch rows of the shape; each printed as it is measured."""
-    rows = []
+    rank) the peers' rows of the shape; each with its FLOP bound at ``peaks``, printed as it is
+    measured."""
+    rows, unavailable = [], set()
     for hidden in hiddens:
         for batch in batches:
             for entry, gemm in runs:
@@ -496,12 +447,12 @@ def _training_rows(args, comm, say, runs, modes, x, y, hiddens, batches) -> list
                     if gemm != "simt" and mode != "float32":
                         continue  # TF32x3 is a float32 GEMM
                     for graphs in args.cuda_graphs.split(","):
-                        rows.append(bench_training(entry.cls, comm, args, x, y, hidden, batch,
-                                                   graphs, gemm, mode))
+                        rows.append(_with_bound(bench_training(
+                            entry.cls, comm, args, x, y, hidden, batch, graphs, gemm, mode), peaks))
                         say(_fmt_training(rows[-1]), flush=True)
             if comm.size == 1 and not args.no_reference:
-                for row in reference_rows(args, x, y, hidden, batch):
-                    rows.append(row)
+                for row in reference_rows(args, x, y, hidden, batch, say, unavailable):
+                    rows.append(_with_bound(row, peaks))
                     say(_fmt_training(row), flush=True)
     return rows
 
@@ -568,6 +519,23 @@ def _add_model(row, comm, backend, args, samples) -> None:
     row["model_comm_us"] = predicted_exchange_us(row, link, mb, backend.dtype.itemsize)
 
 
+def _with_bound(row, peaks) -> dict:
+    """``row`` with its FLOP, FLOP-bound time at ``peaks`` and the share reached (flop_bound)."""
+    row.update(flop_bound.bound_fields(row["mode"], row["gemm"], row["on_host"], row["samples"],
+                                       row["H"], row["ranks"], row["epoch_ms"] / 1e3, peaks))
+    return row
+
+
+def _fmt_peaks(peaks) -> str:
+    if peaks is None:
+        return "dpmlp bench: no GPU: no FLOP bound (bound -)"
+    rates = ", ".join(f"{name} {'unknown' if rate is None else f'{rate / 1e12:g}'}"
+                      for name, rate in (("FP32 FMA", peaks.fp32), ("FP64", peaks.fp64),
+                                         ("TF32 tensor", peaks.tf32)))
+    return (f"dpmlp bench: peaks of {peaks.device} ({peaks.source}): {rates} TFLOP/s; bound = "
+            f"{flop_bound.FLOP_PER_SAMPLE_PER_HIDDEN} H FLOP a sample at the mode's peak")
+
+
 def _fmt_training(r) -> str:
     extra = ""
     if "comm_share" in r:
@@ -577,7 +545,8 @@ def _fmt_training(r) -> str:
         extra += (f"  model {r['model_comm_us']:.0f} us/step (ring, alpha "
                   f"{r['link_alpha_us']:.1f} us, {r['link_gb_s']:.2f} GB/s probed)")
     return (f"{r['backend']:22s} {r.get('mode', ''):8s} {r['comm']:6s} P={r['ranks']}  H={r['H']:5d} B={r['B']:5d}  "
-            f"epoch {r['epoch_ms']:8.1f} ms  {r['samples_per_s']:10.0f} samples/s{extra}")
+            f"epoch {r['epoch_ms']:8.1f} ms  {r['samples_per_s']:10.0f} samples/s"
+            f"{flop_bound.fmt_bound(r) if 'flop' in r else ''}{extra}")
 
 
 def _machine() -> dict:

@@ -32,7 +32,7 @@ def test_layer_check_catches_an_upward_import():
 def test_importing_core_imports_no_gpu_library_or_mpi():
     code = ("import sys, core, core.train, core.bench, core.job, core.plugins, core.data_parallel;"
             "from core.plugins import Registry; Registry.load();"
-            "heavy = {'cupy', 'pycuda', 'mpi4py', 'torch'} & {m.split('.')[0] for m in sys.modules};"
+            "heavy = {'cupy', 'pycuda', 'mpi4py', 'torch', 'jax'} & {m.split('.')[0] for m in sys.modules};"
             "print(sorted(heavy))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=60)

@@ -7,9 +7,11 @@ Layers, top to bottom (a module may import its own layer or lower ones only):
     5  core.cli                                 the `dpmlp` command, dispatching to the entry points
     4  core.train, core.bench, core.plot        the entry points
     3  core.job, core.verify, core.train_flags, core.preflight, core.device_preflight,
-       core.session                             the job's lifecycle; the lockstep checker; the
+       core.session, core.flop_bound, core.bench_peers
+                                                the job's lifecycle; the lockstep checker; the
                                                 training CLI's flags, pre-flight checks (host,
-                                                device), session
+                                                device), session; the bench's FLOP bound and
+                                                peers
     2  core.data_parallel, core.model, core.data, core.plugins, core.checkpoint, core.rundir,
        core.progress, core.threads, core.reference, core.exact, core.buckets, core.placement,
        core.scaling   what a run is made of (and its reference; --exact's model; gradient
@@ -41,6 +43,7 @@ CORE_LAYER = {
     "core.startup": 1, "core.runlock": 2, "core.rescue": 2,
     "core.job": 3, "core.verify": 3,
     "core.train_flags": 3, "core.preflight": 3, "core.session": 3, "core.device_preflight": 3,
+    "core.flop_bound": 3, "core.bench_peers": 3,
     "core.train": 4, "core.bench": 4, "core.plot": 4,
     "core.cli": 5,
 }
