@@ -36,6 +36,9 @@ from core.ops import FUSED_OPS, GEMM_MODES
 from core.buckets import DEFAULT_BUCKET_MB
 from core.data_parallel import DataParallelTrainer, TrainConfig, scale_images
 from core.scaling import predicted_exchange_us, probe_link
+from core.startup import phase
+
+phase("starting up")  # the imports are done: a signal from here on unwinds (core/startup.py)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -430,7 +430,7 @@ def validate_checkpoint(ckpt: Checkpoint, current: dict[str, Any], *,
     a position past the end of training, or a step past the end of an epoch raises
     CheckpointError naming the file and the difference; differences that only change rounding
     (ranks, backend, comm) come back as one-line notes."""
-    where = ckpt.path if ckpt.path is not None else "checkpoint"
+    where = f"--resume {ckpt.path}" if ckpt.path is not None else "checkpoint"
     # hidden and dtype from the arrays themselves, whatever the stored config says
     saved = dict(ckpt.config, hidden=ckpt.hidden, dtype=ckpt.dtype)
     check_same_computation(saved, current, where)

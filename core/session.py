@@ -108,8 +108,8 @@ class TrainingSession:
                                                   dtype=np.float64))
         if flags[1]:
             self.progress.close()
-            raise Diverged(f"loss is not finite at epoch {epoch} step {done}; lower --lr "
-                           f"(--scale raw needs --lr near 0.01)")
+            hint = " (--scale raw needs --lr near 0.01)" if self.args.scale == "raw" else ""
+            raise Diverged(f"loss is not finite at epoch {epoch} step {done}; lower --lr{hint}")
         return bool(flags[0])
 
     def _running_loss(self, samples: int) -> float | None:
@@ -242,6 +242,8 @@ def train_and_report(session: TrainingSession, data, train_x, train_y, say) -> i
     except VerifyFailed as failure:
         session.progress.close()
         say(str(failure), flush=True)
+        if comm.rank == 0:  # the failure's first line where errors go: on stderr
+            print(f"dpmlp: error: {str(failure).splitlines()[0]}", file=sys.stderr, flush=True)
         return VERIFY_FAILED_EXIT
     test_acc = _test_accuracy(session, data, say)
     params = trainer.params()

@@ -34,6 +34,8 @@ from core.startup import phase
 from core.threads import limit_blas_threads, planned_blas_threads
 from core.train_flags import build_parser, check_run_flags, parse_flags
 
+phase("starting up")  # the imports are done: a signal from here on unwinds (core/startup.py)
+
 __all__ = ["build_parser", "list_backends", "main", "run"]
 
 

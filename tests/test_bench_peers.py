@@ -100,7 +100,8 @@ def test_bench_on_the_cpu_prints_no_bound(tmp_path):
     row_lines = [line for line in proc.stdout.splitlines()
                  if line.startswith("numpy ") and " epoch " in line]
     assert row_lines and all(line.endswith("bound -") for line in row_lines), proc.stdout
-    (row,) = json.loads(out.read_text())["training"]
+    # (on a GPU machine the peers add their own rows, with bounds)
+    (row,) = [r for r in json.loads(out.read_text())["training"] if r["backend"] == "numpy"]
     assert (row["flop"], row["bound_ms"], row["bound_pct"]) == (400 * 16 * 3196, None, None)
 
 
