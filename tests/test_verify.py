@@ -78,6 +78,8 @@ def assert_failed(proc, *must_name) -> str:
     for name in must_name:
         assert name in line, f"{name!r} not in {line!r}"
     assert "test accuracy" not in proc.stdout, "went on after the failure"
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("dpmlp: error: verify FAILED")]
+    assert errors == [f"dpmlp: error: {line.splitlines()[0]}"], proc.stderr  # one line on stderr
     assert "Traceback" not in proc.stderr
     return line
 
