@@ -107,11 +107,11 @@ def build(cupy, source: str):
     for how, compile_ in tries:
         try:
             t0 = time.perf_counter()
+            out = cupy.zeros(1, dtype=np.int32)  # (the context exists before a module loads)
             probe = cupy.cuda.function.Module()
             probe.load(compile_(PROBE))
-            out = cupy.zeros(1, dtype=np.int32)
             probe.get_function("wgmma_probe")((1,), (1,), (out,))
-            arch = int(out.get()[0])
+            arch = int(cupy.asnumpy(out)[0])
             if arch < 0:
                 raise RuntimeError("the probe says the build has no sm_90a features")
             module = cupy.cuda.function.Module()
@@ -121,14 +121,14 @@ def build(cupy, source: str):
             return module, how
         except Exception as exc:  # try the next way
             errors.append(f"{how}: {exc}")
-            log(f"build by {how} failed: {str(exc)[:2000]}")
+            log(f"build by {how} failed: {str(exc)[:6000]}")
     # last resort: RawModule, whose own -arch may or may not be overridden by ours
     try:
         opts = base + (f"--gpu-architecture={ARCH}",)
         probe = cupy.RawModule(code=PROBE, options=opts)
         out = cupy.zeros(1, dtype=np.int32)
         probe.get_function("wgmma_probe")((1,), (1,), (out,))
-        if int(out.get()[0]) < 0:
+        if int(cupy.asnumpy(out)[0]) < 0:
             raise RuntimeError("RawModule's build has no sm_90a features")
         module = cupy.RawModule(code=source, options=opts)
         return module, "cupy.RawModule " + " ".join(opts)
@@ -235,6 +235,21 @@ class Case:
         return c
 
 
+def diagnose(got, ref) -> dict:
+    """Where a result is wrong: how many elements, which rows mod 128 and columns mod 128 (the
+    tile), mod 16 and mod 8 (the warp's rows, the n8 blocks), a few samples."""
+    bad = ~np.isclose(got.astype(np.float64), ref, rtol=1e-3, atol=1e-3 * max(np.max(np.abs(ref)), 1e-30))
+    rows, cols = np.nonzero(bad)
+    out = {"bad": int(bad.sum()), "of": int(bad.size), "nan": int(np.isnan(got).sum())}
+    for name, idx in (("rows", rows), ("cols", cols)):
+        for mod in (128, 16, 8):
+            vals, counts = np.unique(idx % mod, return_counts=True)
+            out[f"{name} mod {mod}"] = dict(zip(map(int, vals[:32]), map(int, counts[:32])))
+    out["samples (row, col, got, ref)"] = [(int(r), int(c), float(got[r, c]), float(ref[r, c]))
+                                           for r, c in list(zip(rows, cols))[:8]]
+    return out
+
+
 def time_it(cupy, fn, reps=20, warm=3) -> float:
     """Median of `reps` CUDA-event timings of fn(), microseconds."""
     for _ in range(warm):
@@ -267,6 +282,9 @@ def check_case(cupy, module, spec, rng):
         c_host = cupy.asnumpy(c)
         entry = {"kernel": name, "error": case.error(c_host)}
         if tile == "w128":
+            if entry["error"] > 1e-3:  # grossly wrong: where, to tell a layout mistake
+                row["w128_diagnosis"] = diagnose(c_host, case.ref)
+                log(f"  w128 wrong in {label}: {row['w128_diagnosis']}")
             c2 = case.new_c()
             fn(grid, block, case.args(c2))
             cupy.cuda.Device().synchronize()
@@ -331,6 +349,8 @@ def main(argv=None) -> int:
     import cupy
 
     dev = cupy.cuda.Device()
+    dev.use()
+    cupy.zeros(1, dtype=np.float32)  # the context
     props = cupy.cuda.runtime.getDeviceProperties(dev.id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     log(f"device {dev.id}: {name}, compute capability {dev.compute_capability}, "
