@@ -26,7 +26,7 @@ SOURCE_DIR = Path(__file__).parent
 KERNELS_CU = SOURCE_DIR / "kernels.cu"
 #: the headers kernels.cu is made of, in the order it includes them
 HEADERS = ("common.cuh", "gemm.cuh", "gemm_simt.cuh", "gemm_tc64.cuh", "gemm_tf32x3.cuh",
-           "gemm_kernels.cuh", "elementwise.cuh", "reductions.cuh", "exact.cuh")
+           "gemm_wgmma.cuh", "gemm_kernels.cuh", "elementwise.cuh", "reductions.cuh", "exact.cuh")
 
 #: C type that -DREAL names for each supported dtype
 REAL_CTYPE = {"float32": "float", "float64": "double"}

@@ -9,7 +9,8 @@
 //                 held in registers during the multiply);
 //   a slab        multiplies one slab in shared memory into the thread's fragment of the tile
 //     multiply    (the "Mma"): SimtFma (FP32/FP64 FMAs, gemm_simt.cuh), Fp64Mma (FP64 mma.sync,
-//                 gemm_tc64.cuh), Tf32x3Mma (TF32x3 mma.sync, gemm_tf32x3.cuh);
+//                 gemm_tc64.cuh), Tf32x3Mma (TF32x3 mma.sync, gemm_tf32x3.cuh),
+//                 WgmmaTf32x3 (TF32x3 wgmma, sm_90a, gemm_wgmma.cuh, with its SplitSlabLoader);
 //   a finish      adds the k-groups' partial tiles (reduce_groups) and writes the tile through
 //                 an epilogue (EpiScale, EpiBiasSigmoid, EpiSigmoidBackward) or, split over K
 //                 across blocks, through the last-block ticket of common.cuh (SplitK).
@@ -411,13 +412,24 @@ __device__ __forceinline__ void gemm_finish(const Mma& mma, real (&acc)[Mma::FRA
 // latency, not arithmetic.
 // ------------------------------------------------------------------------------------------------
 
+// The reals of one k row of a stage's Bs: BN + PAD, or the slab multiply's B_ROW where it
+// declares one (WgmmaTf32x3: op(B) split in two, big and small, 2 BN).
+template <class Mma, class = void>
+struct SlabBRow {
+    static constexpr int value = Mma::BN + Mma::PAD;
+};
+template <class Mma>
+struct SlabBRow<Mma, decltype(void(Mma::B_ROW))> {
+    static constexpr int value = Mma::B_ROW;
+};
+
 // The shared memory of a pipeline: NSTAGES stages of As and Bs, which become the k-groups'
 // reduction buffer at the end.
 template <class Mma_, int NSTAGES>
 struct SlabStages {
     using Mma = Mma_;
     static constexpr int BM = Mma::BM, BN = Mma::BN, BK = Mma::BK, THREADS = Mma::THREADS;
-    static constexpr int AS = BM + Mma::PAD, BS = BN + Mma::PAD;
+    static constexpr int AS = BM + Mma::PAD, BS = SlabBRow<Mma>::value;
     static constexpr int STAGE = BK * AS + BK * BS;  // one stage: As and Bs
     static constexpr int SMEM = NSTAGES * STAGE;     // reals, 16-byte aligned
     static_assert(NSTAGES >= 2, "at least double buffering");
@@ -467,12 +479,13 @@ struct GemmMultistage : SlabStages<Mma, STAGES> {
 // Two buffers: while the block multiplies one slab, every thread already holds its part of the
 // next one in registers (loaded from global memory before the multiply) and stores it into the
 // other buffer afterwards, so one barrier per slab suffices (the skinny tile, whose slabs are a
-// few loads per thread).
-template <class Mma>
+// few loads per thread). LoaderT: a register-staged loader, SlabLoader or one that stores the
+// slab in another layout (gemm_wgmma.cuh's SplitSlabLoader).
+template <class Mma, template <int, int, int, int, bool, bool, bool, int> class LoaderT = SlabLoader>
 struct GemmRegisterStaged : SlabStages<Mma, 2> {
     using S = SlabStages<Mma, 2>;
     template <bool TA, bool TB, bool ONES>
-    using Loader = SlabLoader<S::BM, S::BN, S::BK, S::THREADS, TA, TB, ONES, Mma::PAD>;
+    using Loader = LoaderT<S::BM, S::BN, S::BK, S::THREADS, TA, TB, ONES, Mma::PAD>;
 
     template <class L>
     static __device__ __forceinline__ void walk(L& slab, const Mma& mma, real (&acc)[Mma::FRAG],

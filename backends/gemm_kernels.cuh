@@ -12,6 +12,7 @@
 #include "gemm_simt.cuh"
 #include "gemm_tc64.cuh"
 #include "gemm_tf32x3.cuh"
+#include "gemm_wgmma.cuh"
 
 // One row per tile:
 //   tile      the tile's name (gemm_plan.GEMM_TILES, GEMM_X3_TILE) and type GemmTile_<tile>
@@ -30,7 +31,8 @@
     X(tc128, double, 128,  64, 256,    0,      0)                                                  \
     X(x128,  float,  128, 128, 256,    0,      0)                                                  \
     X(x64,   float,   64,  64, 256,    1,      0)                                                  \
-    X(x16,   float,   16,  16, 256,    1,      0)
+    X(x16,   float,   16,  16, 256,    1,      0)                                                  \
+    X(w128,  float,  128, 128, 256,    0,      0)
 // clang-format on
 
 // The kernels' parameters (gemm_plan.GEMM_PARAMS, GemmVariant.params, GEMM_SPLIT_PARAMS): the

@@ -125,6 +125,12 @@ GEMM_MODES = CONTRACT_GEMM_MODES  # core.ops names them: the one list (core impo
 GEMM_X3_TILE = {"t128": "x128", "t64": "x64", "s16": "x16"}
 #: the least compute capability with the TF32 mma and cvt.rna.tf32 instructions
 GEMM_X3_MIN_CAPABILITY = (8, 0)
+#: the Hopper twins (gemm_wgmma.cuh: TF32x3 on wgmma.mma_async), of the same size and threads as
+#: their SIMT tile: plan_gemm's `wgmma` names them instead of the GEMM_X3_TILE twin in tf32x3
+#: mode. Only a build for sm_90a has their wgmma (elsewhere they trap); the backends do not ask
+#: for them yet (their builds are not sm_90a): tools/check_wgmma.py measures them.
+GEMM_WGMMA_TILE = {"t128": "w128"}
+GEMM_WGMMA_MIN_CAPABILITY = (9, 0)
 
 #: the relative efficiency of each tile the planner picks: t128 8 x 8 per thread; t64 8 x 8 per
 #: thread, K split over 4 groups (float); s16 4 x 4 per thread, K split over 16 groups; tc64, tc128
@@ -132,7 +138,8 @@ GEMM_X3_MIN_CAPABILITY = (8, 0)
 _EFFICIENCY = {"t128": 1.0, "t64": 0.85, "s16": 0.5, "tc64": 1.0, "tc128": 1.0}
 #: the tiles the planner picks (every row of the table but the TF32x3 twins), geometry from it
 GEMM_TILES = {row.tile: GemmTile(row.tile, row.bm, row.bn, row.threads, _EFFICIENCY[row.tile])
-              for row in GEMM_TILE_TABLE.values() if row.tile not in GEMM_X3_TILE.values()}
+              for row in GEMM_TILE_TABLE.values()
+              if row.tile not in {*GEMM_X3_TILE.values(), *GEMM_WGMMA_TILE.values()}}
 
 #: the tiles that run on the FP64 tensor cores: picked only where plan_gemm's `tc64` says the
 #: build and device have them (float64, compute capability >= TC64_MIN_CAPABILITY); a forced one
@@ -171,6 +178,10 @@ GEMM_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(t, ops[0] == "t", ops[1] 
 GEMM_X3_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(GEMM_X3_TILE[t], ops[0] == "t",
                                                           ops[1] == "t")
                                          for t in GEMM_X3_TILE for ops in GEMM_OPS)
+#: the plain GEMM's wgmma TF32x3 kernels (tf32x3 with plan_gemm's `wgmma`), one per twin and pair
+GEMM_WGMMA_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(GEMM_WGMMA_TILE[t], ops[0] == "t",
+                                                             ops[1] == "t")
+                                            for t in GEMM_WGMMA_TILE for ops in GEMM_OPS)
 
 # ------------------------------------------------------------------------ cross-block split-K
 # A product whose tiles leave most multiprocessors idle (z1 and [dW1 db1] at H = 256: 52 tiles of
@@ -286,13 +297,19 @@ class GemmVariant:
 
     @property
     def kernels(self) -> tuple[str, ...]:
-        """Every kernel of the variant: one per tile, then the split ones, then the TF32x3 ones."""
-        return self.tile_kernels + self.split_kernels + self.x3_kernels
+        """Every kernel of the variant: one per tile, then the split ones, then the TF32x3 ones
+        (mma.sync, then wgmma)."""
+        return self.tile_kernels + self.split_kernels + self.x3_kernels + self.wgmma_kernels
 
     @property
     def x3_kernels(self) -> tuple[str, ...]:
         """The TF32x3 twins of the tile kernels (--gemm tf32x3; gemm_tf32x3.cuh)."""
         return tuple(self.kernel(GEMM_X3_TILE[t]) for t in self.tiles if t in GEMM_X3_TILE)
+
+    @property
+    def wgmma_kernels(self) -> tuple[str, ...]:
+        """The wgmma TF32x3 twins of the tile kernels (tf32x3 with `wgmma`; gemm_wgmma.cuh)."""
+        return tuple(self.kernel(GEMM_WGMMA_TILE[t]) for t in self.tiles if t in GEMM_WGMMA_TILE)
 
     @property
     def tile_kernels(self) -> tuple[str, ...]:
@@ -379,7 +396,8 @@ class GemmPlan:
 
 def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: int,
               tile: str | None = None, variant: GemmVariant | None = None,
-              split: int | None = None, mode: str = "simt", tc64: bool = False) -> GemmPlan | None:
+              split: int | None = None, mode: str = "simt", tc64: bool = False,
+              wgmma: bool = False) -> GemmPlan | None:
     """Check the shapes of C = op(A) op(B) and choose the launch; None when C is empty.
 
     K = 0 still gets a plan (the kernel then writes beta * C). `tile` forces a tile (tests, tuning).
@@ -390,7 +408,8 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
     `mode` (GEMM_MODES): "tf32x3" launches the chosen tile's TF32x3 twin (GEMM_X3_TILE), never
     split; the caller checks that the dtype and GPU allow it. `tc64`: the build and device run the
     FP64 tensor-core tiles (tc64_eligible); without it a tc64 tile, picked or forced, runs as
-    TC64_FALLBACK.
+    TC64_FALLBACK. `wgmma` (tf32x3 only): the build is for sm_90a, so a tile with a Hopper twin
+    (GEMM_WGMMA_TILE) launches that twin instead of its mma.sync one.
     """
     if mode not in GEMM_MODES:
         raise ValueError(f"gemm mode must be one of {GEMM_MODES}, got {mode!r}")
@@ -419,7 +438,7 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
         has_split = tile in GEMM_SPLIT_TILES and ops in GEMM_SPLIT_OPS
     grid = gemm_grid(tile, m, n)
     if mode == "tf32x3":
-        x3 = GEMM_X3_TILE[tile]
+        x3 = GEMM_WGMMA_TILE[tile] if wgmma and tile in GEMM_WGMMA_TILE else GEMM_X3_TILE[tile]
         kernel = (gemm_kernel_name(x3, trans_a, trans_b) if variant is None
                   else variant.kernel(x3))
         return GemmPlan(kernel, grid, (GEMM_TILES[tile].threads, 1, 1), m, n, k)

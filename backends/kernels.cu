@@ -24,7 +24,8 @@
 // backends/gemm_plan.py reads): each tile's kernels, in the build of its precision only (the FP64
 // tensor-core tiles in the double build, the TF32x3 ones in the float build). They all run the one
 // mainloop of gemm.cuh (loader, pipeline, finish, epilogues) over a slab multiply: gemm_simt.cuh
-// (FMAs), gemm_tc64.cuh (FP64 mma), gemm_tf32x3.cuh (TF32x3 mma).
+// (FMAs), gemm_tc64.cuh (FP64 mma), gemm_tf32x3.cuh (TF32x3 mma), gemm_wgmma.cuh (TF32x3 wgmma,
+// sm_90a).
 //
 // Each kernel has one entry in backends/op_table.py (its parameters, launch geometry, the op it
 // serves); tests/test_cuda_compile.py checks that the two agree, build by build.
@@ -34,6 +35,7 @@
 #include "gemm_simt.cuh"
 #include "gemm_tc64.cuh"
 #include "gemm_tf32x3.cuh"
+#include "gemm_wgmma.cuh"
 #include "gemm_kernels.cuh"
 #include "elementwise.cuh"
 #include "reductions.cuh"

@@ -709,7 +709,8 @@ EXACT_SGD_STEP = _sgd_step("exact_sgd_step", "exact")
 # ------------------------------------------------------------------------ the planned GEMMs
 def _planned(name, writes, params, kernels, split_kernels, x3_kernels) -> Op:
     """A GEMM: its kernels (the tiles', then the split ones, which take the split-K workspaces
-    too, then the --gemm tf32x3 ones), launched as backends/gemm_plan.py plans them."""
+    too, then the --gemm tf32x3 ones: mma.sync, then wgmma), launched as backends/gemm_plan.py
+    plans them."""
     params = gemm_params(params)
     split_params = params + gemm_params(gemm_plan.GEMM_SPLIT_PARAMS)
     return Op(name=name, planned=True, tolerance="gemm", writes=writes,
@@ -719,10 +720,12 @@ def _planned(name, writes, params, kernels, split_kernels, x3_kernels) -> Op:
 
 
 GEMM = _planned("gemm", ("c",), gemm_plan.GEMM_PARAMS, gemm_plan.GEMM_KERNELS,
-                gemm_plan.GEMM_SPLIT_KERNELS, gemm_plan.GEMM_X3_KERNELS)
+                gemm_plan.GEMM_SPLIT_KERNELS,
+                gemm_plan.GEMM_X3_KERNELS + gemm_plan.GEMM_WGMMA_KERNELS)
 # the fused GEMMs (core.ops FUSED_OPS): planned like the GEMM (gemm_plan.GEMM_VARIANTS)
 GEMM_BIAS_SIGMOID, GEMM_SIGMOID_BACKWARD, GEMM_WITH_BIAS_GRAD = (
-    _planned(v.op, ("out",), v.params, v.tile_kernels, v.split_kernels, v.x3_kernels)
+    _planned(v.op, ("out",), v.params, v.tile_kernels, v.split_kernels,
+             v.x3_kernels + v.wgmma_kernels)
     for v in (gemm_plan.GEMM_VARIANTS[name] for name in
               ("gemm_bias_sigmoid", "gemm_sigmoid_backward", "gemm_with_bias_grad")))
 

@@ -114,10 +114,12 @@ def test_kernel_table_matches_source(dtype):
 def test_every_kernel_is_in_a_build():
     built = {name for dtype in DTYPES for name in cuda_compile.kernel_names(dtype)}
     assert built == set(op_table.KERNEL_NAMES)
-    # per-precision tiles: the FP64 tensor-core ones in float64, the TF32x3 ones in float32 only
+    # per-precision tiles: the FP64 tensor-core ones in float64, the TF32x3 ones (mma.sync x*,
+    # wgmma w*) in float32 only
     only32 = set(cuda_compile.kernel_names("float32")) - set(cuda_compile.kernel_names("float64"))
     only64 = set(cuda_compile.kernel_names("float64")) - set(cuda_compile.kernel_names("float32"))
-    assert only32 and all(re.match(r"gemm_x\d+_", k) for k in only32)
+    assert only32 and all(re.match(r"gemm_[xw]\d+_", k) for k in only32)
+    assert any(k.startswith("gemm_w") for k in only32) and any(k.startswith("gemm_x") for k in only32)
     assert only64 and all(re.match(r"gemm_tc\d+_", k) for k in only64)
 
 

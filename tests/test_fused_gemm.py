@@ -429,14 +429,14 @@ def _plannable_kernels(dtype: str) -> set[str]:
     """Every GEMM kernel a plan can name in the build for `dtype`: each tile forced (and picked),
     each transpose pair of the plain GEMM and each variant, unsplit and split, in every mode and
     tensor-core setting the backend allows that dtype (float64: simt with or without the FP64
-    tensor cores; float32: simt, or tf32x3)."""
-    settings = ([("simt", False), ("simt", True)] if dtype == "float64"
-                else [("simt", False), ("tf32x3", False)])
+    tensor cores; float32: simt, or tf32x3 with or without the Hopper wgmma twins)."""
+    settings = ([("simt", False, False), ("simt", True, False)] if dtype == "float64"
+                else [("simt", False, False), ("tf32x3", False, False), ("tf32x3", False, True)])
     products = [((False, False), None)] + [((o[0] == "t", o[1] == "t"), None) for o in
                                             gemm_plan.GEMM_OPS[1:]]
     products += [((v.ops[0] == "t", v.ops[1] == "t"), v) for v in gemm_plan.GEMM_VARIANTS.values()]
     kernels = set()
-    for mode, tc64 in settings:
+    for mode, tc64, wgmma in settings:
         for (ta, tb), variant in products:
             m, n, k = 256, 256, 1024
             a, b = ((k, m) if ta else (m, k)), ((n, k) if tb else (k, n))
@@ -444,7 +444,7 @@ def _plannable_kernels(dtype: str) -> set[str]:
             for tile in (None, *gemm_plan.GEMM_TILES):
                 for split in (1, 4):
                     plan = gemm_plan.plan_gemm(a, b, c, ta, tb, 132, tile, variant, split, mode,
-                                               tc64)
+                                               tc64, wgmma=wgmma)
                     kernels.add(plan.kernel)
     return kernels
 
@@ -457,12 +457,13 @@ def test_each_build_has_exactly_the_kernels_its_plans_name(dtype):
 
 
 def test_kernel_table_rows():
-    """The planner's tiles and the TF32x3 twins, from gemm_kernels.cuh's table: each twin has its
-    SIMT tile's geometry and kernels (but the split ones), in the float32 build only; the FP64
-    tensor-core tiles are in the float64 build only."""
+    """The planner's tiles and the TF32x3 twins (mma.sync and wgmma), from gemm_kernels.cuh's
+    table: each twin has its SIMT tile's geometry and kernels (but the split ones), in the float32
+    build only; the FP64 tensor-core tiles are in the float64 build only."""
     rows = gemm_plan.GEMM_TILE_TABLE
-    assert set(rows) == set(gemm_plan.GEMM_TILES) | set(gemm_plan.GEMM_X3_TILE.values())
-    for simt, x3 in gemm_plan.GEMM_X3_TILE.items():
+    assert set(rows) == (set(gemm_plan.GEMM_TILES) | set(gemm_plan.GEMM_X3_TILE.values())
+                         | set(gemm_plan.GEMM_WGMMA_TILE.values()))
+    for simt, x3 in [*gemm_plan.GEMM_X3_TILE.items(), *gemm_plan.GEMM_WGMMA_TILE.items()]:
         assert (rows[x3].bm, rows[x3].bn, rows[x3].threads) == (
             rows[simt].bm, rows[simt].bn, rows[simt].threads)
         assert rows[x3].build == "float" and rows[simt].build == "any"

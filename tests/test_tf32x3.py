@@ -69,6 +69,40 @@ def test_plans_name_the_twin_of_the_simt_tile():
         gemm_plan.plan_gemm((5, 3), (3, 7), (5, 7), False, False, 132, mode="tf32")
 
 
+def test_wgmma_plans_name_the_hopper_twin():
+    """With `wgmma` (an sm_90a build), tf32x3 names the Hopper twin of a tile that has one
+    (t128 -> w128: same grid and threads), the mma.sync twin of the others; simt ignores it."""
+    assert gemm_plan.GEMM_WGMMA_TILE == {"t128": "w128"}
+    assert len(gemm_plan.GEMM_WGMMA_KERNELS) == 4
+    big = ((4096, INPUTS), (INPUTS, 3200), (4096, 3200), False, False)
+    x3 = gemm_plan.plan_gemm(*big, 132, mode="tf32x3")
+    w = gemm_plan.plan_gemm(*big, 132, mode="tf32x3", wgmma=True)
+    assert x3.kernel == "gemm_x128_nn" and w.kernel == "gemm_w128_nn"
+    assert (w.grid, w.block, w.split) == (x3.grid, x3.block, 1) == ((32, 25, 1), (256, 1, 1), 1)
+    assert w.kernel in gemm_plan.GEMM_WGMMA_KERNELS
+    for ta, tb in [(True, False), (False, True), (True, True)]:
+        a, b = ((INPUTS, 4096) if ta else (4096, INPUTS)), ((3200, INPUTS) if tb else (INPUTS, 3200))
+        plan = gemm_plan.plan_gemm(a, b, (4096, 3200), ta, tb, 132, "t128", mode="tf32x3",
+                                   wgmma=True)
+        assert plan.kernel == gemm_plan.gemm_kernel_name("w128", ta, tb)
+    # t64 and s16 have no Hopper twin: their mma.sync one
+    plan = gemm_plan.plan_gemm((100, 333), (333, 70), (100, 70), False, False, 132, "t64",
+                               mode="tf32x3", wgmma=True)
+    assert plan.kernel == "gemm_x64_nn"
+    assert gemm_plan.plan_gemm(*big, 132, wgmma=True).kernel.startswith("gemm_t128_")
+    v = gemm_plan.GEMM_VARIANTS
+    plan = gemm_plan.plan_gemm((4096, INPUTS), (INPUTS, 800), (4096, 800), False, False, 132,
+                               variant=v["gemm_bias_sigmoid"], mode="tf32x3", wgmma=True)
+    assert plan.kernel == "gemm_w128_nn_bias_sigmoid"
+    plan = gemm_plan.plan_gemm((4096, 800), (INPUTS, 800), (4096, INPUTS + 1), False, True, 132,
+                               "t128", variant=v["gemm_with_bias_grad"], mode="tf32x3", wgmma=True)
+    assert plan.kernel == "gemm_w128_nt_bias_grad"
+    assert v["gemm_sigmoid_backward"].wgmma_kernels == ()  # t128 has no short-K family
+    for variant in v.values():
+        launches = {launch.kernel for launch in op_table.OP_BY_NAME[variant.op].launches}
+        assert set(variant.wgmma_kernels) <= launches
+
+
 def test_variant_plans():
     v = gemm_plan.GEMM_VARIANTS
     plan = gemm_plan.plan_gemm((256, INPUTS), (INPUTS, 800), (256, 800), False, False, 132,
@@ -305,9 +339,47 @@ def test_ptx_has_the_three_product_mma(tmp_path):
         body = bodies[name]
         assert mma in body and "cvt.rna.tf32.f32" in body, name
         assert body.count(mma) % 3 == 0, name
+    # the wgmma twins (gemm_wgmma.cuh) split with cvt.rna.tf32 too, but have no wgmma below
+    # sm_90a: their multiply traps (test_sm90a_ptx_has_the_three_product_wgmma)
+    wg = [k for k in op_table.KERNEL_NAMES if re.match(r"gemm_w128_", k)]
+    assert len(wg) == 4 + sum(len(v.wgmma_kernels) for v in gemm_plan.GEMM_VARIANTS.values())
+    for name in wg:
+        body = bodies[name]
+        assert "cvt.rna.tf32.f32" in body and "trap;" in body, name
+        assert mma not in body and "wgmma" not in body, name
     for name in cuda_compile.kernel_names("float32"):
-        if name.startswith("gemm_") and name not in x3:
+        if name.startswith("gemm_") and name not in x3 and name not in wg:
             assert mma not in bodies[name] and "cvt.rna.tf32" not in bodies[name], name
+
+
+def test_sm90a_ptx_has_the_three_product_wgmma(tmp_path):
+    """sm_90a PTX of the float build: every wgmma twin (gemm_wgmma.cuh) splits with cvt.rna.tf32
+    and multiplies with wgmma m64n128k8 TF32 (3 products a k8 step, committed and waited for),
+    its slab stores fenced for the async proxy, no trap; no other kernel has wgmma."""
+    nvcc = nvcc_or_skip()
+    src = tmp_path / "kernels.cu"
+    src.write_text(cuda_compile.read_source())
+    out = tmp_path / "kernels.ptx"
+    cmd = [nvcc, "-ptx", "-arch=sm_90a", *cuda_compile.compile_options("float32"), str(src),
+           "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # (each entry up to the next: the inline wgmma's { } block has a closing brace of its own)
+    bodies = dict(re.findall(r"\.entry (\w+)\((.*?)(?=\.entry |\Z)", out.read_text(), flags=re.S))
+    wgmma = "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32"
+    wg = [k for k in cuda_compile.kernel_names("float32") if re.match(r"gemm_w128_", k)]
+    assert set(wg) == {k for k in gemm_plan.GEMM_KERNEL_BUILD if k.startswith("gemm_w128_")}
+    for name in wg:
+        body = bodies[name]
+        assert body.count(wgmma) > 0 and body.count(wgmma) % 3 == 0, name
+        for needed in ("cvt.rna.tf32.f32", "wgmma.fence.sync.aligned",
+                       "wgmma.commit_group.sync.aligned", "wgmma.wait_group.sync.aligned 0",
+                       "fence.proxy.async.shared::cta"):
+            assert needed in body, (name, needed)
+        assert "trap;" not in body, name
+    for name in cuda_compile.kernel_names("float32"):
+        if name not in wg:
+            assert "wgmma" not in bodies[name], name
 
 
 # ============================================================================ on a GPU

@@ -1,0 +1,203 @@
+// TF32x3 GEMM on Hopper's warpgroup tensor cores (wgmma.mma_async, sm_90a only): the slab
+// multiply WgmmaTf32x3 and its loader SplitSlabLoader on gemm.cuh's register-staged pipeline
+// (GemmRegisterStaged), the same loads, finish and epilogues as every other tile. The arithmetic
+// is gemm_tf32x3.cuh's (read its header and Tf32x3Mma first): each float x = big + small,
+// big = tf32(x), small = tf32(x - big); per k8 step t = a_small b_big + a_big b_small + a_big b_big
+// summed by the tensor core from zero, then acc += t by an FP32 add (Tf32x3Mma says why).
+//
+// What differs from Tf32x3Mma is the instruction: wgmma.mma_async.m64n128k8.f32.tf32.tf32, one
+// warpgroup (4 warps, 128 threads) multiplying 64 rows x 128 columns x 8 k, with
+//   A from registers: warp w of the warpgroup holds rows 16 w .. 16 w + 15 of the 64, lane
+//     (gid = lane / 4, tig = lane % 4) the elements (gid, tig), (gid + 8, tig), (gid, tig + 4),
+//     (gid + 8, tig + 4): mma.sync m16n8k8's A fragment. The thread reads them from As (k-major,
+//     as every loader writes A, but with rows XOR-swizzled instead of padded: WgmmaSlabLayout)
+//     and splits them in registers, as Tf32x3Mma does;
+//   B from shared memory through a matrix descriptor: for .tf32 only K-major is allowed (no
+//     transpose), in 8 x 16-byte core matrices (8 columns n of op(B), 4 consecutive k each). The
+//     loader splits op(B) in registers and stores big and small, each in that layout
+//     (WgmmaSlabLayout), so the multiply reads B only through the descriptors;
+//   D: the thread's 64 floats of the warpgroup's 64 x 128 are the C fragment of mma.sync m16n8k*
+//     for the warp's 16 rows, one 16 x 8 block after another: gemm.cuh's WarpMmaFragment with
+//     16-row warps (WARPS_M = 8, WARPS_N = 1).
+// Between the stores of a slab (generic proxy) and the wgmma reads of it (async proxy) each thread
+// fences (fence.proxy.async) before the pipeline's barrier; the multiply waits for its wgmmas
+// (wait_group 0) every k8 step, so the slab's buffer is free once every thread is past the
+// pipeline's next barrier. Deterministic: every element is one fixed sequence of wgmma and adds.
+//
+// wgmma exists on sm_90a only (the arch-specific target, __CUDA_ARCH_FEAT_SM90_ALL): in any other
+// build (sm_90 without the a, older targets, the float64 build has no such tile) the multiply
+// compiles to a trap, and nothing plans these kernels there (gemm_plan.GEMM_WGMMA_TILE).
+#ifndef DPMLP_GEMM_WGMMA_CUH
+#define DPMLP_GEMM_WGMMA_CUH
+
+#include "common.cuh"
+#include "gemm.cuh"
+#include "gemm_tf32x3.cuh"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define DPMLP_HAS_WGMMA 1
+#else
+#define DPMLP_HAS_WGMMA 0
+#endif
+
+// The shared layout of one slab of the wgmma tiles (offsets in floats within As and Bs):
+//   As: BK rows of BM, row r of op(A) at k row k is at k BM + (r ^ 8 (k % 4)): the four k of an A
+//       fragment load (tig) land on four different 8-word bank groups (no padding needed);
+//   Bs: op(B) big, then op(B) small, BK x BN each in core matrices of 8 n x 4 k (128 bytes,
+//       n-th row at 16 n bytes, k at 4 k bytes within it); core matrix (k / 4, n / 8) at
+//       ((n / 8) (BK / 4) + k / 4) 128 bytes. So the core matrices adjacent in k are 128 bytes
+//       apart (the descriptor's leading byte offset, LBO) and those adjacent in n BK / 4 * 128
+//       (stride byte offset, SBO); a k8 step's B starts 256 bytes further than the previous.
+template <int BM, int BN, int BK>
+struct WgmmaSlabLayout {
+    static_assert(BM % 32 == 0 && BN % 8 == 0 && BK % 8 == 0, "whole swizzle groups, core matrices");
+    static constexpr int B_HALF = BK * BN;           // floats of op(B) big (then small)
+    static constexpr unsigned LBO = 128;             // bytes between core matrices adjacent in k
+    static constexpr unsigned SBO = (BK / 4) * 128;  // ... adjacent in n
+    static __device__ __forceinline__ int a(int k, int row) { return k * BM + (row ^ ((k & 3) << 3)); }
+    static __device__ __forceinline__ int b(int k, int n)
+    {
+        return (((n >> 3) * (BK / 4) + (k >> 2)) << 5) + ((n & 7) << 2) + (k & 3);
+    }
+};
+
+// The register-staged loader of the wgmma tiles: SlabLoader's loads (every transpose, leading
+// dimension, edge and the ones column), stored in WgmmaSlabLayout, op(B) split into big and small
+// (tf32_split) on the way. Bs: 2 BK BN floats (WgmmaTf32x3::B_ROW = 2 BN per k row).
+template <int BM, int BN, int BK, int NT, bool TA, bool TB, bool ONES, int PAD>
+struct SplitSlabLoader : SlabLoader<BM, BN, BK, NT, TA, TB, ONES, PAD> {
+    using Base = SlabLoader<BM, BN, BK, NT, TA, TB, ONES, PAD>;
+    using L = WgmmaSlabLayout<BM, BN, BK>;
+    using Base::Base;
+
+    __device__ __forceinline__ void store(float* As, float* Bs) const
+    {
+#pragma unroll
+        for (int l = 0; l < Base::A_LOADS; ++l)
+            As[L::a(this->a_k + (TA ? 0 : l * Base::A_LSTEP),
+                    this->a_row + (TA ? l * Base::A_LSTEP : 0))] = this->a[l];
+#pragma unroll
+        for (int l = 0; l < Base::B_LOADS; ++l) {
+            unsigned big, small;
+            tf32_split(this->b[l], big, small);
+            const int off = L::b(this->b_k + (TB ? l * Base::B_LSTEP : 0),
+                                 this->b_col + (TB ? 0 : l * Base::B_LSTEP));
+            Bs[off] = __uint_as_float(big);
+            Bs[L::B_HALF + off] = __uint_as_float(small);
+        }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        // this thread's stores, visible to the async proxy (the wgmma reads of B) once the
+        // pipeline's barrier has passed
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+    }
+};
+
+// The wgmma instructions (sm_90a; elsewhere never reached: the multiply traps first)
+#if DPMLP_HAS_WGMMA
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+
+// The descriptor of a K-major, unswizzled B operand at shared address `addr` (WgmmaSlabLayout):
+// start address, LBO and SBO in 16-byte units (bits 0-13, 16-29, 32-45), base offset 0, layout
+// type 0 (no swizzle, bits 62-63).
+__device__ __forceinline__ unsigned long long wgmma_desc(unsigned addr, unsigned lbo, unsigned sbo)
+{
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4) |
+           ((unsigned long long)((lbo >> 4) & 0x3FFFu) << 16) |
+           ((unsigned long long)((sbo >> 4) & 0x3FFFu) << 32);
+}
+
+// d = (scale_d ? d : 0) + a b for the warpgroup's 64 x 128 x 8 (A: the thread's fragment, B: the
+// descriptor). Asynchronous: d and a must not be touched until wgmma_wait_all.
+__device__ __forceinline__ void wgmma_m64n128k8_tf32(float (&d)[64], const unsigned (&a)[4],
+                                                     unsigned long long desc_b, int scale_d)
+{
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "
+        "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, "
+        "%34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, "
+        "%50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "{%64, %65, %66, %67}, %68, p, 1, 1;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+          "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
+          "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]),
+          "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
+          "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),
+          "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]),
+          "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+}
+#endif
+
+// The wgmma TF32x3 slab multiply (gemm.cuh's Mma): BM / 64 warpgroups, each 64 rows x all BN = 128
+// columns of the tile; one k-group; BK-deep slabs in WgmmaSlabLayout (SplitSlabLoader).
+template <int BM_, int BN_, int BK_>
+struct WgmmaTf32x3 : WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1> {
+    using F = WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1>;
+    using L = WgmmaSlabLayout<BM_, BN_, BK_>;
+    static constexpr int BK = BK_, PAD = 0, B_ROW = 2 * BN_;
+    static_assert(BK_ > 0 && !REAL_IS_DOUBLE, "TF32x3 splits floats: a float32 tile");
+    static_assert(BM_ % 64 == 0 && BN_ == 128 && F::FRAG == 64, "warpgroups of 64 x 128 (n128)");
+
+    __device__ __forceinline__ explicit WgmmaTf32x3(int tid) : F(tid) {}
+
+    __device__ __forceinline__ void multiply(float (&acc)[F::FRAG], const float* As,
+                                             const float* Bs) const
+    {
+#if DPMLP_HAS_WGMMA
+        const unsigned b_big = shared_addr(Bs), b_small = b_big + L::B_HALF * 4;
+        const int r0 = this->wm0 + this->gid, r1 = r0 + 8;
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 8) {
+            const int k_lo = kk + this->tig, k_hi = k_lo + 4;
+            unsigned a_big[4], a_small[4];
+            tf32_split(As[L::a(k_lo, r0)], a_big[0], a_small[0]);
+            tf32_split(As[L::a(k_lo, r1)], a_big[1], a_small[1]);
+            tf32_split(As[L::a(k_hi, r0)], a_big[2], a_small[2]);
+            tf32_split(As[L::a(k_hi, r1)], a_big[3], a_small[3]);
+            const unsigned step = (kk / 4) * 128;  // bytes: two core matrices of k per k8 step
+            const unsigned long long d_big = wgmma_desc(b_big + step, L::LBO, L::SBO);
+            const unsigned long long d_small = wgmma_desc(b_small + step, L::LBO, L::SBO);
+            // t = a_small b_big + a_big b_small + a_big b_big, from zero (scale_d = 0 first), the
+            // small products first; then acc += t (Tf32x3Mma: the tensor core's accumulation
+            // truncates, so each k8 step's sum is promoted by an FP32 add)
+            float t[64];
+            wgmma_fence();  // the A fragments (and t's registers) were written just before
+            wgmma_m64n128k8_tf32(t, a_small, d_big, 0);
+            wgmma_m64n128k8_tf32(t, a_big, d_small, 1);
+            wgmma_m64n128k8_tf32(t, a_big, d_big, 1);
+            wgmma_commit();
+            wgmma_wait_all();
+            // t is written by the wgmmas: no read of it may move above the wait
+#pragma unroll
+            for (int f = 0; f < 64; ++f) asm volatile("" : "+f"(t[f])::"memory");
+#pragma unroll
+            for (int f = 0; f < 64; ++f) acc[f] += t[f];
+        }
+#else
+        (void)acc;
+        (void)As;
+        (void)Bs;
+        __trap();  // never launched: the planner names these kernels for sm_90a builds only
+#endif
+    }
+};
+
+// w128: the wgmma twin of x128 (gemm_plan.GEMM_WGMMA_TILE: t128 -> w128 where the build has
+// wgmma): 128 x 128, two warpgroups of 64 x 128, 16-deep slabs, two register-staged buffers of
+// As (8 KB) and Bs big and small (16 KB): 48 KB, the most static shared memory a block may have.
+// One block per multiprocessor (acc 64 + t 64 floats a thread).
+typedef GemmTileOf<GemmRegisterStaged<WgmmaTf32x3<128, 128, 16>, SplitSlabLoader>, 1> GemmTile_w128;
+
+#endif  // DPMLP_GEMM_WGMMA_CUH
