@@ -417,7 +417,7 @@ def _chosen_runs(args, registry, say):
     the --gemm settings; --gemm-split set on the CUDA backends."""
     entries = [e for e in registry.backends() if e.available]
     if args.backends:
-        entries = [registry.backend(name) for name in args.backends.split(",")]
+        entries = [registry.backend(name, "--backends") for name in args.backends.split(",")]
     elif any(e.name != "numpy" for e in entries):
         entries = [e for e in entries if e.name != "numpy"]
     gemm_settings = args.gemm.split(",")

@@ -141,9 +141,10 @@ class Registry:
                                       origin.version, available, reason)
         return sorted(entries.values(), key=lambda e: e.name)
 
-    def backend(self, name: str | None) -> Entry:
-        """The backend called ``name`` (None: the best available one); UserError if unusable."""
-        return _pick(self.backends(), name, "--backend", "backend", self.broken)
+    def backend(self, name: str | None, flag: str = "--backend") -> Entry:
+        """The backend called ``name`` (None: the best available one); UserError if unusable,
+        naming ``flag`` (the option that named it)."""
+        return _pick(self.backends(), name, flag, "backend", self.broken)
 
     def communicator(self, name: str) -> Entry:
         return _pick(self.communicators(), name, "--comm", "communicator", self.broken)

@@ -500,7 +500,7 @@ def dpmlp(args, env, timeout=120):
                                    "integers, got 'abc'"),
     (["bench", "--epochs", "0"], "argument --epochs: must be a positive integer, got '0'"),
     (["bench", "--samples", "-5"], "argument --samples: must be a positive integer, got '-5'"),
-    (["bench", "--backends", "foo", "--samples", "100"], "unknown backend"),
+    (["bench", "--backends", "foo", "--samples", "100"], "--backends foo: unknown backend"),
     (["bench", "--modes", "bogus", "--samples", "100"], "--modes: bogus is none of"),
     (["bench", "--bogus"], "unrecognized arguments: --bogus"),
     (["train", "-r", "-1"], "argument -r/--reg: must be a number >= 0, got '-1'"),
