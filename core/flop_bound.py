@@ -23,16 +23,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.model import CLASSES, INPUTS
-
-#: FLOP per sample per hidden unit of one training step: 2 * (2 * INPUTS + 3 * CLASSES)
-FLOP_PER_SAMPLE_PER_HIDDEN = 2 * (2 * INPUTS + 3 * CLASSES)
-assert FLOP_PER_SAMPLE_PER_HIDDEN == 3196
+from core.model import ParamLayout
 
 
 def epoch_flop(samples: int, hidden: int) -> int:
-    """The GEMM FLOP of one epoch of ``samples`` samples at ``hidden`` hidden units."""
-    return samples * hidden * FLOP_PER_SAMPLE_PER_HIDDEN
+    """The GEMM FLOP of one epoch of ``samples`` samples at ``hidden`` hidden units: 2 M N K of
+    each of the step's GEMMs (ParamLayout.gemm_shapes) over all the samples."""
+    return sum(2 * g.m * g.n * g.k for g in ParamLayout(hidden).gemm_shapes(samples))
+
+
+#: FLOP per sample per hidden unit of one training step: 2 * (2 * INPUTS + 3 * CLASSES) = 3196
+FLOP_PER_SAMPLE_PER_HIDDEN = epoch_flop(1, 1)
 
 
 @dataclass(frozen=True)

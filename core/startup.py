@@ -1,12 +1,12 @@
 """SIGINT and SIGTERM from the first line of a dpmlp program: one line and exit 130.
 
-Installed by the entry points before their heavy imports (``python -m core.train``, the
-``dpmlp`` command), so that a Ctrl-C while numpy or MPI load is one line, not a traceback, and a
+Installed by core/__init__.py when a program starts (``python -m core.X``, the ``dpmlp``
+command) and by the ``dpmlp`` entry point, before any heavy import, so that a Ctrl-C while numpy or MPI load is one line, not a traceback, and a
 SIGTERM during start-up is not a silent death. While the program's modules import (until its
 first ``phase()``) the handler ends the process at once (nothing exists yet to clean up, and a
 SystemExit raised inside an extension module's import would surface as that module's
-ImportError); after that it raises ``SystemExit(130)``, so ``finally`` blocks still run (a run directory the job made and wrote nothing to is removed);
-a second signal ends the process at once. While the training loop runs, its own handler
+ImportError); after that it raises ``SystemExit(130)``, so ``finally`` blocks still run (a
+run directory the job made and wrote nothing to is removed); a second signal ends the process at once. While the training loop runs, its own handler
 (core/session.py's StopRequest) takes over and this one comes back after it.
 
 ``phase(what)`` names what the program is doing, for the line; ``deferred()`` holds a signal

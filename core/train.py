@@ -10,10 +10,6 @@ cleanly; a failure during training aborts the whole job naming the rank (core/jo
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before the heavy imports: a signal from the first line is one line
-    from core.startup import install_signal_handlers
-    install_signal_handlers()
-
 import math
 import sys
 

@@ -320,18 +320,24 @@ def test_bench_refuses_tf32x3_in_float64(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the PTX
-def test_ptx_has_the_three_product_mma(tmp_path):
-    """sm_90 PTX of the float build: every TF32x3 kernel splits with cvt.rna.tf32 and multiplies
-    with the m16n8k8 TF32 mma (3 products a k-step); no SIMT kernel does."""
+def _float_ptx(tmp_path, arch: str) -> str:
+    """The PTX of the float32 build of kernels.cu for ``arch`` (nvcc; skip without it)."""
     nvcc = nvcc_or_skip()
     src = tmp_path / "kernels.cu"
     src.write_text(cuda_compile.read_source())
     out = tmp_path / "kernels.ptx"
-    cmd = [nvcc, "-ptx", "-arch=sm_90", *cuda_compile.compile_options("float32"), str(src),
+    cmd = [nvcc, "-ptx", f"-arch={arch}", *cuda_compile.compile_options("float32"), str(src),
            "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    bodies = dict(re.findall(r"\.entry (\w+)\((.*?)\n}\n", out.read_text(), flags=re.S))
+    return out.read_text()
+
+
+def test_ptx_has_the_three_product_mma(tmp_path):
+    """sm_90 PTX of the float build: every TF32x3 kernel splits with cvt.rna.tf32 and multiplies
+    with the m16n8k8 TF32 mma (3 products a k-step); no SIMT kernel does."""
+    bodies = dict(re.findall(r"\.entry (\w+)\((.*?)\n}\n", _float_ptx(tmp_path, "sm_90"),
+                             flags=re.S))
     x3 = [k for k in op_table.KERNEL_NAMES if re.match(r"gemm_x(128|64|16)_", k)]
     assert len(x3) == 12 + sum(len(v.x3_kernels) for v in gemm_plan.GEMM_VARIANTS.values())
     mma = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"
@@ -356,16 +362,9 @@ def test_sm90a_ptx_has_the_three_product_wgmma(tmp_path):
     """sm_90a PTX of the float build: every wgmma twin (gemm_wgmma.cuh) splits with cvt.rna.tf32
     and multiplies with wgmma m64n128k8 TF32 (3 products a k8 step, committed and waited for),
     its slab stores fenced for the async proxy, no trap; no other kernel has wgmma."""
-    nvcc = nvcc_or_skip()
-    src = tmp_path / "kernels.cu"
-    src.write_text(cuda_compile.read_source())
-    out = tmp_path / "kernels.ptx"
-    cmd = [nvcc, "-ptx", "-arch=sm_90a", *cuda_compile.compile_options("float32"), str(src),
-           "-o", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
     # (each entry up to the next: the inline wgmma's { } block has a closing brace of its own)
-    bodies = dict(re.findall(r"\.entry (\w+)\((.*?)(?=\.entry |\Z)", out.read_text(), flags=re.S))
+    bodies = dict(re.findall(r"\.entry (\w+)\((.*?)(?=\.entry |\Z)",
+                             _float_ptx(tmp_path, "sm_90a"), flags=re.S))
     wgmma = "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32"
     wg = [k for k in cuda_compile.kernel_names("float32") if re.match(r"gemm_w128_", k)]
     assert set(wg) == {k for k in gemm_plan.GEMM_KERNEL_BUILD if k.startswith("gemm_w128_")}

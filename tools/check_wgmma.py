@@ -43,8 +43,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backends import cuda_compile, gemm_plan  # noqa: E402
+from core.bench import gpu_seconds  # noqa: E402
+from core.model import INPUTS  # noqa: E402
 
-INPUTS = 784
 ARCH = "sm_90a"
 TILES = ("w128", "x128", "t128")  # the new kernel, its mma.sync twin, the SIMT tile
 PROBE = r"""
@@ -250,20 +251,9 @@ def diagnose(got, ref) -> dict:
     return out
 
 
-def time_it(cupy, fn, reps=20, warm=3) -> float:
-    """Median of `reps` CUDA-event timings of fn(), microseconds."""
-    for _ in range(warm):
-        fn()
-    cupy.cuda.Device().synchronize()
-    times = []
-    for _ in range(reps):
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, stop) * 1e3)
-    return float(np.median(times))
+def time_it(cupy, fn, reps=20) -> float:
+    """Median of `reps` CUDA-event timings of one fn() (core.bench.gpu_seconds), microseconds."""
+    return 1e6 * gpu_seconds(fn, cupy.cuda.get_current_stream().ptr, repeats=reps, calls=1)
 
 
 def check_case(cupy, module, spec, rng):
