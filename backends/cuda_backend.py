@@ -26,7 +26,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from backends import gemm_plan, op_table
+from backends import cuda_compile, gemm_plan, op_table
 from backends.cuda_dispatch import kernel_launcher, table_method
 from backends.cuda_gemm import CudaGemms
 from core.ops import Backend
@@ -39,6 +39,8 @@ class CudaBackend(CudaGemms, Backend):
 
     #: the device's compute capability (major, minor); set by a subclass before _start
     _capability: tuple[int, int] = (0, 0)
+    #: the build has wgmma (set by _start from the build's feature probe)
+    _gemm_wgmma: bool = False
 
     # ----------------------------------------------------------------- the ops
     # The table's ops (op_table.OPS): one closure over each entry (cuda_dispatch.table_method).
@@ -149,15 +151,19 @@ class CudaBackend(CudaGemms, Backend):
         self.device_index = 0 if device_index is None else int(device_index)
 
     def _start(self, kernels: dict[str, Any], num_sms: int,
-               capability: tuple[int, int] | None = None) -> None:
+               capability: tuple[int, int] | None = None,
+               features: tuple[int, int] | None = None) -> None:
         """The end of a subclass's ``__init__``, once its device, stream and kernels are ready.
 
         `kernels` maps each kernel name to what the subclass's ``_call`` launches; `capability` is
-        the device's compute capability (major, minor); None keeps the class's (test doubles)."""
+        the device's compute capability (major, minor); None keeps the class's (test doubles);
+        `features`: what cuda_compile.FEATURE_PROBE read from the build, (__CUDA_ARCH__, wgmma)."""
         self._kernel_fns = kernels
         self._num_sms = num_sms
         if capability is not None:
             self._capability = tuple(capability)
+        #: the build has wgmma (sm_90a): tf32x3 launches the Hopper tiles (gemm_wgmma.cuh)
+        self._gemm_wgmma = bool(features and features[1]) and self.dtype == np.float32
         #: the GEMM planner may pick the FP64 tensor-core tile (float64 on sm_80+; gemm_tc64.cuh)
         self._gemm_tc64 = gemm_plan.tc64_eligible(self.dtype.name, self._capability)
         self._gemm_plans: dict[tuple, tuple | None] = {}
@@ -166,6 +172,11 @@ class CudaBackend(CudaGemms, Backend):
         #: workspace buffers); the GEMM kernels launch through their plans
         self._launch = {launch.kernel: kernel_launcher(self, launch.kernel)
                         for op in op_table.OPS if not op.planned for launch in op.all_launches}
+
+    def gemm_path(self) -> str:
+        """One line: which GEMM instruction the kernels of this run multiply with (start-up)."""
+        return cuda_compile.gemm_path(self.dtype, self._capability, self._gemm_wgmma,
+                                      self.gemm_mode)
 
     def _allocate_workspace(self) -> None:
         """The buffers of op_table.WORKSPACE, as ``_<name>``. Allocated here, never at plan time:

@@ -77,6 +77,56 @@ def compile_options(dtype) -> tuple[str, ...]:
     return (f"-DREAL={real_ctype(dtype)}", "-ftz=true")
 
 
+#: compute capability -> the arch-specific target both backends build kernels.cu for on a device
+#: of it, because kernels.cu uses that target's own features there (gemm_wgmma.cuh: wgmma.mma_async
+#: exists in sm_90a builds only, not in sm_90 ones). Any other device gets the compilers' own
+#: choice for it (CuPy: sm_<cc> by NVRTC; PyCUDA: nvcc's -arch for the current device).
+ARCH_SPECIFIC: dict[tuple[int, int], str] = {(9, 0): "sm_90a"}
+
+
+def build_arch(capability) -> str | None:
+    """The arch-specific target of the build for a device of `capability`, or None (default)."""
+    return ARCH_SPECIFIC.get(tuple(capability)) if capability else None
+
+
+def arch_options(arch: str | None) -> tuple[str, ...]:
+    """NVRTC's option for target `arch` (nvcc takes the same spelling as -arch=...)."""
+    return (f"--gpu-architecture={arch}",) if arch else ()
+
+
+#: A one-kernel module compiled with the same options as kernels.cu: what the build it stands for
+#: has, read at start-up, so a backend plans the wgmma kernels only where they run (however the
+#: compiler combined its target options with ours). out[0]: __CUDA_ARCH__; out[1]: 1 where the
+#: build has wgmma (gemm_wgmma.cuh's DPMLP_HAS_WGMMA condition).
+FEATURE_PROBE = r"""
+extern "C" __global__ void build_features(int* out)
+{
+#if defined(__CUDA_ARCH__)
+    out[0] = __CUDA_ARCH__;
+#if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    out[1] = 1;
+#else
+    out[1] = 0;
+#endif
+#endif
+}
+"""
+
+
+def gemm_path(dtype, capability, wgmma: bool, mode: str) -> str:
+    """The one line a GPU backend says at start-up about its GEMM kernels: which instruction the
+    build for this device multiplies with, in the run's --gemm mode."""
+    cc = ".".join(map(str, capability))
+    if mode == "tf32x3":
+        if wgmma:
+            return f"GEMM: TF32x3 on wgmma.mma_async (sm_90a build, compute capability {cc})"
+        return f"GEMM: TF32x3 on mma.sync (compute capability {cc})"
+    if np.dtype(dtype) == np.float64 and tuple(capability) >= (8, 0):
+        return f"GEMM: FP64 tensor cores, mma.sync (compute capability {cc})"
+    name = "FP64" if np.dtype(dtype) == np.float64 else "FP32"
+    return f"GEMM: {name} FMA, SIMT (compute capability {cc})"
+
+
 def kernel_names(dtype) -> tuple[str, ...]:
     """The kernels of the op table that the build for `dtype` defines, in the table's order: all
     but the GEMM kernels of the other precision's tiles (gemm_plan.gemm_kernels_for). The

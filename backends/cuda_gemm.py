@@ -91,7 +91,7 @@ class CudaGemms:
         lds = {"lda": self._ld(a), "ldb": self._ld(b), "ldc": self._ld(out)}
         plan = gemm_plan.plan_gemm(a.shape, b.shape, out.shape, trans_a, trans_b, self._num_sms,
                                    self.gemm_tile, variant, self.gemm_split, self.gemm_mode,
-                                   tc64=self._gemm_tc64)
+                                   tc64=self._gemm_tc64, wgmma=self._gemm_wgmma)
         if plan is None:
             return None, lds
         return plan, {"m": plan.m, "n": plan.n, "k": plan.k, **lds}

@@ -138,22 +138,76 @@ __device__ __forceinline__ void wgmma_m64n128k8_tf32(float (&d)[64], const unsig
           "+f"(d[62]), "+f"(d[63])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
 }
+
+// the same for 64 x 64 x 8 (the thread's 32 floats of the warpgroup's 64 x 64)
+__device__ __forceinline__ void wgmma_m64n64k8_tf32(float (&d)[32], const unsigned (&a)[4],
+                                                    unsigned long long desc_b, int scale_d)
+{
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "{%32, %33, %34, %35}, %36, p, 1, 1;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+          "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+}
+
+// wgmma_tf32<N>: the m64nNk8 instruction for a warpgroup tile N columns wide
+template <int N>
+__device__ __forceinline__ void wgmma_tf32(float (&d)[N / 2], const unsigned (&a)[4],
+                                           unsigned long long desc_b, int scale_d);
+template <>
+__device__ __forceinline__ void wgmma_tf32<128>(float (&d)[64], const unsigned (&a)[4],
+                                                unsigned long long desc_b, int scale_d)
+{
+    wgmma_m64n128k8_tf32(d, a, desc_b, scale_d);
+}
+template <>
+__device__ __forceinline__ void wgmma_tf32<64>(float (&d)[32], const unsigned (&a)[4],
+                                               unsigned long long desc_b, int scale_d)
+{
+    wgmma_m64n64k8_tf32(d, a, desc_b, scale_d);
+}
 #endif
 
 // The wgmma TF32x3 slab multiply (gemm.cuh's Mma): BM / 64 warpgroups, each 64 rows x all BN = 128
 // columns of the tile; one k-group; BK-deep slabs in WgmmaSlabLayout (SplitSlabLoader).
-template <int BM_, int BN_, int BK_>
+//
+// PROMOTE (the default): each k8 step's three products are summed from zero into t and t is added
+// to acc by an FP32 add, as Tf32x3Mma does; false: the wgmmas accumulate into acc themselves (no
+// t: 64 registers fewer, no add), as CUTLASS's 3xTF32 does, at the tensor core's own rounding of
+// the running sum (tools/check_wgmma.py measures what that costs against the SIMT kernel).
+template <int BM_, int BN_, int BK_, bool PROMOTE = true>
 struct WgmmaTf32x3 : WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1> {
     using F = WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1>;
     using L = WgmmaSlabLayout<BM_, BN_, BK_>;
     static constexpr int BK = BK_, PAD = 0, B_ROW = 2 * BN_;
     static_assert(BK_ > 0 && !REAL_IS_DOUBLE, "TF32x3 splits floats: a float32 tile");
-    static_assert(BM_ % 64 == 0 && BN_ == 128 && F::FRAG == 64, "warpgroups of 64 x 128 (n128)");
+    static_assert(BM_ % 64 == 0 && (BN_ == 128 || BN_ == 64) && F::FRAG == BN_ / 2,
+                  "warpgroups of 64 x BN: m64n128k8 or m64n64k8");
 
     __device__ __forceinline__ explicit WgmmaTf32x3(int tid) : F(tid) {}
 
+    // acc += this warpgroup's part of one slab (As: WgmmaSlabLayout; Bs: op(B) big, then small)
     __device__ __forceinline__ void multiply(float (&acc)[F::FRAG], const float* As,
                                              const float* Bs) const
+    {
+        multiply_overlapped(acc, As, Bs, [] {});
+    }
+
+    // multiply, with during() run while the wgmmas of the slab's last k8 step are in flight (the
+    // pipeline's work on the next slab; it must not touch acc, As or Bs)
+    template <class During>
+    __device__ __forceinline__ void multiply_overlapped(float (&acc)[F::FRAG], const float* As,
+                                                        const float* Bs, During during) const
     {
 #if DPMLP_HAS_WGMMA
         const unsigned b_big = shared_addr(Bs), b_small = b_big + L::B_HALF * 4;
@@ -171,26 +225,206 @@ struct WgmmaTf32x3 : WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1> {
             const unsigned long long d_small = wgmma_desc(b_small + step, L::LBO, L::SBO);
             // t = a_small b_big + a_big b_small + a_big b_big, from zero (scale_d = 0 first), the
             // small products first; then acc += t (Tf32x3Mma: the tensor core's accumulation
-            // truncates, so each k8 step's sum is promoted by an FP32 add)
-            float t[64];
-            wgmma_fence();  // the A fragments (and t's registers) were written just before
-            wgmma_m64n128k8_tf32(t, a_small, d_big, 0);
-            wgmma_m64n128k8_tf32(t, a_big, d_small, 1);
-            wgmma_m64n128k8_tf32(t, a_big, d_big, 1);
-            wgmma_commit();
-            wgmma_wait_all();
-            // t is written by the wgmmas: no read of it may move above the wait
+            // truncates, so each k8 step's sum is promoted by an FP32 add). Without PROMOTE the
+            // same three products go into acc itself.
+            if (PROMOTE) {
+                float t[F::FRAG];
+                wgmma_fence();  // the A fragments (and t's registers) were written just before
+                wgmma_tf32<BN_>(t, a_small, d_big, 0);
+                wgmma_tf32<BN_>(t, a_big, d_small, 1);
+                wgmma_tf32<BN_>(t, a_big, d_big, 1);
+                wgmma_commit();
+                if (kk + 8 >= BK) during();
+                wgmma_wait_all();
+                // t is written by the wgmmas: no read of it may move above the wait
 #pragma unroll
-            for (int f = 0; f < 64; ++f) asm volatile("" : "+f"(t[f])::"memory");
+                for (int f = 0; f < F::FRAG; ++f) asm volatile("" : "+f"(t[f])::"memory");
 #pragma unroll
-            for (int f = 0; f < 64; ++f) acc[f] += t[f];
+                for (int f = 0; f < F::FRAG; ++f) acc[f] += t[f];
+            } else {
+                wgmma_fence();
+                wgmma_tf32<BN_>(acc, a_small, d_big, 1);
+                wgmma_tf32<BN_>(acc, a_big, d_small, 1);
+                wgmma_tf32<BN_>(acc, a_big, d_big, 1);
+                wgmma_commit();
+                if (kk + 8 >= BK) during();
+                wgmma_wait_all();
+#pragma unroll
+                for (int f = 0; f < F::FRAG; ++f) asm volatile("" : "+f"(acc[f])::"memory");
+            }
         }
 #else
         (void)acc;
         (void)As;
         (void)Bs;
+        during();
         __trap();  // never launched: the planner names these kernels for sm_90a builds only
 #endif
+    }
+};
+
+// The cp.async loader of the wgmma pipeline (GemmWgmmaMultistage): AsyncSlabLoader's copies
+// (every transpose, leading dimension, edge and the ones column; zero fill outside the matrices),
+// one element each, into WgmmaSlabLayout: As swizzled, op(B) unsplit in core matrices (the
+// pipeline splits it in shared memory: GemmWgmmaMultistage::split_b). A stage: BK BM floats of As, then BK BN of
+// op(B).
+template <int BM, int BN, int BK, int NT, bool TA, bool TB, bool ONES, int PAD>
+struct WgmmaAsyncLoader : SlabOffsets {
+    using Map = SlabMap<BM, BN, BK, NT, TA, TB>;
+    using L = WgmmaSlabLayout<BM, BN, BK>;
+    static constexpr int A_LOADS = Map::A_LOADS, B_LOADS = Map::B_LOADS;
+    static constexpr int A_LSTEP = Map::A_LSTEP, B_LSTEP = Map::B_LSTEP;
+    static_assert(A_LOADS <= 32 && B_LOADS <= 32, "row masks are 32 bits");
+    static_assert(!ONES || TB, "the ones column is the bias gradient's, an nt product");
+
+    const float* __restrict__ A;
+    const float* __restrict__ B;
+    int K, k0;            // k0: the k of the slab the next issue copies
+    unsigned a_ok, b_ok;  // bit l: load l's row of op(A) / column of op(B) exists
+    bool b_ones;          // ONES: this thread's column (all its loads: op(B) = B^T) is the ones one
+
+    __device__ __forceinline__ WgmmaAsyncLoader(const float* A_, const float* B_, int M, int N,
+                                                int K_, int lda, int ldb, int m0, int n0, int tid)
+        : SlabOffsets(Map::offsets(lda, ldb, m0, n0, tid)), A(A_), B(B_), K(K_), k0(0)
+    {
+        a_ok = 0u;
+#pragma unroll
+        for (int l = 0; l < A_LOADS; ++l)
+            if (m0 + a_row + (TA ? l * A_LSTEP : 0) < M) a_ok |= 1u << l;
+        b_ok = 0u;
+#pragma unroll
+        for (int l = 0; l < B_LOADS; ++l)
+            if (n0 + b_col + (TB ? 0 : l * B_LSTEP) < (ONES ? N - 1 : N)) b_ok |= 1u << l;
+        b_ones = ONES && n0 + b_col == N - 1;
+    }
+
+    // the (within-slab) k and the row / column of load l
+    __device__ __forceinline__ int ak(int l) const { return a_k + (TA ? 0 : l * A_LSTEP); }
+    __device__ __forceinline__ int arow(int l) const { return a_row + (TA ? l * A_LSTEP : 0); }
+    __device__ __forceinline__ int bk(int l) const { return b_k + (TB ? l * B_LSTEP : 0); }
+    __device__ __forceinline__ int bcol(int l) const { return b_col + (TB ? 0 : l * B_LSTEP); }
+
+    // copies of the next slab into the stage at smem + stage (sbase: the shared address of smem)
+    __device__ __forceinline__ void issue(float* smem, unsigned sbase, int stage)
+    {
+#pragma unroll
+        for (int l = 0; l < A_LOADS; ++l) {
+            const bool ok = ((a_ok >> l) & 1u) && k0 + ak(l) < K;
+            copy_elem(smem, sbase, stage + L::a(ak(l), arow(l)),
+                      ok ? A + (a_off + l * a_lstride) : A, ok);
+        }
+        float* Bs = smem + stage + BK * BM;
+        if (ONES && b_ones) {
+#pragma unroll
+            for (int l = 0; l < B_LOADS; ++l) Bs[L::b(bk(l), bcol(l))] = k0 + bk(l) < K ? 1.0f : 0.0f;
+        } else {
+#pragma unroll
+            for (int l = 0; l < B_LOADS; ++l) {
+                const bool ok = ((b_ok >> l) & 1u) && k0 + bk(l) < K;
+                copy_elem(smem, sbase, stage + BK * BM + L::b(bk(l), bcol(l)),
+                          ok ? B + (b_off + l * b_lstride) : B, ok);
+            }
+        }
+        k0 += BK;
+        a_off += a_sstride;
+        b_off += b_sstride;
+    }
+};
+
+// cp.async, STAGES slabs deep, for the wgmma slab multiply (WgmmaTf32x3), with op(B) split in
+// shared memory one slab ahead: while the wgmmas of slab s run (asynchronously), every thread
+// splits its share of slab s+1's op(B) (one float4: 4 TF32 big and 4 small) into the other of two
+// split buffers, which the wgmmas of slab s+1 read through their descriptors. One barrier a slab
+// orders everything:
+//   before barrier s: every thread's copies of slab s+1 landed (cp.async.wait_group), its split
+//     of slab s written and fenced to the async proxy (fence.proxy.async), its wgmmas of slab s-1
+//     complete (the multiply waits for them);
+//   so after it: slab s's split buffer is ready, and slab s-1's stage and split buffer are free
+//     (the copies of slab s+STAGES-1 and the split of slab s+1 overwrite them).
+// Shared memory: STAGES stages of As and op(B), then the two split buffers (big, then small).
+template <class Mma_, int STAGES>
+struct GemmWgmmaMultistage {
+    using Mma = Mma_;
+    static constexpr int BM = Mma::BM, BN = Mma::BN, BK = Mma::BK, THREADS = Mma::THREADS;
+    static constexpr int STAGE = BK * BM + BK * BN;        // floats: As, op(B) unsplit
+    static constexpr int SPLIT = 2 * BK * BN;              // floats: op(B) big, small
+    static constexpr int SMEM = STAGES * STAGE + 2 * SPLIT;
+    static_assert(STAGES >= 3, "slab s+1 lands while slab s is multiplied");
+    static_assert(Mma::KG == 1, "one k-group: nothing to reduce");
+    static constexpr int PER_THREAD = BK * BN / THREADS;  // op(B) floats each thread splits
+    static_assert(PER_THREAD * THREADS == BK * BN && (PER_THREAD % 4 == 0 || PER_THREAD == 2),
+                  "the split pass moves float4s or float2s");
+    template <bool TA, bool TB, bool ONES>
+    using Loader = WgmmaAsyncLoader<BM, BN, BK, THREADS, TA, TB, ONES, 0>;
+
+    // op(B) of a stage (core-matrix layout) into big and small of a split buffer, element for
+    // element in the same layout (so any consecutive run of floats maps to itself: vectors)
+    static __device__ __forceinline__ void split_b(const float* raw, float* split)
+    {
+        if (PER_THREAD == 2) {
+            const int i = 2 * static_cast<int>(threadIdx.x);
+            const float2 v = *reinterpret_cast<const float2*>(raw + i);
+            unsigned b0, b1, s0, s1;
+            tf32_split(v.x, b0, s0);
+            tf32_split(v.y, b1, s1);
+            *reinterpret_cast<uint2*>(split + i) = make_uint2(b0, b1);
+            *reinterpret_cast<uint2*>(split + BK * BN + i) = make_uint2(s0, s1);
+        } else {
+#pragma unroll
+            for (int j = 0; j < PER_THREAD / 4; ++j) {
+                const int i = 4 * (j * THREADS + static_cast<int>(threadIdx.x));
+                const float4 v = *reinterpret_cast<const float4*>(raw + i);
+                unsigned b0, b1, b2, b3, s0, s1, s2, s3;
+                tf32_split(v.x, b0, s0);
+                tf32_split(v.y, b1, s1);
+                tf32_split(v.z, b2, s2);
+                tf32_split(v.w, b3, s3);
+                *reinterpret_cast<uint4*>(split + i) = make_uint4(b0, b1, b2, b3);
+                *reinterpret_cast<uint4*>(split + BK * BN + i) = make_uint4(s0, s1, s2, s3);
+            }
+        }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+    }
+
+    template <class Ld>
+    static __device__ __forceinline__ void walk(Ld& slab, const Mma& mma, float (&acc)[Mma::FRAG],
+                                                float* smem, int K)
+    {
+        const unsigned sbase = shared_addr(smem);
+        float* split = smem + STAGES * STAGE;
+        const int nslabs = (K + BK - 1) / BK;
+        if (nslabs == 0) return;
+        // Prologue: slabs 0 .. STAGES-2 in flight (one commit a slab, empty groups past the
+        // last, so that "at most STAGES-3 pending" at slab s means "slab s+1 has landed"); slab 0
+        // split.
+#pragma unroll
+        for (int s = 0; s < STAGES - 1; ++s) {
+            if (s < nslabs) slab.issue(smem, sbase, s * STAGE);
+            copy_commit();
+        }
+        copy_wait<STAGES - 2>();
+        __syncthreads();
+        split_b(smem + BK * BM, split);
+        int rd = 0, wr = STAGES - 1;
+        for (int s = 0; s < nslabs; ++s) {
+            copy_wait<STAGES - 3>();
+            __syncthreads();
+            if (s + STAGES - 1 < nslabs) slab.issue(smem, sbase, wr * STAGE);
+            copy_commit();
+            wr = (wr + 1 == STAGES) ? 0 : wr + 1;
+            const int nx = (rd + 1 == STAGES) ? 0 : rd + 1;
+            const float* As = smem + rd * STAGE;
+            float* cur = split + (s & 1) * SPLIT;
+            // the multiply issues its wgmmas, then (before waiting for them) this splits the
+            // next slab: Mma::multiply_overlapped runs `during` between the two
+            mma.multiply_overlapped(acc, As, cur, [&] {
+                if (s + 1 < nslabs) split_b(smem + nx * STAGE + BK * BM, split + ((s + 1) & 1) * SPLIT);
+            });
+            rd = nx;
+        }
+        copy_wait<0>();  // only empty groups can remain
     }
 };
 
@@ -198,6 +432,6 @@ struct WgmmaTf32x3 : WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1> {
 // wgmma): 128 x 128, two warpgroups of 64 x 128, 16-deep slabs, two register-staged buffers of
 // As (8 KB) and Bs big and small (16 KB): 48 KB, the most static shared memory a block may have.
 // One block per multiprocessor (acc 64 + t 64 floats a thread).
-typedef GemmTileOf<GemmRegisterStaged<WgmmaTf32x3<128, 128, 16>, SplitSlabLoader>, 1> GemmTile_w128;
+typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<128, 128, 8>, 4>, 1> GemmTile_w128;
 
 #endif  // DPMLP_GEMM_WGMMA_CUH

@@ -21,23 +21,32 @@ from backends import cuda_compile, cuda_graphs, op_table
 from backends.cuda_backend import CudaBackend
 from core.hookspecs import hookimpl
 
-# (dtype name, device index) -> {kernel name: cupy Function}; compiled once per process
-_KERNELS: dict[tuple[str, int], dict[str, object]] = {}
+# (dtype name, device index) -> ({kernel name: cupy Function}, the build's features); compiled
+# once per process
+_KERNELS: dict[tuple[str, int], tuple[dict[str, object], tuple[int, int]]] = {}
 
 
-def _kernels_for(dtype: np.dtype, device: int):
+def _kernels_for(dtype: np.dtype, device: int, capability: tuple[int, int]):
     key = (dtype.name, device)
     if key not in _KERNELS:
         import cupy
 
         with cupy.cuda.Device(device):
-            module = cupy.RawModule(code=cuda_compile.read_source(),
-                                    options=cuda_compile.compile_options(dtype))
+            # sm_90a where the kernels use its features (cuda_compile.ARCH_SPECIFIC); NVRTC takes
+            # the last target option, ours after the -arch=sm_<cc> that CuPy adds
+            options = (cuda_compile.compile_options(dtype)
+                       + cuda_compile.arch_options(cuda_compile.build_arch(capability)))
+            module = cupy.RawModule(code=cuda_compile.read_source(), options=options)
             # RawKernel.kernel compiles (NVRTC, cached on disk by CuPy), loads on this device and
             # returns the cupy.cuda.Function, whose call takes the stream explicitly: no
             # `with stream:` (and its bookkeeping) around every launch.
-            _KERNELS[key] = {name: module.get_function(name).kernel
-                             for name in cuda_compile.kernel_names(dtype)}
+            kernels = {name: module.get_function(name).kernel
+                       for name in cuda_compile.kernel_names(dtype)}
+            probe = cupy.RawModule(code=cuda_compile.FEATURE_PROBE, options=options)
+            out = cupy.zeros(2, dtype=np.int32)
+            probe.get_function("build_features")((1,), (1,), (out,))
+            arch, wgmma = (int(v) for v in cupy.asnumpy(out))
+            _KERNELS[key] = kernels, (arch, wgmma)
     return _KERNELS[key]
 
 
@@ -78,9 +87,10 @@ class CupyBackend(CudaBackend):
         # would pass a Python int as a 64-bit integer).
         self._ARG = {"P": _as_is, "i": np.int32, "r": self.dtype.type}
         cc = self._device.compute_capability  # "90" for 9.0
-        self._start(_kernels_for(self.dtype, self.device_index),
-                    int(self._device.attributes["MultiProcessorCount"]),
-                    (int(cc[:-1]), int(cc[-1])))
+        capability = (int(cc[:-1]), int(cc[-1]))
+        kernels, features = _kernels_for(self.dtype, self.device_index, capability)
+        self._start(kernels, int(self._device.attributes["MultiProcessorCount"]), capability,
+                    features)
 
     def _call(self, fn, grid, block, args):
         fn(grid, block, tuple(args), stream=self._stream)

@@ -80,22 +80,32 @@ def _pop_contexts():
     _CONTEXTS.clear()
 
 
-def _kernels_for(dtype: np.dtype, device: int):
+def _kernels_for(dtype: np.dtype, device: int, capability: tuple[int, int]):
     key = (dtype.name, device)
     if key not in _KERNELS:
+        import pycuda.driver as cuda
         from pycuda.compiler import SourceModule
 
+        nvcc = cuda_compile.find_nvcc() or "nvcc"
+        options = list(cuda_compile.compile_options(dtype))
+        # sm_90a where the kernels use its features (cuda_compile.ARCH_SPECIFIC); None: nvcc's
+        # -arch for the current device, PyCUDA's default
+        arch = cuda_compile.build_arch(capability)
         # the headers are expanded into the source (cuda_compile): nvcc runs in a temporary
         # directory and needs no include path
-        module = SourceModule(cuda_compile.read_source(), nvcc=cuda_compile.find_nvcc() or "nvcc",
-                              options=list(cuda_compile.compile_options(dtype)), no_extern_c=True)
+        module = SourceModule(cuda_compile.read_source(), nvcc=nvcc, options=options,
+                              no_extern_c=True, arch=arch)
         kernels = {}
         for name in cuda_compile.kernel_names(dtype):
             func = module.get_function(name)
             func.prepare(op_table.pycuda_format(op_table.KERNEL_SIGNATURES[name], dtype))
             kernels[name] = func
         kernels["_module"] = module  # keeps the module loaded while the functions live
-        _KERNELS[key] = kernels
+        probe = SourceModule(cuda_compile.FEATURE_PROBE, nvcc=nvcc, options=options,
+                             no_extern_c=True, arch=arch)
+        out = np.zeros(2, dtype=np.int32)
+        probe.get_function("build_features")(cuda.Out(out), block=(1, 1, 1), grid=(1, 1))
+        _KERNELS[key] = kernels, (int(out[0]), int(out[1]))
     return _KERNELS[key]
 
 
@@ -194,11 +204,12 @@ class PycudaBackend(CudaBackend):
         self._context = _primary_context(self.device_index)
         self._dev = cuda.Device(self.device_index)
         self._stream = cuda.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit sync with stream 0
-        self._fns = _kernels_for(self.dtype, self.device_index)
+        capability = tuple(self._dev.compute_capability())
+        self._fns, features = _kernels_for(self.dtype, self.device_index, capability)
         self._start({name: self._fns[name].prepared_async_call
                      for name in cuda_compile.kernel_names(self.dtype)},
                     int(self._dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)),
-                    tuple(self._dev.compute_capability()))
+                    capability, features)
 
     def _call(self, fn, grid, block, args):
         fn(grid, block, self._stream, *args)

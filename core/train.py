@@ -173,6 +173,9 @@ def _say_what_runs(say, args, config, comm, entry, backend, data, train_x, val_x
         f"{comm.size} rank(s); H={config.hidden} B={config.batch_size} lr={config.lr} "
         f"reg={config.reg} scale={args.scale}; {train_x.shape[1]} train / {val_x.shape[1]} val "
         f"images from {data.source}")
+    path = getattr(backend, "gemm_path", None)  # the GPU backends: which GEMM instruction
+    if path is not None and not args.exact:
+        say(f"dpmlp: {path()}")
     if buckets_apply(comm.size, args.exact):
         say(f"dpmlp: {describe_buckets(config.hidden, np.dtype(args.dtype).itemsize, args.bucket_mb)}")
     if config.batch_size < comm.size:

@@ -47,7 +47,7 @@ from core.bench import gpu_seconds  # noqa: E402
 from core.model import INPUTS  # noqa: E402
 
 ARCH = "sm_90a"
-TILES = ("w128", "x128", "t128")  # the new kernel, its mma.sync twin, the SIMT tile
+BASE_TILES = ("x128", "t128")  # the wgmma tiles' mma.sync twin and the SIMT tile
 PROBE = r"""
 extern "C" __global__ void wgmma_probe(int* out)
 {
@@ -256,34 +256,40 @@ def time_it(cupy, fn, reps=20) -> float:
     return 1e6 * gpu_seconds(fn, cupy.cuda.get_current_stream().ptr, repeats=reps, calls=1)
 
 
-def check_case(cupy, module, spec, rng):
+#: tile -> (BM, BN, threads) of the variant tiles named on the command line (--tiles NAME:BMxBNxT)
+GEOMETRY: dict[str, tuple[int, int, int]] = {}
+
+
+def _table_geometry(tile):
+    t = gemm_plan.GEMM_TILE_TABLE[tile]
+    return t.bm, t.bn, t.threads
+
+
+def check_case(cupy, module, spec, rng, wtiles):
     label, kind, ta, tb, m, n, k, lda_pad, ldb_pad = spec
     case = Case(cupy, kind, ta, tb, m, n, k, lda_pad, ldb_pad, rng)
     row = {"label": label, "kind": kind, "ops": f"{'t' if ta else 'n'}{'t' if tb else 'n'}",
            "m": m, "n": n, "k": k, "lda": case.lda, "ldb": case.ldb, "kernels": {}}
-    for tile in TILES:
+    results = {}
+    for tile in (*wtiles, *BASE_TILES):
         name = kernel_name(tile, kind, ta, tb)
         fn = module.get_function(name)
-        t = gemm_plan.GEMM_TILE_TABLE[tile]
-        grid, block = (math.ceil(m / t.bm), math.ceil(n / t.bn), 1), (t.threads, 1, 1)
+        bm, bn, threads = GEOMETRY.get(tile) or _table_geometry(tile)
+        grid, block = (math.ceil(m / bm), math.ceil(n / bn), 1), (threads, 1, 1)
         c = case.new_c()
         fn(grid, block, case.args(c))
         cupy.cuda.Device().synchronize()
-        c_host = cupy.asnumpy(c)
+        c_host = results[tile] = cupy.asnumpy(c)
         entry = {"kernel": name, "error": case.error(c_host)}
-        if tile == "w128":
+        if tile in wtiles:
             if entry["error"] > 1e-3:  # grossly wrong: where, to tell a layout mistake
-                row["w128_diagnosis"] = diagnose(c_host, case.ref)
-                log(f"  w128 wrong in {label}: {row['w128_diagnosis']}")
+                entry["diagnosis"] = diagnose(c_host, case.ref)
+                log(f"  {tile} wrong in {label}: {entry['diagnosis']}")
             c2 = case.new_c()
             fn(grid, block, case.args(c2))
             cupy.cuda.Device().synchronize()
             entry["rerun_identical"] = bool(np.array_equal(c_host.view(np.uint32),
                                                            cupy.asnumpy(c2).view(np.uint32)))
-            row["_w128"] = c_host
-        if tile == "x128":
-            entry["bitwise_equal_w128"] = bool(np.array_equal(
-                c_host.view(np.uint32), row["_w128"].view(np.uint32)))
         entry["us"] = time_it(cupy, lambda: fn(grid, block, case.args(c)))
         row["kernels"][tile] = entry
     try:
@@ -293,20 +299,26 @@ def check_case(cupy, module, spec, rng):
     except Exception as exc:
         entry = {"kernel": "cupy.matmul fp32", "error": None, "us": None, "failed": repr(exc)}
     row["kernels"]["cublas"] = entry
-    del row["_w128"]
     row["flops"] = case.flops
-    w, simt, x3 = (row["kernels"][t]["error"] for t in ("w128", "t128", "x128"))
-    row["w128_over_simt"] = w / simt if simt else (0.0 if w == 0 else math.inf)
-    # the model's products: w128 within 2x the SIMT kernel's error; the edge cases (which check
-    # the loads, transposes and zero fill, at sizes where TF32x3's dropped a_small b_small term can
-    # outweigh FP32's rounding) within 2x the larger of the SIMT and the x128 kernel's
-    row["accuracy_ok"] = bool(w <= 2 * (max(simt, x3) if label.startswith("edge") else simt))
+    simt, x3 = (row["kernels"][t]["error"] for t in ("t128", "x128"))
+    # the model's products: each wgmma tile within 2x the SIMT kernel's error; the edge cases
+    # (which check the loads, transposes and zero fill, at sizes where TF32x3's dropped a_small
+    # b_small term can outweigh FP32's rounding) within 2x the larger of the SIMT and x128 errors
+    bound = 2 * (max(simt, x3) if label.startswith("edge") else simt)
     row["x128_also_over"] = bool(x3 > 2 * simt)
-    row["deterministic"] = row["kernels"]["w128"]["rerun_identical"]
+    for tile in wtiles:
+        entry = row["kernels"][tile]
+        w = entry["error"]
+        entry["over_simt"] = w / simt if simt else (0.0 if w == 0 else math.inf)
+        entry["accuracy_ok"] = bool(w <= bound)
+        entry["bitwise_equal_x128"] = bool(np.array_equal(results[tile].view(np.uint32),
+                                                          results["x128"].view(np.uint32)))
+    row["accuracy_ok"] = all(row["kernels"][t]["accuracy_ok"] for t in wtiles)
+    row["deterministic"] = all(row["kernels"][t]["rerun_identical"] for t in wtiles)
     return row
 
 
-def fmt_row(row) -> str:
+def fmt_row(row, wtiles) -> str:
     k = row["kernels"]
 
     def e(t):
@@ -317,25 +329,38 @@ def fmt_row(row) -> str:
         v = k[t].get("us")
         return "    -   " if v is None else f"{v:8.1f}"
 
-    tf = row["flops"] / (k["w128"]["us"] * 1e-6) / 1e12 if k["w128"].get("us") else 0.0
-    flags = ("ok " if row["accuracy_ok"] else "BAD") + (" det" if row["deterministic"] else " NONDET")
-    flags += " x3-too" if (not row["accuracy_ok"] and row["x128_also_over"]) else ""
-    flags += " =x128" if k["x128"].get("bitwise_equal_w128") else ""
-    return (f"{row['label']:<26} {row['ops']} {e('w128')} {e('x128')} {e('t128')} {e('cublas')} "
-            f"{row['w128_over_simt']:6.2f} | {us('w128')} {us('x128')} {us('t128')} "
-            f"{us('cublas')} {tf:6.1f} | {flags}")
+    parts = [f"{row['label']:<26} {row['ops']}"]
+    for t in wtiles:
+        flags = ("" if k[t]["accuracy_ok"] else " BAD") + ("" if k[t]["rerun_identical"] else " NONDET")
+        flags += " =x3" if k[t]["bitwise_equal_x128"] else ""
+        parts.append(f"{t}: {e(t)} {k[t]['over_simt']:5.2f}x {us(t)}us{flags}")
+    parts.append(f"x128 {e('x128')} {us('x128')} | t128 {e('t128')} {us('t128')} | "
+                 f"cuBLAS {e('cublas')} {us('cublas')}")
+    return " | ".join(parts)
 
 
-HEADER = (f"{'product':<26} op {'err w128':>9} {'err x128':>9} {'err t128':>9} {'err cuBLAS':>9} "
-          f"{'w/simt':>6} | {'us w128':>8} {'us x128':>8} {'us t128':>8} {'us cuBLAS':>8} "
-          f"{'TF/s w':>6} | flags")
+HEADER = ("product ops | per wgmma tile: error, error / SIMT error, time | x128 (mma.sync TF32x3) | "
+          "t128 (SIMT FP32) | cuBLAS SGEMM")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one shape of each product")
+    parser.add_argument("--tiles", default="w128",
+                        help="comma-separated wgmma tiles to check (default w128); a tile not "
+                             "in the table comes from --extra, named NAME:BMxBNxTHREADS")
+    parser.add_argument("--extra", type=Path,
+                        help="CUDA source appended to kernels.cu (variant tiles: typedefs and "
+                             "GEMM_TILE_KERNELS rows)")
     args = parser.parse_args(argv)
 
+    wtiles = []
+    for item in filter(None, args.tiles.split(",")):
+        name, _, geometry = item.partition(":")
+        if geometry:
+            GEOMETRY[name] = tuple(int(v) for v in geometry.split("x"))
+        wtiles.append(name)
+    wtiles = tuple(wtiles)
     import cupy
 
     dev = cupy.cuda.Device()
@@ -355,7 +380,8 @@ def main(argv=None) -> int:
         status = 1
     else:
         try:
-            module, how = build(cupy, cuda_compile.read_source())
+            source = cuda_compile.read_source() + (args.extra.read_text() if args.extra else "")
+            module, how = build(cupy, source)
             result["build"] = how
         except Exception:
             log(traceback.format_exc())
@@ -369,7 +395,7 @@ def main(argv=None) -> int:
             log(HEADER)
             for spec in products(args.quick):
                 try:
-                    row = check_case(cupy, module, spec, rng)
+                    row = check_case(cupy, module, spec, rng, wtiles)
                 except Exception:
                     tb = traceback.format_exc()
                     log(f"{spec[0]:<26} FAILED\n{tb}")
@@ -382,7 +408,7 @@ def main(argv=None) -> int:
                         break
                     continue
                 result["rows"].append(row)
-                log(fmt_row(row))
+                log(fmt_row(row, wtiles))
                 if not (row["accuracy_ok"] and row["deterministic"]):
                     status = 1
     bad = [r["label"] for r in result["rows"] if not r["accuracy_ok"]]
