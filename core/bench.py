@@ -179,6 +179,9 @@ def bench_training(backend_cls, comm, args, x, y, hidden, batch, graphs="auto",
            "B": batch, "samples": int(x.shape[1]), "on_host": backend.host_resident,
            "epoch_ms": 1e3 * total, "samples_per_s": x.shape[1] / total,
            "exchange": trainer.exchange.mode, "cuda_graphs": trainer.use_graphs}
+    path = getattr(backend, "gemm_path", None)  # the GPU backends: which GEMM instruction
+    if path is not None:
+        row["gemm_path"] = path()
     if comm.size > 1:
         trainer.exchange = _NoExchange()
         trainer._epoch_graph = None  # captured with the exchange: capture again without it

@@ -209,3 +209,40 @@ def test_output_layer_constants_match_source():
                        "OL_MAX_BLOCKS": op_table.OUTPUT_MAX_BLOCKS}
     assert op_table.WORKSPACE["output_partials"][0] == op_table.OUTPUT_MAX_BLOCKS
     assert op_table.OUTPUT_THREADS % 32 == 0 and op_table.OUTPUT_THREADS <= 1024
+
+
+# ------------------------------------------------------------------ the arch-specific build
+def test_hopper_builds_for_sm_90a_and_others_for_the_default():
+    """Compute capability 9.0 gets the arch-specific target (wgmma lives there), spelled as NVRTC
+    and nvcc take it; every other device the compilers' default (no option)."""
+    assert cuda_compile.build_arch((9, 0)) == "sm_90a"
+    assert cuda_compile.arch_options("sm_90a") == ("--gpu-architecture=sm_90a",)
+    for cc in ((8, 0), (8, 9), (7, 5), (10, 0), (12, 0)):
+        assert cuda_compile.build_arch(cc) is None
+        assert cuda_compile.arch_options(cuda_compile.build_arch(cc)) == ()
+
+
+@pytest.mark.skipif(cuda_compile.find_nvcc() is None, reason="nvcc not installed")
+@pytest.mark.parametrize("arch, expect_wgmma", [("sm_90a", True), ("sm_90", False),
+                                                ("sm_80", False)])
+def test_feature_probe_tells_an_sm_90a_build(tmp_path, arch, expect_wgmma):
+    """The probe compiled for each target: only sm_90a's PTX stores 1 as the wgmma flag (the
+    backends plan the wgmma kernels from what it reads, never from the target they asked for)."""
+    src = tmp_path / "probe.cu"
+    src.write_text(cuda_compile.FEATURE_PROBE)
+    out = tmp_path / "probe.ptx"
+    subprocess.run([cuda_compile.find_nvcc(), "-ptx", f"-arch={arch}", str(src), "-o", str(out)],
+                   check=True, capture_output=True)
+    ptx = out.read_text()
+    # out[1] = flag: a constant moved into a register, stored 4 bytes in
+    flag = re.search(r"mov\.u32\s+(%r\d+),\s*(\d+);\s*st\.global\.u32\s+\[%rd\d+\+4\],\s*\1;", ptx)
+    assert flag and flag.group(2) == ("1" if expect_wgmma else "0"), ptx
+
+
+def test_gemm_path_names_the_instruction():
+    """The start-up line: wgmma only where the build has it and the mode is tf32x3."""
+    assert "wgmma" in cuda_compile.gemm_path("float32", (9, 0), True, "tf32x3")
+    assert "mma.sync" in cuda_compile.gemm_path("float32", (9, 0), False, "tf32x3")
+    assert "FP32 FMA" in cuda_compile.gemm_path("float32", (9, 0), True, "simt")
+    assert "FP64 tensor cores" in cuda_compile.gemm_path("float64", (8, 0), False, "simt")
+    assert "FP64 FMA" in cuda_compile.gemm_path("float64", (7, 5), False, "simt")
