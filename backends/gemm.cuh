@@ -553,6 +553,35 @@ struct GemmTileOf {
     }
 };
 
+// One configuration whose stages take more than the 48 KB of static shared memory a block may
+// have: the same as GemmTileOf on the dynamic shared memory the launch gives (DYN_SMEM bytes; the
+// table's dyn_smem column, which the backends set as the kernel's limit and launch with).
+template <class Pipeline, int MIN_BLOCKS_>
+struct GemmTileDynamic {
+    static constexpr int BM = Pipeline::BM, BN = Pipeline::BN, THREADS = Pipeline::THREADS;
+    static constexpr int MIN_BLOCKS = MIN_BLOCKS_;
+    static constexpr int DYN_SMEM = Pipeline::SMEM * static_cast<int>(sizeof(real));
+
+    template <bool TA, bool TB, bool ONES, class Epi>
+    static __device__ __forceinline__ void run(GEMM_CORE_ARGS, int depth, const Epi& epi)
+    {
+        (void)depth;
+        extern __shared__ __align__(16) unsigned char gemm_dynamic_smem[];
+        gemm_mainloop<Pipeline, TA, TB, ONES>(reinterpret_cast<real*>(gemm_dynamic_smem),
+                                             GEMM_CORE_PASS, epi);
+    }
+};
+
+// A tile's dynamic shared memory in bytes: its DYN_SMEM, 0 for tiles of static shared memory
+template <class Tile, class = void>
+struct GemmTileDynamicSmem {
+    static constexpr int value = 0;
+};
+template <class Tile>
+struct GemmTileDynamicSmem<Tile, decltype(void(Tile::DYN_SMEM))> {
+    static constexpr int value = Tile::DYN_SMEM;
+};
+
 // Two configurations of one tile on one shared buffer, chosen per launch on depth (uniform: no
 // divergence): Deep above DEEP_K, Short otherwise.
 template <class Short, class Deep, int DEEP_K, int MIN_BLOCKS_>

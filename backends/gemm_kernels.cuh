@@ -21,18 +21,20 @@
 //             against the tile's own below)
 //   short_k   1: the short-K family too (da1 = W2^T diff; the tiles the planner gives K <= 64)
 //   split     1: the split-K family too (gridDim.z blocks per tile over K; gemm.cuh SplitK)
+//   dyn_smem  bytes of dynamic shared memory a block takes (0: static, at most 48 KB); the
+//             backends set each kernel's limit to it and launch with it (checked below)
 // clang-format off
-//                tile   build   BM   BN threads short_k split
+//                tile   build   BM   BN threads short_k split dyn_smem
 #define GEMM_TILE_TABLE(X)                                                                         \
-    X(t128,  any,    128, 128, 256,    0,      0)                                                  \
-    X(t64,   any,     64,  64, 256,    1,      1)                                                  \
-    X(s16,   any,     16,  16, 256,    1,      1)                                                  \
-    X(tc64,  double,  64,  64, 128,    1,      1)                                                  \
-    X(tc128, double, 128,  64, 256,    0,      0)                                                  \
-    X(x128,  float,  128, 128, 256,    0,      0)                                                  \
-    X(x64,   float,   64,  64, 256,    1,      0)                                                  \
-    X(x16,   float,   16,  16, 256,    1,      0)                                                  \
-    X(w128,  float,  128, 128, 256,    0,      0)
+    X(t128,  any,    128, 128, 256,    0,      0,     0)                                           \
+    X(t64,   any,     64,  64, 256,    1,      1,     0)                                           \
+    X(s16,   any,     16,  16, 256,    1,      1,     0)                                           \
+    X(tc64,  double,  64,  64, 128,    1,      1,     0)                                           \
+    X(tc128, double, 128,  64, 256,    0,      0,     0)                                           \
+    X(x128,  float,  128, 128, 256,    0,      0,     0)                                           \
+    X(x64,   float,   64,  64, 256,    1,      0,     0)                                           \
+    X(x16,   float,   16,  16, 256,    1,      0,     0)                                           \
+    X(w128,  float,  128, 128, 256,    0,      0,     0)
 // clang-format on
 
 // The kernels' parameters (gemm_plan.GEMM_PARAMS, GemmVariant.params, GEMM_SPLIT_PARAMS): the
@@ -98,11 +100,13 @@
 #define GEMM_IF_0(...)
 
 // A row's kernels, after checking that the table gives the planner the tile's own geometry
-#define GEMM_TILE_KERNELS(tile, build, bm, bn, threads, short_k, split)                            \
+#define GEMM_TILE_KERNELS(tile, build, bm, bn, threads, short_k, split, dyn_smem)                  \
     GEMM_IN_BUILD_##build(                                                                         \
         static_assert(GemmTile_##tile::BM == bm && GemmTile_##tile::BN == bn &&                    \
                           GemmTile_##tile::THREADS == threads,                                     \
                       "GEMM_TILE_TABLE gives the planner the tile's block and tile of C");         \
+        static_assert(GemmTileDynamicSmem<GemmTile_##tile>::value == dyn_smem,                     \
+                      "GEMM_TILE_TABLE gives the backends the tile's dynamic shared memory");      \
         GEMM_BASE_KERNELS(tile) GEMM_IF_##short_k(GEMM_SHORT_K_KERNELS(tile))                      \
             GEMM_IF_##split(GEMM_SPLIT_KERNELS(tile)))
 

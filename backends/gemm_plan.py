@@ -30,7 +30,7 @@ from core.ops import GEMM_MODES as CONTRACT_GEMM_MODES
 GEMM_KERNELS_CUH = SOURCE_DIR / "gemm_kernels.cuh"
 
 _TABLE = re.compile(r"#define GEMM_TILE_TABLE\(X\)((?:[^\n]*\\\n)*[^\n]*)")
-_ROW = re.compile(r"X\(\s*(\w+),\s*(\w+),\s*(\d+),\s*(\d+),\s*(\d+),\s*([01]),\s*([01])\s*\)")
+_ROW = re.compile(r"X\(\s*(\w+),\s*(\w+),\s*(\d+),\s*(\d+),\s*(\d+),\s*([01]),\s*([01]),\s*(\d+)\s*\)")
 _FAMILY = re.compile(r"#define GEMM_(\w+)_KERNELS\(tile\)((?:[^\n]*\\\n)*[^\n]*)")
 _KERNEL = re.compile(r"GEMM_KERNEL\(tile, (\w+), \w+, \w+, (\w*), (\w+),")
 
@@ -47,6 +47,8 @@ class GemmTileRow:
     threads: int
     #: its kernel families (GEMM_<FAMILY>_KERNELS): "base", then "short_k", "split" where it has them
     families: tuple[str, ...]
+    #: bytes of dynamic shared memory a block of it takes (0: static shared memory only)
+    dyn_smem: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,11 @@ def read_kernel_table(text: str) -> tuple[dict[str, GemmTileRow],
     if table is None:
         raise ValueError("no GEMM_TILE_TABLE(X) in gemm_kernels.cuh")
     rows = {}
-    for tile, build, bm, bn, threads, short_k, split in _ROW.findall(table.group(1)):
+    for tile, build, bm, bn, threads, short_k, split, dyn_smem in _ROW.findall(table.group(1)):
         families = ("base",) + (("short_k",) if short_k == "1" else ()) + (
             ("split",) if split == "1" else ())
-        rows[tile] = GemmTileRow(tile, build, int(bm), int(bn), int(threads), families)
+        rows[tile] = GemmTileRow(tile, build, int(bm), int(bn), int(threads), families,
+                                 int(dyn_smem))
     families = {name.lower(): tuple(GemmKernelLine(*line) for line in _KERNEL.findall(body))
                 for name, body in _FAMILY.findall(text)}
     return rows, families
@@ -93,6 +96,12 @@ def tile_kernels(tile: str) -> tuple[str, ...]:
 #: every GEMM kernel of the table -> the build that has it ("any", "float", "double")
 GEMM_KERNEL_BUILD: dict[str, str] = {kernel: row.build for row in GEMM_TILE_TABLE.values()
                                      for kernel in tile_kernels(row.tile)}
+
+
+#: every GEMM kernel whose tile takes dynamic shared memory -> its bytes (the backends set the
+#: kernel's limit to it once and launch it with it)
+GEMM_KERNEL_DYN_SMEM: dict[str, int] = {kernel: row.dyn_smem for row in GEMM_TILE_TABLE.values()
+                                        if row.dyn_smem for kernel in tile_kernels(row.tile)}
 
 
 def gemm_kernels_for(dtype_name: str) -> tuple[str, ...]:

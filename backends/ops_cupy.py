@@ -12,12 +12,14 @@ Fortran-ordered array always are. The GEMM honours leading dimensions.
 
 from __future__ import annotations
 
+import functools
+
 import math
 import operator
 
 import numpy as np
 
-from backends import cuda_compile, cuda_graphs, op_table
+from backends import cuda_compile, cuda_graphs, gemm_plan, op_table
 from backends.cuda_backend import CudaBackend
 from core.hookspecs import hookimpl
 
@@ -40,8 +42,15 @@ def _kernels_for(dtype: np.dtype, device: int, capability: tuple[int, int]):
             # RawKernel.kernel compiles (NVRTC, cached on disk by CuPy), loads on this device and
             # returns the cupy.cuda.Function, whose call takes the stream explicitly: no
             # `with stream:` (and its bookkeeping) around every launch.
-            kernels = {name: module.get_function(name).kernel
-                       for name in cuda_compile.kernel_names(dtype)}
+            kernels = {}
+            for name in cuda_compile.kernel_names(dtype):
+                raw = module.get_function(name)
+                dyn = gemm_plan.GEMM_KERNEL_DYN_SMEM.get(name, 0)
+                if dyn:  # past 48 KB: the kernel's limit raised once, every launch given it
+                    raw.max_dynamic_shared_size_bytes = dyn
+                    kernels[name] = functools.partial(raw.kernel, shared_mem=dyn)
+                else:
+                    kernels[name] = raw.kernel
             probe = cupy.RawModule(code=cuda_compile.FEATURE_PROBE, options=options)
             out = cupy.zeros(2, dtype=np.int32)
             probe.get_function("build_features")((1,), (1,), (out,))

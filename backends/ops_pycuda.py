@@ -14,13 +14,14 @@ which column slices and flat views always are; the GEMM honours the leading dime
 from __future__ import annotations
 
 import atexit
+import functools
 import math
 import operator
 from dataclasses import dataclass
 
 import numpy as np
 
-from backends import cuda_compile, cuda_graphs, op_table
+from backends import cuda_compile, cuda_graphs, gemm_plan, op_table
 from backends.cuda_backend import CudaBackend
 from core.hookspecs import hookimpl
 
@@ -99,6 +100,9 @@ def _kernels_for(dtype: np.dtype, device: int, capability: tuple[int, int]):
         for name in cuda_compile.kernel_names(dtype):
             func = module.get_function(name)
             func.prepare(op_table.pycuda_format(op_table.KERNEL_SIGNATURES[name], dtype))
+            dyn = gemm_plan.GEMM_KERNEL_DYN_SMEM.get(name, 0)
+            if dyn:  # past 48 KB: the kernel's limit raised once (_launcher gives it each launch)
+                func.set_attribute(cuda.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, dyn)
             kernels[name] = func
         kernels["_module"] = module  # keeps the module loaded while the functions live
         probe = SourceModule(cuda_compile.FEATURE_PROBE, nvcc=nvcc, options=options,
@@ -107,6 +111,15 @@ def _kernels_for(dtype: np.dtype, device: int, capability: tuple[int, int]):
         probe.get_function("build_features")(cuda.Out(out), block=(1, 1, 1), grid=(1, 1))
         _KERNELS[key] = kernels, (int(out[0]), int(out[1]))
     return _KERNELS[key]
+
+
+def _launcher(func, name: str):
+    """The prepared call of a kernel: (grid, block, stream, *args), with the dynamic shared
+    memory of its tile where it takes some (gemm_plan.GEMM_KERNEL_DYN_SMEM)."""
+    dyn = gemm_plan.GEMM_KERNEL_DYN_SMEM.get(name, 0)
+    if dyn:
+        return functools.partial(func.prepared_async_call, shared_size=dyn)
+    return func.prepared_async_call
 
 
 class DeviceMatrix:
@@ -206,7 +219,7 @@ class PycudaBackend(CudaBackend):
         self._stream = cuda.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit sync with stream 0
         capability = tuple(self._dev.compute_capability())
         self._fns, features = _kernels_for(self.dtype, self.device_index, capability)
-        self._start({name: self._fns[name].prepared_async_call
+        self._start({name: _launcher(self._fns[name], name)
                      for name in cuda_compile.kernel_names(self.dtype)},
                     int(self._dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)),
                     capability, features)

@@ -88,8 +88,9 @@ def test_kernel_table_is_read_as_the_preprocessor_expands_it():
     for family, lines in families.items():
         assert len(lines) == bodies[f"GEMM_{family.upper()}_KERNELS"].count("GEMM_KERNEL(") > 0
         assert all(line.args == f"GEMM{line.suffix.upper()}_ARGS" for line in lines), family
-    assert re.search(r"#define GEMM_TILE_KERNELS\(tile, build, bm, bn, threads, short_k, split\)",
-                     source)
+    assert re.search(r"#define GEMM_TILE_KERNELS\(tile, build, bm, bn, threads, short_k, split, "
+                     r"dyn_smem\)", source)
+    assert "GemmTileDynamicSmem<GemmTile_##tile>::value == dyn_smem" in bodies["GEMM_TILE_KERNELS"]
     expansion = " ".join(bodies["GEMM_TILE_KERNELS"].split())
     assert "GEMM_BASE_KERNELS(tile) GEMM_IF_##short_k(GEMM_SHORT_K_KERNELS(tile))" in expansion
     assert "GEMM_IF_##split(GEMM_SPLIT_KERNELS(tile))" in expansion

@@ -27,6 +27,7 @@ differ, or where a shape failed; 0 otherwise.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -256,13 +257,14 @@ def time_it(cupy, fn, reps=20) -> float:
     return 1e6 * gpu_seconds(fn, cupy.cuda.get_current_stream().ptr, repeats=reps, calls=1)
 
 
-#: tile -> (BM, BN, threads) of the variant tiles named on the command line (--tiles NAME:BMxBNxT)
+#: tile -> (BM, BN, threads, dynamic shared bytes) of the variant tiles named on the command line
+#: (--tiles NAME:BMxBNxTHREADS[xDYN_SMEM])
 GEOMETRY: dict[str, tuple[int, int, int]] = {}
 
 
 def _table_geometry(tile):
     t = gemm_plan.GEMM_TILE_TABLE[tile]
-    return t.bm, t.bn, t.threads
+    return t.bm, t.bn, t.threads, t.dyn_smem
 
 
 def check_case(cupy, module, spec, rng, wtiles):
@@ -274,8 +276,13 @@ def check_case(cupy, module, spec, rng, wtiles):
     for tile in (*wtiles, *BASE_TILES):
         name = kernel_name(tile, kind, ta, tb)
         fn = module.get_function(name)
-        bm, bn, threads = GEOMETRY.get(tile) or _table_geometry(tile)
+        bm, bn, threads, dyn = GEOMETRY.get(tile) or _table_geometry(tile)
         grid, block = (math.ceil(m / bm), math.ceil(n / bn), 1), (threads, 1, 1)
+        if dyn:
+            drv = cupy.cuda.driver
+            drv.funcSetAttribute(fn.ptr, getattr(
+                drv, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", 8), dyn)
+            fn = functools.partial(fn, shared_mem=dyn)
         c = case.new_c()
         fn(grid, block, case.args(c))
         cupy.cuda.Device().synchronize()
@@ -358,7 +365,8 @@ def main(argv=None) -> int:
     for item in filter(None, args.tiles.split(",")):
         name, _, geometry = item.partition(":")
         if geometry:
-            GEOMETRY[name] = tuple(int(v) for v in geometry.split("x"))
+            values = [int(v) for v in geometry.split("x")]
+            GEOMETRY[name] = tuple(values + [0] * (4 - len(values)))
         wtiles.append(name)
     wtiles = tuple(wtiles)
     import cupy
