@@ -39,12 +39,22 @@ def _kernels_for(dtype: np.dtype, device: int, capability: tuple[int, int]):
             options = (cuda_compile.compile_options(dtype)
                        + cuda_compile.arch_options(cuda_compile.build_arch(capability)))
             module = cupy.RawModule(code=cuda_compile.read_source(), options=options)
-            # RawKernel.kernel compiles (NVRTC, cached on disk by CuPy), loads on this device and
-            # returns the cupy.cuda.Function, whose call takes the stream explicitly: no
-            # `with stream:` (and its bookkeeping) around every launch.
+            names = cuda_compile.kernel_names(dtype)
+            try:
+                # compiles (NVRTC, cached on disk by CuPy) and loads the module on this device
+                raws = {name: module.get_function(name) for name in names}
+            except cupy.cuda.compiler.CompileException:
+                if options == cuda_compile.compile_options(dtype):
+                    raise
+                # an NVRTC without the arch-specific target: the default build (no wgmma; the
+                # probe below says so)
+                options = cuda_compile.compile_options(dtype)
+                module = cupy.RawModule(code=cuda_compile.read_source(), options=options)
+                raws = {name: module.get_function(name) for name in names}
+            # RawKernel.kernel is the cupy.cuda.Function, whose call takes the stream explicitly:
+            # no `with stream:` (and its bookkeeping) around every launch.
             kernels = {}
-            for name in cuda_compile.kernel_names(dtype):
-                raw = module.get_function(name)
+            for name, raw in raws.items():
                 dyn = gemm_plan.GEMM_KERNEL_DYN_SMEM.get(name, 0)
                 if dyn:  # past 48 KB: the kernel's limit raised once, every launch given it
                     raw.max_dynamic_shared_size_bytes = dyn

@@ -94,8 +94,15 @@ def _kernels_for(dtype: np.dtype, device: int, capability: tuple[int, int]):
         arch = cuda_compile.build_arch(capability)
         # the headers are expanded into the source (cuda_compile): nvcc runs in a temporary
         # directory and needs no include path
-        module = SourceModule(cuda_compile.read_source(), nvcc=nvcc, options=options,
-                              no_extern_c=True, arch=arch)
+        try:
+            module = SourceModule(cuda_compile.read_source(), nvcc=nvcc, options=options,
+                                  no_extern_c=True, arch=arch)
+        except Exception:  # pycuda.driver.CompileError: an nvcc without the arch-specific target
+            if arch is None:
+                raise
+            arch = None  # the default build (no wgmma; the probe below says so)
+            module = SourceModule(cuda_compile.read_source(), nvcc=nvcc, options=options,
+                                  no_extern_c=True, arch=arch)
         kernels = {}
         for name in cuda_compile.kernel_names(dtype):
             func = module.get_function(name)
