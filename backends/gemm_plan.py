@@ -450,7 +450,9 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
         x3 = GEMM_WGMMA_TILE[tile] if wgmma and tile in GEMM_WGMMA_TILE else GEMM_X3_TILE[tile]
         kernel = (gemm_kernel_name(x3, trans_a, trans_b) if variant is None
                   else variant.kernel(x3))
-        return GemmPlan(kernel, grid, (GEMM_TILES[tile].threads, 1, 1), m, n, k)
+        twin = GEMM_TILE_TABLE[x3]  # (its own block and tile of C: a twin may be narrower)
+        return GemmPlan(kernel, (math.ceil(m / twin.bm), math.ceil(n / twin.bn), 1),
+                        (twin.threads, 1, 1), m, n, k)
     if split is None:
         split = pick_gemm_split(tile, m, n, k, num_sms)
     if split < 1:

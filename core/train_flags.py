@@ -130,11 +130,12 @@ def _execution_flags(group) -> None:
                        help="replay each epoch as one captured CUDA graph: auto (wherever it "
                             "works, else eager with one line saying why), on, off")
     group.add_argument("--gemm", choices=GEMM_MODES, default="simt",
-                       help="GEMM algorithm: simt (default: in the run's own precision; on the "
-                            "GPU backends FP32 FMA kernels for float32, the FP64 tensor cores for "
-                            "float64 on compute capability 8.0+) or tf32x3 (GPU backends, "
-                            "float32, compute capability 8.0+: tensor cores with the "
-                            "error-compensated three-product TF32 split)")
+                       help="GEMM algorithm: simt (default: IEEE arithmetic in the run's own "
+                            "precision; on the GPU backends FP32 FMA kernels for float32, the FP64 "
+                            "tensor cores for float64 on compute capability 8.0+) or tf32x3 (GPU "
+                            "backends, float32, compute capability 8.0+: tensor cores with the "
+                            "error-compensated three-product TF32 split, wgmma on Hopper; promises "
+                            "a max-norm error at most twice simt's, not simt's bits)")
     group.add_argument("--bucket-mb", type=_non_negative_float, default=DEFAULT_BUCKET_MB,
                        metavar="MB",
                        help="gradient buckets of the hidden layer, MiB: each bucket's sum over "
