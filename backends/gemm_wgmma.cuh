@@ -181,11 +181,12 @@ __device__ __forceinline__ void wgmma_tf32<64>(float (&d)[32], const unsigned (&
 // The wgmma TF32x3 slab multiply (gemm.cuh's Mma): BM / 64 warpgroups, each 64 rows x all BN = 128
 // columns of the tile; one k-group; BK-deep slabs in WgmmaSlabLayout (SplitSlabLoader).
 //
-// PROMOTE (the default): each k8 step's three products are summed from zero into t and t is added
-// to acc by an FP32 add, as Tf32x3Mma does; false: the wgmmas accumulate into acc themselves (no
-// t: 64 registers fewer, no add), as CUTLASS's 3xTF32 does, at the tensor core's own rounding of
-// the running sum (tools/check_wgmma.py measures what that costs against the SIMT kernel).
-template <int BM_, int BN_, int BK_, bool PROMOTE = true>
+// PROMOTE: how many k8 steps' products the tensor core sums from zero into t before t is added to
+// acc by an FP32 add; 1 (the default) is Tf32x3Mma's every step. 0: the wgmmas accumulate into
+// acc themselves (no t: 64 registers fewer, no add), as CUTLASS's 3xTF32 does, at the tensor
+// core's own truncation of the running sum: 4.5-10.5x the SIMT kernel's error at the model's
+// products on the H100 (tools/check_wgmma.py), so not a tile of the table.
+template <int BM_, int BN_, int BK_, int PROMOTE = 1>
 struct WgmmaTf32x3 : WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1> {
     using F = WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1>;
     using L = WgmmaSlabLayout<BM_, BN_, BK_>;
@@ -212,6 +213,7 @@ struct WgmmaTf32x3 : WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1> {
 #if DPMLP_HAS_WGMMA
         const unsigned b_big = shared_addr(Bs), b_small = b_big + L::B_HALF * 4;
         const int r0 = this->wm0 + this->gid, r1 = r0 + 8;
+        float t[F::FRAG];  // (PROMOTE: the partial sum of PROMOTE k8 steps)
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 8) {
             const int k_lo = kk + this->tig, k_hi = k_lo + 4;
@@ -227,30 +229,25 @@ struct WgmmaTf32x3 : WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1> {
             // small products first; then acc += t (Tf32x3Mma: the tensor core's accumulation
             // truncates, so each k8 step's sum is promoted by an FP32 add). Without PROMOTE the
             // same three products go into acc itself.
-            if (PROMOTE) {
-                float t[F::FRAG];
-                wgmma_fence();  // the A fragments (and t's registers) were written just before
-                wgmma_tf32<BN_>(t, a_small, d_big, 0);
-                wgmma_tf32<BN_>(t, a_big, d_small, 1);
-                wgmma_tf32<BN_>(t, a_big, d_big, 1);
+            const int j = kk / 8;  // the k8 step
+            const bool first = PROMOTE > 0 && j % (PROMOTE > 0 ? PROMOTE : 1) == 0;
+            const bool last = kk + 8 >= BK || (PROMOTE > 0 && (j + 1) % (PROMOTE > 0 ? PROMOTE : 1) == 0);
+            float(&d)[F::FRAG] = PROMOTE > 0 ? t : acc;
+            wgmma_fence();  // the A fragments (and d's registers) were written just before
+            wgmma_tf32<BN_>(d, a_small, d_big, first ? 0 : 1);
+            wgmma_tf32<BN_>(d, a_big, d_small, 1);
+            wgmma_tf32<BN_>(d, a_big, d_big, 1);
+            if (last) {
                 wgmma_commit();
                 if (kk + 8 >= BK) during();
                 wgmma_wait_all();
-                // t is written by the wgmmas: no read of it may move above the wait
+                // d is written by the wgmmas: no read of it may move above the wait
 #pragma unroll
-                for (int f = 0; f < F::FRAG; ++f) asm volatile("" : "+f"(t[f])::"memory");
+                for (int f = 0; f < F::FRAG; ++f) asm volatile("" : "+f"(d[f])::"memory");
+                if (PROMOTE > 0) {
 #pragma unroll
-                for (int f = 0; f < F::FRAG; ++f) acc[f] += t[f];
-            } else {
-                wgmma_fence();
-                wgmma_tf32<BN_>(acc, a_small, d_big, 1);
-                wgmma_tf32<BN_>(acc, a_big, d_small, 1);
-                wgmma_tf32<BN_>(acc, a_big, d_big, 1);
-                wgmma_commit();
-                if (kk + 8 >= BK) during();
-                wgmma_wait_all();
-#pragma unroll
-                for (int f = 0; f < F::FRAG; ++f) asm volatile("" : "+f"(acc[f])::"memory");
+                    for (int f = 0; f < F::FRAG; ++f) acc[f] += t[f];
+                }
             }
         }
 #else
