@@ -274,15 +274,30 @@ struct WgmmaAsyncLoader : SlabOffsets {
     static_assert(A_LOADS <= 32 && B_LOADS <= 32, "row masks are 32 bits");
     static_assert(!ONES || TB, "the ones column is the bias gradient's, an nt product");
 
+    // The 16-byte path (a_vec, b_vec): where the shared layout and the matrix agree on which four
+    // floats are consecutive (As: four rows of op(A) = A, WgmmaSlabLayout keeps groups of 4 rows
+    // together; op(B) = B: four k of a column, a row of a core matrix), the leading dimension is a
+    // multiple of 4 and the matrix 16-byte aligned, each thread copies VA (VB) vectors of 4 floats
+    // a slab with cp.async.cg 16: a quarter of the instructions. The copy's source size zero-fills
+    // what lies past the matrix (rows past M, k past K). Elsewhere (transposed operands, the ones
+    // column, odd leading dimensions) one float a copy, as above.
+    static constexpr int VA = BK * BM / 4 / NT > 0 ? BK * BM / 4 / NT : 1;  // vectors a thread
+    static constexpr int VB = BK * BN / 4 / NT > 0 ? BK * BN / 4 / NT : 1;
+    static constexpr int A_ROW4 = BM / 4, B_KQ = BK / 4;  // vectors per k row of As, per column
+
     const float* __restrict__ A;
     const float* __restrict__ B;
-    int K, k0;            // k0: the k of the slab the next issue copies
+    int M, N, K, k0;      // k0: the k of the slab the next issue copies
+    int m0, n0, lda, ldb;
     unsigned a_ok, b_ok;  // bit l: load l's row of op(A) / column of op(B) exists
     bool b_ones;          // ONES: this thread's column (all its loads: op(B) = B^T) is the ones one
+    bool a_vec, b_vec;    // the 16-byte paths
 
-    __device__ __forceinline__ WgmmaAsyncLoader(const float* A_, const float* B_, int M, int N,
-                                                int K_, int lda, int ldb, int m0, int n0, int tid)
-        : SlabOffsets(Map::offsets(lda, ldb, m0, n0, tid)), A(A_), B(B_), K(K_), k0(0)
+    __device__ __forceinline__ WgmmaAsyncLoader(const float* A_, const float* B_, int M_, int N_,
+                                                int K_, int lda_, int ldb_, int m0_, int n0_,
+                                                int tid)
+        : SlabOffsets(Map::offsets(lda_, ldb_, m0_, n0_, tid)), A(A_), B(B_), M(M_), N(N_), K(K_),
+          k0(0), m0(m0_), n0(n0_), lda(lda_), ldb(ldb_)
     {
         a_ok = 0u;
 #pragma unroll
@@ -293,6 +308,8 @@ struct WgmmaAsyncLoader : SlabOffsets {
         for (int l = 0; l < B_LOADS; ++l)
             if (n0 + b_col + (TB ? 0 : l * B_LSTEP) < (ONES ? N - 1 : N)) b_ok |= 1u << l;
         b_ones = ONES && n0 + b_col == N - 1;
+        a_vec = !TA && (lda & 3) == 0 && (reinterpret_cast<size_t>(A) & 15) == 0;
+        b_vec = !TB && !ONES && (ldb & 3) == 0 && (reinterpret_cast<size_t>(B) & 15) == 0;
     }
 
     // the (within-slab) k and the row / column of load l
@@ -301,17 +318,59 @@ struct WgmmaAsyncLoader : SlabOffsets {
     __device__ __forceinline__ int bk(int l) const { return b_k + (TB ? l * B_LSTEP : 0); }
     __device__ __forceinline__ int bcol(int l) const { return b_col + (TB ? 0 : l * B_LSTEP); }
 
+    // 16 bytes from global src to shared dst, of which the first `bytes` are read, the rest zeros
+    static __device__ __forceinline__ void copy16(unsigned dst, const float* src, int bytes)
+    {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                     "r"(bytes));
+#else
+        (void)dst;
+        (void)src;
+        (void)bytes;
+#endif
+    }
+    static __device__ __forceinline__ int valid_bytes(int left)
+    {
+        return left >= 4 ? 16 : (left > 0 ? 4 * left : 0);
+    }
+
     // copies of the next slab into the stage at smem + stage (sbase: the shared address of smem)
     __device__ __forceinline__ void issue(float* smem, unsigned sbase, int stage)
     {
+        const int tid = static_cast<int>(threadIdx.x);
+        if (!TA && a_vec) {
 #pragma unroll
-        for (int l = 0; l < A_LOADS; ++l) {
-            const bool ok = ((a_ok >> l) & 1u) && k0 + ak(l) < K;
-            copy_elem(smem, sbase, stage + L::a(ak(l), arow(l)),
-                      ok ? A + (a_off + l * a_lstride) : A, ok);
+            for (int v = 0; v < VA; ++v) {
+                const int e = tid + v * NT;  // vector e: k row e / A_ROW4, rows 4 (e % A_ROW4) ..
+                if (VA == 1 && e >= BK * A_ROW4) break;
+                const int k = e / A_ROW4, row = 4 * (e % A_ROW4);
+                const bool in = k0 + k < K;
+                const int bytes = in ? valid_bytes(M - (m0 + row)) : 0;
+                copy16(sbase + 4u * static_cast<unsigned>(stage + L::a(k, row)),
+                       bytes ? A + (static_cast<size_t>(k0 + k) * lda + m0 + row) : A, bytes);
+            }
+        } else {
+#pragma unroll
+            for (int l = 0; l < A_LOADS; ++l) {
+                const bool ok = ((a_ok >> l) & 1u) && k0 + ak(l) < K;
+                copy_elem(smem, sbase, stage + L::a(ak(l), arow(l)),
+                          ok ? A + (a_off + l * a_lstride) : A, ok);
+            }
         }
         float* Bs = smem + stage + BK * BM;
-        if (ONES && b_ones) {
+        if (!TB && !ONES && b_vec) {
+#pragma unroll
+            for (int v = 0; v < VB; ++v) {
+                const int e = tid + v * NT;  // vector e: column e / B_KQ, k 4 (e % B_KQ) ..
+                if (VB == 1 && e >= BK * BN / 4) break;
+                const int n = e / B_KQ, k = 4 * (e % B_KQ);
+                const bool in = n0 + n < N;
+                const int bytes = in ? valid_bytes(K - (k0 + k)) : 0;
+                copy16(sbase + 4u * static_cast<unsigned>(stage + BK * BM + L::b(k, n)),
+                       bytes ? B + (static_cast<size_t>(n0 + n) * ldb + k0 + k) : B, bytes);
+            }
+        } else if (ONES && b_ones) {
 #pragma unroll
             for (int l = 0; l < B_LOADS; ++l) Bs[L::b(bk(l), bcol(l))] = k0 + bk(l) < K ? 1.0f : 0.0f;
         } else {

@@ -276,7 +276,7 @@ def check_case(cupy, module, spec, rng, wtiles):
     for tile in (*wtiles, *BASE_TILES):
         name = kernel_name(tile, kind, ta, tb)
         fn = module.get_function(name)
-        bm, bn, threads, dyn = GEOMETRY.get(tile) or _table_geometry(tile)
+        bm, bn, threads, dyn = GEOMETRY.get(tile) or _table_geometry(tile if tile in gemm_plan.GEMM_TILE_TABLE else "w128")
         grid, block = (math.ceil(m / bm), math.ceil(n / bn), 1), (threads, 1, 1)
         if dyn:
             drv = cupy.cuda.driver
