@@ -403,6 +403,16 @@ class GemmPlan:
     split: int = 1
 
 
+def _x3_plan(tile, m, n, k, trans_a, trans_b, variant, wgmma) -> GemmPlan:
+    """The TF32x3 twin of `tile` (the Hopper one where the build has wgmma), never split; launched
+    with its own block and tile of C (a twin may be narrower than its SIMT tile)."""
+    x3 = GEMM_WGMMA_TILE[tile] if wgmma and tile in GEMM_WGMMA_TILE else GEMM_X3_TILE[tile]
+    kernel = gemm_kernel_name(x3, trans_a, trans_b) if variant is None else variant.kernel(x3)
+    twin = GEMM_TILE_TABLE[x3]
+    return GemmPlan(kernel, (math.ceil(m / twin.bm), math.ceil(n / twin.bn), 1),
+                    (twin.threads, 1, 1), m, n, k)
+
+
 def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: int,
               tile: str | None = None, variant: GemmVariant | None = None,
               split: int | None = None, mode: str = "simt", tc64: bool = False,
@@ -445,14 +455,9 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
         has_split = tile in variant.split_tiles
     else:
         has_split = tile in GEMM_SPLIT_TILES and ops in GEMM_SPLIT_OPS
-    grid = gemm_grid(tile, m, n)
     if mode == "tf32x3":
-        x3 = GEMM_WGMMA_TILE[tile] if wgmma and tile in GEMM_WGMMA_TILE else GEMM_X3_TILE[tile]
-        kernel = (gemm_kernel_name(x3, trans_a, trans_b) if variant is None
-                  else variant.kernel(x3))
-        twin = GEMM_TILE_TABLE[x3]  # (its own block and tile of C: a twin may be narrower)
-        return GemmPlan(kernel, (math.ceil(m / twin.bm), math.ceil(n / twin.bn), 1),
-                        (twin.threads, 1, 1), m, n, k)
+        return _x3_plan(tile, m, n, k, trans_a, trans_b, variant, wgmma)
+    grid = gemm_grid(tile, m, n)
     if split is None:
         split = pick_gemm_split(tile, m, n, k, num_sms)
     if split < 1:
