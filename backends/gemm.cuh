@@ -10,7 +10,8 @@
 //   a slab        multiplies one slab in shared memory into the thread's fragment of the tile
 //     multiply    (the "Mma"): SimtFma (FP32/FP64 FMAs, gemm_simt.cuh), Fp64Mma (FP64 mma.sync,
 //                 gemm_tc64.cuh), Tf32x3Mma (TF32x3 mma.sync, gemm_tf32x3.cuh),
-//                 WgmmaTf32x3 (TF32x3 wgmma, sm_90a, gemm_wgmma.cuh, with its SplitSlabLoader);
+//                 WgmmaTf32x3 (TF32x3 wgmma, sm_90a, gemm_wgmma.cuh, on its own pipeline and
+//                 loader, GemmWgmmaMultistage and WgmmaAsyncLoader);
 //   a finish      adds the k-groups' partial tiles (reduce_groups) and writes the tile through
 //                 an epilogue (EpiScale, EpiBiasSigmoid, EpiSigmoidBackward) or, split over K
 //                 across blocks, through the last-block ticket of common.cuh (SplitK).
@@ -111,8 +112,9 @@ struct SlabOffsets {
     int b_off, b_lstride, b_sstride;
 };
 
-template <int BM, int BN, int BK, int NT, bool TA, bool TB>
+template <int BM, int BN, int BK, int NT, bool TA_, bool TB_>
 struct SlabMap {
+    static constexpr bool TA = TA_, TB = TB_;
     static constexpr int A_LOADS = BM * BK / NT;
     static constexpr int B_LOADS = BN * BK / NT;
     // how far the varying coordinate moves between a thread's successive loads
@@ -135,6 +137,30 @@ struct SlabMap {
         o.b_lstride = B_LSTEP * ldb;
         o.b_sstride = TB ? BK * ldb : BK;
         return o;
+    }
+};
+
+// Which of a thread's loads lie inside the matrices, as bit masks (computed once per block): bit l
+// of a_ok / b_ok, load l's row of op(A) / column of op(B) exists; b_ones (ONES): the thread's
+// column (op(B) = B^T: all its loads) is the virtual ones column. The cp.async loaders'.
+struct SlabEdges {
+    unsigned a_ok, b_ok;
+    bool b_ones;
+
+    template <class Map, bool ONES>
+    static __device__ __forceinline__ SlabEdges of(const SlabOffsets& o, int M, int N, int m0, int n0)
+    {
+        SlabEdges e;
+        e.a_ok = 0u;
+#pragma unroll
+        for (int l = 0; l < Map::A_LOADS; ++l)
+            if (m0 + o.a_row + (Map::TA ? l * Map::A_LSTEP : 0) < M) e.a_ok |= 1u << l;
+        e.b_ok = 0u;
+#pragma unroll
+        for (int l = 0; l < Map::B_LOADS; ++l)
+            if (n0 + o.b_col + (Map::TB ? 0 : l * Map::B_LSTEP) < (ONES ? N - 1 : N)) e.b_ok |= 1u << l;
+        e.b_ones = ONES && n0 + o.b_col == N - 1;
+        return e;
     }
 };
 
@@ -199,7 +225,7 @@ struct SlabLoader : SlabOffsets {
 // the virtual ones column (ONES) is written into shared memory directly (ones for k < K, zeros
 // past K) by the thread whose loads all lie in it.
 template <int BM, int BN, int BK, int NT, bool TA, bool TB, bool ONES, int PAD>
-struct AsyncSlabLoader : SlabOffsets {
+struct AsyncSlabLoader : SlabOffsets, SlabEdges {
     using Map = SlabMap<BM, BN, BK, NT, TA, TB>;
     static constexpr int A_LOADS = Map::A_LOADS, B_LOADS = Map::B_LOADS;
     static constexpr int A_LSTEP = Map::A_LSTEP, B_LSTEP = Map::B_LSTEP;
@@ -213,23 +239,13 @@ struct AsyncSlabLoader : SlabOffsets {
     const real* __restrict__ A;
     const real* __restrict__ B;
     int K;
-    unsigned a_ok, b_ok;  // bit l: load l's row of op(A) / column of op(B) exists
-    bool b_ones;          // ONES: this thread's column (op(B) = B^T: all its loads) is the ones one
     int a_dst, b_dst;     // shared offset of load 0 within a stage
 
     __device__ __forceinline__ AsyncSlabLoader(const real* A_, const real* B_, int M, int N, int K_,
                                                int lda, int ldb, int m0, int n0, int tid)
-        : SlabOffsets(Map::offsets(lda, ldb, m0, n0, tid)), A(A_), B(B_), K(K_)
+        : SlabOffsets(Map::offsets(lda, ldb, m0, n0, tid)),
+          SlabEdges(SlabEdges::of<Map, ONES>(*this, M, N, m0, n0)), A(A_), B(B_), K(K_)
     {
-        a_ok = 0u;
-#pragma unroll
-        for (int l = 0; l < A_LOADS; ++l)
-            if (m0 + a_row + (TA ? l * A_LSTEP : 0) < M) a_ok |= 1u << l;
-        b_ok = 0u;
-#pragma unroll
-        for (int l = 0; l < B_LOADS; ++l)
-            if (n0 + b_col + (TB ? 0 : l * B_LSTEP) < (ONES ? N - 1 : N)) b_ok |= 1u << l;
-        b_ones = ONES && n0 + b_col == N - 1;
         a_dst = a_k * AS + a_row;
         b_dst = BK * AS + b_k * BS + b_col;
     }
@@ -412,24 +428,13 @@ __device__ __forceinline__ void gemm_finish(const Mma& mma, real (&acc)[Mma::FRA
 // latency, not arithmetic.
 // ------------------------------------------------------------------------------------------------
 
-// The reals of one k row of a stage's Bs: BN + PAD, or the slab multiply's B_ROW where it
-// declares one (WgmmaTf32x3: op(B) split in two, big and small, 2 BN).
-template <class Mma, class = void>
-struct SlabBRow {
-    static constexpr int value = Mma::BN + Mma::PAD;
-};
-template <class Mma>
-struct SlabBRow<Mma, decltype(void(Mma::B_ROW))> {
-    static constexpr int value = Mma::B_ROW;
-};
-
 // The shared memory of a pipeline: NSTAGES stages of As and Bs, which become the k-groups'
 // reduction buffer at the end.
 template <class Mma_, int NSTAGES>
 struct SlabStages {
     using Mma = Mma_;
     static constexpr int BM = Mma::BM, BN = Mma::BN, BK = Mma::BK, THREADS = Mma::THREADS;
-    static constexpr int AS = BM + Mma::PAD, BS = SlabBRow<Mma>::value;
+    static constexpr int AS = BM + Mma::PAD, BS = BN + Mma::PAD;
     static constexpr int STAGE = BK * AS + BK * BS;  // one stage: As and Bs
     static constexpr int SMEM = NSTAGES * STAGE;     // reals, 16-byte aligned
     static_assert(NSTAGES >= 2, "at least double buffering");
@@ -479,13 +484,12 @@ struct GemmMultistage : SlabStages<Mma, STAGES> {
 // Two buffers: while the block multiplies one slab, every thread already holds its part of the
 // next one in registers (loaded from global memory before the multiply) and stores it into the
 // other buffer afterwards, so one barrier per slab suffices (the skinny tile, whose slabs are a
-// few loads per thread). LoaderT: a register-staged loader, SlabLoader or one that stores the
-// slab in another layout (gemm_wgmma.cuh's SplitSlabLoader).
-template <class Mma, template <int, int, int, int, bool, bool, bool, int> class LoaderT = SlabLoader>
+// few loads per thread).
+template <class Mma>
 struct GemmRegisterStaged : SlabStages<Mma, 2> {
     using S = SlabStages<Mma, 2>;
     template <bool TA, bool TB, bool ONES>
-    using Loader = LoaderT<S::BM, S::BN, S::BK, S::THREADS, TA, TB, ONES, Mma::PAD>;
+    using Loader = SlabLoader<S::BM, S::BN, S::BK, S::THREADS, TA, TB, ONES, Mma::PAD>;
 
     template <class L>
     static __device__ __forceinline__ void walk(L& slab, const Mma& mma, real (&acc)[Mma::FRAG],

@@ -1,12 +1,12 @@
 // TF32x3 GEMM on Hopper's warpgroup tensor cores (wgmma.mma_async, sm_90a only): the slab
-// multiply WgmmaTf32x3 and its loader SplitSlabLoader on gemm.cuh's register-staged pipeline
-// (GemmRegisterStaged), the same loads, finish and epilogues as every other tile. The arithmetic
-// is gemm_tf32x3.cuh's (read its header and Tf32x3Mma first): each float x = big + small,
+// multiply WgmmaTf32x3, its cp.async pipeline GemmWgmmaMultistage and loader WgmmaAsyncLoader, on
+// gemm.cuh's mainloop (the same finish and epilogues as every other tile). The arithmetic is
+// gemm_tf32x3.cuh's (read its header and Tf32x3Mma first): each float x = big + small,
 // big = tf32(x), small = tf32(x - big); per k8 step t = a_small b_big + a_big b_small + a_big b_big
 // summed by the tensor core from zero, then acc += t by an FP32 add (Tf32x3Mma says why).
 //
-// What differs from Tf32x3Mma is the instruction: wgmma.mma_async.m64n128k8.f32.tf32.tf32, one
-// warpgroup (4 warps, 128 threads) multiplying 64 rows x 128 columns x 8 k, with
+// What differs from Tf32x3Mma is the instruction: wgmma.mma_async.m64n128k8.f32.tf32.tf32 (or
+// m64n64k8), one warpgroup (4 warps, 128 threads) multiplying 64 rows x BN columns x 8 k, with
 //   A from registers: warp w of the warpgroup holds rows 16 w .. 16 w + 15 of the 64, lane
 //     (gid = lane / 4, tig = lane % 4) the elements (gid, tig), (gid + 8, tig), (gid, tig + 4),
 //     (gid + 8, tig + 4): mma.sync m16n8k8's A fragment. The thread reads them from As (k-major,
@@ -14,19 +14,20 @@
 //     and splits them in registers, as Tf32x3Mma does;
 //   B from shared memory through a matrix descriptor: for .tf32 only K-major is allowed (no
 //     transpose), in 8 x 16-byte core matrices (8 columns n of op(B), 4 consecutive k each). The
-//     loader splits op(B) in registers and stores big and small, each in that layout
+//     pipeline splits op(B) in shared memory into big and small, each in that layout
 //     (WgmmaSlabLayout), so the multiply reads B only through the descriptors;
-//   D: the thread's 64 floats of the warpgroup's 64 x 128 are the C fragment of mma.sync m16n8k*
-//     for the warp's 16 rows, one 16 x 8 block after another: gemm.cuh's WarpMmaFragment with
-//     16-row warps (WARPS_M = 8, WARPS_N = 1).
-// Between the stores of a slab (generic proxy) and the wgmma reads of it (async proxy) each thread
+//   D: the thread's BN / 2 floats of the warpgroup's 64 x BN are the C fragment of mma.sync
+//     m16n8k* for the warp's 16 rows, one 16 x 8 block after another: gemm.cuh's WarpMmaFragment
+//     with 16-row warps (WARPS_M = 8, WARPS_N = 1).
+// Between the split's stores (generic proxy) and the wgmma reads of them (async proxy) each thread
 // fences (fence.proxy.async) before the pipeline's barrier; the multiply waits for its wgmmas
-// (wait_group 0) every k8 step, so the slab's buffer is free once every thread is past the
-// pipeline's next barrier. Deterministic: every element is one fixed sequence of wgmma and adds.
+// (wait_group 0) every slab, so its buffers are free once every thread is past the pipeline's
+// next barrier. Deterministic: every element is one fixed sequence of wgmma and adds.
 //
 // wgmma exists on sm_90a only (the arch-specific target, __CUDA_ARCH_FEAT_SM90_ALL): in any other
 // build (sm_90 without the a, older targets, the float64 build has no such tile) the multiply
-// compiles to a trap, and nothing plans these kernels there (gemm_plan.GEMM_WGMMA_TILE).
+// compiles to a trap, and nothing plans these kernels there (the backends read the build's
+// features: cuda_compile.FEATURE_PROBE).
 #ifndef DPMLP_GEMM_WGMMA_CUH
 #define DPMLP_GEMM_WGMMA_CUH
 
@@ -43,7 +44,8 @@
 // The shared layout of one slab of the wgmma tiles (offsets in floats within As and Bs):
 //   As: BK rows of BM, row r of op(A) at k row k is at k BM + (r ^ 8 (k % 4)): the four k of an A
 //       fragment load (tig) land on four different 8-word bank groups (no padding needed);
-//   Bs: op(B) big, then op(B) small, BK x BN each in core matrices of 8 n x 4 k (128 bytes,
+//   Bs: op(B) (a stage), or big then small (a split buffer), BK x BN each in core matrices of
+//       8 n x 4 k (128 bytes,
 //       n-th row at 16 n bytes, k at 4 k bytes within it); core matrix (k / 4, n / 8) at
 //       ((n / 8) (BK / 4) + k / 4) 128 bytes. So the core matrices adjacent in k are 128 bytes
 //       apart (the descriptor's leading byte offset, LBO) and those adjacent in n BK / 4 * 128
@@ -58,38 +60,6 @@ struct WgmmaSlabLayout {
     static __device__ __forceinline__ int b(int k, int n)
     {
         return (((n >> 3) * (BK / 4) + (k >> 2)) << 5) + ((n & 7) << 2) + (k & 3);
-    }
-};
-
-// The register-staged loader of the wgmma tiles: SlabLoader's loads (every transpose, leading
-// dimension, edge and the ones column), stored in WgmmaSlabLayout, op(B) split into big and small
-// (tf32_split) on the way. Bs: 2 BK BN floats (WgmmaTf32x3::B_ROW = 2 BN per k row).
-template <int BM, int BN, int BK, int NT, bool TA, bool TB, bool ONES, int PAD>
-struct SplitSlabLoader : SlabLoader<BM, BN, BK, NT, TA, TB, ONES, PAD> {
-    using Base = SlabLoader<BM, BN, BK, NT, TA, TB, ONES, PAD>;
-    using L = WgmmaSlabLayout<BM, BN, BK>;
-    using Base::Base;
-
-    __device__ __forceinline__ void store(float* As, float* Bs) const
-    {
-#pragma unroll
-        for (int l = 0; l < Base::A_LOADS; ++l)
-            As[L::a(this->a_k + (TA ? 0 : l * Base::A_LSTEP),
-                    this->a_row + (TA ? l * Base::A_LSTEP : 0))] = this->a[l];
-#pragma unroll
-        for (int l = 0; l < Base::B_LOADS; ++l) {
-            unsigned big, small;
-            tf32_split(this->b[l], big, small);
-            const int off = L::b(this->b_k + (TB ? l * Base::B_LSTEP : 0),
-                                 this->b_col + (TB ? 0 : l * Base::B_LSTEP));
-            Bs[off] = __uint_as_float(big);
-            Bs[L::B_HALF + off] = __uint_as_float(small);
-        }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        // this thread's stores, visible to the async proxy (the wgmma reads of B) once the
-        // pipeline's barrier has passed
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
     }
 };
 
@@ -178,8 +148,8 @@ __device__ __forceinline__ void wgmma_tf32<64>(float (&d)[32], const unsigned (&
 }
 #endif
 
-// The wgmma TF32x3 slab multiply (gemm.cuh's Mma): BM / 64 warpgroups, each 64 rows x all BN = 128
-// columns of the tile; one k-group; BK-deep slabs in WgmmaSlabLayout (SplitSlabLoader).
+// The wgmma TF32x3 slab multiply (gemm.cuh's Mma): BM / 64 warpgroups, each 64 rows x all BN
+// columns of the tile; one k-group; BK-deep slabs in WgmmaSlabLayout (GemmWgmmaMultistage).
 //
 // PROMOTE: how many k8 steps' products the tensor core sums from zero into t before t is added to
 // acc by an FP32 add; 1 (the default) is Tf32x3Mma's every step. 0: the wgmmas accumulate into
@@ -190,7 +160,8 @@ template <int BM_, int BN_, int BK_, int PROMOTE = 1>
 struct WgmmaTf32x3 : WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1> {
     using F = WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1>;
     using L = WgmmaSlabLayout<BM_, BN_, BK_>;
-    static constexpr int BK = BK_, PAD = 0, B_ROW = 2 * BN_;
+    static constexpr int BK = BK_, PAD = 0;
+    static constexpr int PER_ADD = PROMOTE > 0 ? PROMOTE : 1;  // (k8 steps per t)
     static_assert(BK_ > 0 && !REAL_IS_DOUBLE, "TF32x3 splits floats: a float32 tile");
     static_assert(BM_ % 64 == 0 && (BN_ == 128 || BN_ == 64) && F::FRAG == BN_ / 2,
                   "warpgroups of 64 x BN: m64n128k8 or m64n64k8");
@@ -230,8 +201,8 @@ struct WgmmaTf32x3 : WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1> {
             // truncates, so each k8 step's sum is promoted by an FP32 add). Without PROMOTE the
             // same three products go into acc itself.
             const int j = kk / 8;  // the k8 step
-            const bool first = PROMOTE > 0 && j % (PROMOTE > 0 ? PROMOTE : 1) == 0;
-            const bool last = kk + 8 >= BK || (PROMOTE > 0 && (j + 1) % (PROMOTE > 0 ? PROMOTE : 1) == 0);
+            const bool first = PROMOTE > 0 && j % PER_ADD == 0;
+            const bool last = kk + 8 >= BK || (PROMOTE > 0 && (j + 1) % PER_ADD == 0);
             float(&d)[F::FRAG] = PROMOTE > 0 ? t : acc;
             wgmma_fence();  // the A fragments (and d's registers) were written just before
             wgmma_tf32<BN_>(d, a_small, d_big, first ? 0 : 1);
@@ -261,12 +232,13 @@ struct WgmmaTf32x3 : WarpMmaFragment<BM_, BN_, BM_ / 16, 1, 1> {
 };
 
 // The cp.async loader of the wgmma pipeline (GemmWgmmaMultistage): AsyncSlabLoader's copies
-// (every transpose, leading dimension, edge and the ones column; zero fill outside the matrices),
+// (every transpose, leading dimension, edge and the ones column, the same SlabEdges; zero fill
+// outside the matrices),
 // one element each, into WgmmaSlabLayout: As swizzled, op(B) unsplit in core matrices (the
 // pipeline splits it in shared memory: GemmWgmmaMultistage::split_b). A stage: BK BM floats of As, then BK BN of
 // op(B).
 template <int BM, int BN, int BK, int NT, bool TA, bool TB, bool ONES, int PAD>
-struct WgmmaAsyncLoader : SlabOffsets {
+struct WgmmaAsyncLoader : SlabOffsets, SlabEdges {
     using Map = SlabMap<BM, BN, BK, NT, TA, TB>;
     using L = WgmmaSlabLayout<BM, BN, BK>;
     static constexpr int A_LOADS = Map::A_LOADS, B_LOADS = Map::B_LOADS;
@@ -289,25 +261,15 @@ struct WgmmaAsyncLoader : SlabOffsets {
     const float* __restrict__ B;
     int M, N, K, k0;      // k0: the k of the slab the next issue copies
     int m0, n0, lda, ldb;
-    unsigned a_ok, b_ok;  // bit l: load l's row of op(A) / column of op(B) exists
-    bool b_ones;          // ONES: this thread's column (all its loads: op(B) = B^T) is the ones one
     bool a_vec, b_vec;    // the 16-byte paths
 
     __device__ __forceinline__ WgmmaAsyncLoader(const float* A_, const float* B_, int M_, int N_,
                                                 int K_, int lda_, int ldb_, int m0_, int n0_,
                                                 int tid)
-        : SlabOffsets(Map::offsets(lda_, ldb_, m0_, n0_, tid)), A(A_), B(B_), M(M_), N(N_), K(K_),
-          k0(0), m0(m0_), n0(n0_), lda(lda_), ldb(ldb_)
+        : SlabOffsets(Map::offsets(lda_, ldb_, m0_, n0_, tid)),
+          SlabEdges(SlabEdges::of<Map, ONES>(*this, M_, N_, m0_, n0_)), A(A_), B(B_), M(M_),
+          N(N_), K(K_), k0(0), m0(m0_), n0(n0_), lda(lda_), ldb(ldb_)
     {
-        a_ok = 0u;
-#pragma unroll
-        for (int l = 0; l < A_LOADS; ++l)
-            if (m0 + a_row + (TA ? l * A_LSTEP : 0) < M) a_ok |= 1u << l;
-        b_ok = 0u;
-#pragma unroll
-        for (int l = 0; l < B_LOADS; ++l)
-            if (n0 + b_col + (TB ? 0 : l * B_LSTEP) < (ONES ? N - 1 : N)) b_ok |= 1u << l;
-        b_ones = ONES && n0 + b_col == N - 1;
         a_vec = !TA && (lda & 3) == 0 && (reinterpret_cast<size_t>(A) & 15) == 0;
         b_vec = !TB && !ONES && (ldb & 3) == 0 && (reinterpret_cast<size_t>(B) & 15) == 0;
     }
@@ -485,9 +447,9 @@ struct GemmWgmmaMultistage {
 };
 
 // w128: the wgmma twin of x128 (gemm_plan.GEMM_WGMMA_TILE: t128 -> w128 where the build has
-// wgmma): 128 x 128, two warpgroups of 64 x 128, 16-deep slabs, two register-staged buffers of
-// As (8 KB) and Bs big and small (16 KB): 48 KB, the most static shared memory a block may have.
-// One block per multiprocessor (acc 64 + t 64 floats a thread).
+// wgmma): 128 x 128, two warpgroups of 64 x 128, 4 cp.async stages of 8-deep slabs (As and op(B),
+// 8 KB each) and two split buffers of op(B) big and small (8 KB each): 48 KB, the most static
+// shared memory a block may have. One block per multiprocessor (acc 64 + t 64 floats a thread).
 typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<128, 128, 8>, 4>, 1> GemmTile_w128;
 
 #endif  // DPMLP_GEMM_WGMMA_CUH

@@ -1,12 +1,11 @@
 // Variant wgmma tiles for tools/check_wgmma.py --extra tools/wgmma_variants.cu (not in the backends' builds):
-// wa the register-staged first w128, wc..wg other tile shapes and depths, wh..wk dynamic shared memory.
-typedef GemmTileOf<GemmRegisterStaged<WgmmaTf32x3<128, 128, 16>, SplitSlabLoader>, 1> GemmTile_wa;  // the old w128
+// wc..wg other tile shapes and depths, wh..wk dynamic shared memory (the first, register-staged w128
+// that the README's earliest figures are of is gone).
 typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<128, 64, 8>, 4>, 2> GemmTile_wc;
 typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<64, 128, 8>, 4>, 2> GemmTile_wd;
 typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<128, 64, 8>, 6>, 2> GemmTile_we;
 typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<64, 64, 8>, 4>, 4> GemmTile_wf;
 typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<64, 128, 8>, 5>, 3> GemmTile_wg;
-GEMM_TILE_KERNELS(wa, float, 128, 128, 256, 0, 0, 0)
 GEMM_TILE_KERNELS(wc, float, 128, 64, 256, 0, 0, 0)
 GEMM_TILE_KERNELS(wd, float, 64, 128, 128, 0, 0, 0)
 GEMM_TILE_KERNELS(we, float, 128, 64, 256, 0, 0, 0)
