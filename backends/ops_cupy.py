@@ -36,19 +36,21 @@ def _kernels_for(dtype: np.dtype, device: int, capability: tuple[int, int]):
         with cupy.cuda.Device(device):
             # sm_90a where the kernels use its features (cuda_compile.ARCH_SPECIFIC); NVRTC takes
             # the last target option, ours after the -arch=sm_<cc> that CuPy adds
-            base = cuda_compile.compile_options(dtype)
-            options = base + cuda_compile.arch_options(cuda_compile.build_arch(capability))
+            options = (cuda_compile.compile_options(dtype)
+                       + cuda_compile.arch_options(cuda_compile.build_arch(capability)))
+            module = cupy.RawModule(code=cuda_compile.read_source(), options=options)
             names = cuda_compile.kernel_names(dtype)
             try:
                 # compiles (NVRTC, cached on disk by CuPy) and loads the module on this device
-                raws = _compiled(cupy, options, names)
+                raws = {name: module.get_function(name) for name in names}
             except cupy.cuda.compiler.CompileException:
-                if options == base:
+                if options == cuda_compile.compile_options(dtype):
                     raise
                 # an NVRTC without the arch-specific target: the default build (no wgmma; the
                 # probe below says so)
-                options = base
-                raws = _compiled(cupy, options, names)
+                options = cuda_compile.compile_options(dtype)
+                module = cupy.RawModule(code=cuda_compile.read_source(), options=options)
+                raws = {name: module.get_function(name) for name in names}
             # RawKernel.kernel is the cupy.cuda.Function, whose call takes the stream explicitly:
             # no `with stream:` (and its bookkeeping) around every launch.
             kernels = {}
@@ -65,11 +67,6 @@ def _kernels_for(dtype: np.dtype, device: int, capability: tuple[int, int]):
             arch, wgmma = (int(v) for v in cupy.asnumpy(out))
             _KERNELS[key] = kernels, (arch, wgmma)
     return _KERNELS[key]
-
-
-def _compiled(cupy, options, names):
-    module = cupy.RawModule(code=cuda_compile.read_source(), options=options)
-    return {name: module.get_function(name) for name in names}
 
 
 def _as_is(value):

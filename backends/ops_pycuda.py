@@ -94,16 +94,15 @@ def _kernels_for(dtype: np.dtype, device: int, capability: tuple[int, int]):
         arch = cuda_compile.build_arch(capability)
         # the headers are expanded into the source (cuda_compile): nvcc runs in a temporary
         # directory and needs no include path
-        def build(source, arch):
-            return SourceModule(source, nvcc=nvcc, options=options, no_extern_c=True, arch=arch)
-
         try:
-            module = build(cuda_compile.read_source(), arch)
+            module = SourceModule(cuda_compile.read_source(), nvcc=nvcc, options=options,
+                                  no_extern_c=True, arch=arch)
         except Exception:  # pycuda.driver.CompileError: an nvcc without the arch-specific target
             if arch is None:
                 raise
             arch = None  # the default build (no wgmma; the probe below says so)
-            module = build(cuda_compile.read_source(), arch)
+            module = SourceModule(cuda_compile.read_source(), nvcc=nvcc, options=options,
+                                  no_extern_c=True, arch=arch)
         kernels = {}
         for name in cuda_compile.kernel_names(dtype):
             func = module.get_function(name)
@@ -113,7 +112,8 @@ def _kernels_for(dtype: np.dtype, device: int, capability: tuple[int, int]):
                 func.set_attribute(cuda.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, dyn)
             kernels[name] = func
         kernels["_module"] = module  # keeps the module loaded while the functions live
-        probe = build(cuda_compile.FEATURE_PROBE, arch)
+        probe = SourceModule(cuda_compile.FEATURE_PROBE, nvcc=nvcc, options=options,
+                             no_extern_c=True, arch=arch)
         out = np.zeros(2, dtype=np.int32)
         probe.get_function("build_features")(cuda.Out(out), block=(1, 1, 1), grid=(1, 1))
         _KERNELS[key] = kernels, (int(out[0]), int(out[1]))
