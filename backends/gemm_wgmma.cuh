@@ -349,6 +349,43 @@ struct WgmmaAsyncLoader : SlabOffsets, SlabEdges {
     }
 };
 
+// op(B) of a stage (core-matrix layout, FLOATS of it) into big and small of a split buffer
+// (big, then small, FLOATS each), element for element in the same layout (so any consecutive run of
+// floats maps to itself: vectors), by the NT threads t = 0 .. NT-1; then fenced to the async proxy
+// (the wgmmas read the split buffer through their descriptors).
+template <int FLOATS, int NT>
+__device__ __forceinline__ void split_op_b(const float* raw, float* split, int t)
+{
+    constexpr int PER_THREAD = FLOATS / NT;
+    static_assert(PER_THREAD * NT == FLOATS && (PER_THREAD % 4 == 0 || PER_THREAD == 2),
+                  "the split pass moves float4s or float2s");
+    if (PER_THREAD == 2) {
+        const int i = 2 * t;
+        const float2 v = *reinterpret_cast<const float2*>(raw + i);
+        unsigned b0, b1, s0, s1;
+        tf32_split(v.x, b0, s0);
+        tf32_split(v.y, b1, s1);
+        *reinterpret_cast<uint2*>(split + i) = make_uint2(b0, b1);
+        *reinterpret_cast<uint2*>(split + FLOATS + i) = make_uint2(s0, s1);
+    } else {
+#pragma unroll
+        for (int j = 0; j < PER_THREAD / 4; ++j) {
+            const int i = 4 * (j * NT + t);
+            const float4 v = *reinterpret_cast<const float4*>(raw + i);
+            unsigned b0, b1, b2, b3, s0, s1, s2, s3;
+            tf32_split(v.x, b0, s0);
+            tf32_split(v.y, b1, s1);
+            tf32_split(v.z, b2, s2);
+            tf32_split(v.w, b3, s3);
+            *reinterpret_cast<uint4*>(split + i) = make_uint4(b0, b1, b2, b3);
+            *reinterpret_cast<uint4*>(split + FLOATS + i) = make_uint4(s0, s1, s2, s3);
+        }
+    }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
 // cp.async, STAGES slabs deep, for the wgmma slab multiply (WgmmaTf32x3), with op(B) split in
 // shared memory one slab ahead: while the wgmmas of slab s run (asynchronously), every thread
 // splits its share of slab s+1's op(B) (one float4: 4 TF32 big and 4 small) into the other of two
@@ -369,41 +406,12 @@ struct GemmWgmmaMultistage {
     static constexpr int SMEM = STAGES * STAGE + 2 * SPLIT;
     static_assert(STAGES >= 3, "slab s+1 lands while slab s is multiplied");
     static_assert(Mma::KG == 1, "one k-group: nothing to reduce");
-    static constexpr int PER_THREAD = BK * BN / THREADS;  // op(B) floats each thread splits
-    static_assert(PER_THREAD * THREADS == BK * BN && (PER_THREAD % 4 == 0 || PER_THREAD == 2),
-                  "the split pass moves float4s or float2s");
     template <bool TA, bool TB, bool ONES>
     using Loader = WgmmaAsyncLoader<BM, BN, BK, THREADS, TA, TB, ONES, 0>;
 
-    // op(B) of a stage (core-matrix layout) into big and small of a split buffer, element for
-    // element in the same layout (so any consecutive run of floats maps to itself: vectors)
     static __device__ __forceinline__ void split_b(const float* raw, float* split)
     {
-        if (PER_THREAD == 2) {
-            const int i = 2 * static_cast<int>(threadIdx.x);
-            const float2 v = *reinterpret_cast<const float2*>(raw + i);
-            unsigned b0, b1, s0, s1;
-            tf32_split(v.x, b0, s0);
-            tf32_split(v.y, b1, s1);
-            *reinterpret_cast<uint2*>(split + i) = make_uint2(b0, b1);
-            *reinterpret_cast<uint2*>(split + BK * BN + i) = make_uint2(s0, s1);
-        } else {
-#pragma unroll
-            for (int j = 0; j < PER_THREAD / 4; ++j) {
-                const int i = 4 * (j * THREADS + static_cast<int>(threadIdx.x));
-                const float4 v = *reinterpret_cast<const float4*>(raw + i);
-                unsigned b0, b1, b2, b3, s0, s1, s2, s3;
-                tf32_split(v.x, b0, s0);
-                tf32_split(v.y, b1, s1);
-                tf32_split(v.z, b2, s2);
-                tf32_split(v.w, b3, s3);
-                *reinterpret_cast<uint4*>(split + i) = make_uint4(b0, b1, b2, b3);
-                *reinterpret_cast<uint4*>(split + BK * BN + i) = make_uint4(s0, s1, s2, s3);
-            }
-        }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
+        split_op_b<BK * BN, THREADS>(raw, split, static_cast<int>(threadIdx.x));
     }
 
     template <class Ld>
@@ -446,10 +454,186 @@ struct GemmWgmmaMultistage {
     }
 };
 
+// mbarriers (sm_90: the pipeline's producer and consumer warps hand stages to each other; addr:
+// the barrier's shared-state-space address, 8-byte aligned). arrive: release at CTA scope; wait:
+// acquire, until the phase of the given parity has completed. Below sm_90 they are empty (the
+// pipeline's kernels trap in their multiply there: never launched).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define DPMLP_HAS_MBARRIER_WAIT 1
+#else
+#define DPMLP_HAS_MBARRIER_WAIT 0
+#endif
+__device__ __forceinline__ void mbar_init(unsigned addr, unsigned count)
+{
+#if DPMLP_HAS_MBARRIER_WAIT
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(addr), "r"(count) : "memory");
+#else
+    (void)addr;
+    (void)count;
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(unsigned addr)
+{
+#if DPMLP_HAS_MBARRIER_WAIT
+    unsigned long long state;  // (the phase token: unused)
+    asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1];\n" : "=l"(state) : "r"(addr) : "memory");
+    (void)state;
+#else
+    (void)addr;
+#endif
+}
+__device__ __forceinline__ void mbar_wait(unsigned addr, unsigned parity)
+{
+#if DPMLP_HAS_MBARRIER_WAIT
+    unsigned done;
+    do {
+        asm volatile(
+            "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "\tselp.u32 %0, 1, 0, p;\n\t}\n"
+            : "=r"(done)
+            : "r"(addr), "r"(parity)
+            : "memory");
+    } while (!done);
+#else
+    (void)addr;
+    (void)parity;
+#endif
+}
+// a barrier of the producer warpgroup alone (named barrier 1; 0 is __syncthreads')
+__device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
+
+// The warp-specialised wgmma pipeline: warpgroup 0 (128 threads) is the producer, the slab
+// multiply's BM / 64 warpgroups after it are the consumers, and they hand STAGES stages to each
+// other through two mbarriers a stage instead of a block-wide barrier a slab, so the consumer
+// warpgroups drift apart: while one adds its k8 step's products into acc, the other's wgmmas run.
+//   producer: the copies of slab j into stage j % STAGES (WgmmaAsyncLoader with 128 threads; once
+//     the consumers have freed the stage: `empty`), LOOKAHEAD slabs ahead of the split; for slab
+//     i = j - LOOKAHEAD, once every producer thread's copies of it landed (cp.async.wait_group,
+//     then the producer's own barrier), op(B) split into the stage's big and small (split_op_b,
+//     fenced to the async proxy) and the stage handed over (`full`, every producer thread);
+//   consumers: for slab s, wait for full, multiply (A from the stage's raw As, op(B) through the
+//     descriptors of the split; the multiply waits for its wgmmas), hand the stage back (`empty`,
+//     a lane of each consumer warp after the warp's last read).
+// Shared memory, a stage: As (BK BM), op(B) unsplit (BK BN), op(B) big and small (2 BK BN); then
+// the 2 STAGES mbarriers (full, then empty). The same arithmetic as GemmWgmmaMultistage, element
+// for element: the results are bitwise those of w128 (and x128).
+template <class Mma_, int STAGES, int LOOKAHEAD>
+struct GemmWgmmaWarpSpecialized {
+    using Mma = Mma_;
+    static constexpr int BM = Mma::BM, BN = Mma::BN, BK = Mma::BK;
+    static constexpr int PRODUCERS = 128, CONSUMERS = Mma::THREADS;
+    static constexpr int THREADS = PRODUCERS + CONSUMERS;
+    static constexpr int STAGE = BK * BM + 3 * BK * BN;  // floats
+    static constexpr int SMEM = STAGES * STAGE + 2 * STAGES * 2;  // floats: stages, mbarriers
+    static_assert(LOOKAHEAD >= 1 && STAGES > LOOKAHEAD, "a stage free for the copies ahead");
+    static_assert(Mma::KG == 1, "one k-group: nothing to reduce");
+    template <bool TA, bool TB, bool ONES>
+    using Loader = WgmmaAsyncLoader<BM, BN, BK, PRODUCERS, TA, TB, ONES, 0>;
+
+    static __device__ __forceinline__ float* raw_a(float* smem, int st) { return smem + st * STAGE; }
+    static __device__ __forceinline__ float* raw_b(float* smem, int st)
+    {
+        return raw_a(smem, st) + BK * BM;
+    }
+    static __device__ __forceinline__ float* split(float* smem, int st)
+    {
+        return raw_b(smem, st) + BK * BN;
+    }
+
+    template <class Ld>
+    static __device__ __forceinline__ void produce(Ld& slab, float* smem, unsigned full,
+                                                   unsigned empty, int nslabs)
+    {
+        const unsigned sbase = shared_addr(smem);
+        const int t = static_cast<int>(threadIdx.x);
+        for (int j = 0; j < nslabs + LOOKAHEAD; ++j) {
+            if (j < nslabs) {
+                const int st = j % STAGES;
+                if (j >= STAGES) mbar_wait(empty + 8 * st, (j / STAGES - 1) & 1);
+                slab.issue(smem, sbase, st * STAGE);
+            }
+            copy_commit();  // (empty groups past the last slab: the wait below counts groups)
+            const int i = j - LOOKAHEAD;
+            if (i >= 0) {
+                const int st = i % STAGES;
+                copy_wait<LOOKAHEAD>();  // this thread's copies of slab i landed ...
+                producer_sync();         // ... and every producer thread's
+                split_op_b<BK * BN, PRODUCERS>(raw_b(smem, st), split(smem, st), t);
+                mbar_arrive(full + 8 * st);
+            }
+        }
+        copy_wait<0>();
+    }
+
+    static __device__ __forceinline__ void consume(const Mma& mma, float (&acc)[Mma::FRAG],
+                                                   float* smem, unsigned full, unsigned empty,
+                                                   int nslabs)
+    {
+        for (int s = 0; s < nslabs; ++s) {
+            const int st = s % STAGES;
+            mbar_wait(full + 8 * st, (s / STAGES) & 1);
+            mma.multiply(acc, raw_a(smem, st), split(smem, st));
+            __syncwarp();
+            if ((threadIdx.x & 31) == 0) mbar_arrive(empty + 8 * st);
+        }
+    }
+
+    // the block: barriers initialised, the producer's and the consumers' loops, the consumers'
+    // finish through the epilogue (gemm_mainloop's, with the roles split)
+    template <bool TA, bool TB, bool ONES, class Epi>
+    static __device__ __forceinline__ void block(float* smem, GEMM_CORE_ARGS, const Epi& epi)
+    {
+        const unsigned full = shared_addr(smem + STAGES * STAGE), empty = full + 8 * STAGES;
+        const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+        const int nslabs = (K + BK - 1) / BK;
+        if (threadIdx.x == 0) {
+            for (int st = 0; st < STAGES; ++st) {
+                mbar_init(full + 8 * st, PRODUCERS);
+                mbar_init(empty + 8 * st, CONSUMERS / 32);
+            }
+        }
+        __syncthreads();  // (the only block-wide barrier)
+        if (threadIdx.x < PRODUCERS) {
+            Loader<TA, TB, ONES> slab(A, B, M, N, K, lda, ldb, m0, n0, threadIdx.x);
+            produce(slab, smem, full, empty, nslabs);
+            return;
+        }
+        const Mma mma(threadIdx.x - PRODUCERS);
+        float acc[Mma::FRAG];
+#pragma unroll
+        for (int f = 0; f < Mma::FRAG; ++f) acc[f] = 0.0f;
+        consume(mma, acc, smem, full, empty, nslabs);
+        gemm_finish(mma, acc, smem, C, M, N, ldc, m0, n0, epi);
+    }
+};
+
+// A tile of a warp-specialised pipeline: GemmTileDynamic's launch (DYN_SMEM bytes of dynamic
+// shared memory, the table's dyn_smem) over the pipeline's own block, whose threads split into
+// producer and consumers (gemm_mainloop gives every thread both roles).
+template <class Pipeline, int MIN_BLOCKS_>
+struct GemmTileWarpSpecialized {
+    static constexpr int BM = Pipeline::BM, BN = Pipeline::BN, THREADS = Pipeline::THREADS;
+    static constexpr int MIN_BLOCKS = MIN_BLOCKS_;
+    static constexpr int DYN_SMEM = Pipeline::SMEM * static_cast<int>(sizeof(real));
+
+    template <bool TA, bool TB, bool ONES, class Epi>
+    static __device__ __forceinline__ void run(GEMM_CORE_ARGS, int depth, const Epi& epi)
+    {
+        (void)depth;
+        extern __shared__ __align__(16) unsigned char gemm_dynamic_smem[];
+        Pipeline::template block<TA, TB, ONES>(reinterpret_cast<real*>(gemm_dynamic_smem),
+                                               GEMM_CORE_PASS, epi);
+    }
+};
+
 // w128: the wgmma twin of x128 (gemm_plan.GEMM_WGMMA_TILE: t128 -> w128 where the build has
-// wgmma): 128 x 128, two warpgroups of 64 x 128, 4 cp.async stages of 8-deep slabs (As and op(B),
-// 8 KB each) and two split buffers of op(B) big and small (8 KB each): 48 KB, the most static
-// shared memory a block may have. One block per multiprocessor (acc 64 + t 64 floats a thread).
-typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<128, 128, 8>, 4>, 1> GemmTile_w128;
+// wgmma): 128 x 128 on the warp-specialised pipeline, a producer warpgroup and two consumer
+// warpgroups of 64 x 128 (384 threads), 6 stages of 16-deep slabs (As, op(B), its big and small:
+// 32 KB each), copies 3 slabs ahead of the split: 192 KB of dynamic shared memory, one block per
+// multiprocessor (consumers: acc 64 + t 64 floats a thread). The multistage pipeline's 128 x 128
+// (GemmWgmmaMultistage, two warpgroups doing everything in lockstep) is tools/wgmma_variants.cu's
+// wm, for comparison.
+typedef GemmTileWarpSpecialized<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 16>, 6, 3>, 1>
+    GemmTile_w128;
 
 #endif  // DPMLP_GEMM_WGMMA_CUH
