@@ -475,9 +475,8 @@ __device__ __forceinline__ void mbar_init(unsigned addr, unsigned count)
 __device__ __forceinline__ void mbar_arrive(unsigned addr)
 {
 #if DPMLP_HAS_MBARRIER_WAIT
-    unsigned long long state;  // (the phase token: unused)
-    asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1];\n" : "=l"(state) : "r"(addr) : "memory");
-    (void)state;
+    asm volatile("{\n\t.reg .b64 st;\n\tmbarrier.arrive.shared::cta.b64 st, [%0];\n\t}\n" ::"r"(addr)
+                 : "memory");
 #else
     (void)addr;
 #endif
@@ -627,13 +626,10 @@ struct GemmTileWarpSpecialized {
 };
 
 // w128: the wgmma twin of x128 (gemm_plan.GEMM_WGMMA_TILE: t128 -> w128 where the build has
-// wgmma): 128 x 128 on the warp-specialised pipeline, a producer warpgroup and two consumer
-// warpgroups of 64 x 128 (384 threads), 6 stages of 16-deep slabs (As, op(B), its big and small:
-// 32 KB each), copies 3 slabs ahead of the split: 192 KB of dynamic shared memory, one block per
-// multiprocessor (consumers: acc 64 + t 64 floats a thread). The multistage pipeline's 128 x 128
-// (GemmWgmmaMultistage, two warpgroups doing everything in lockstep) is tools/wgmma_variants.cu's
-// wm, for comparison.
-typedef GemmTileWarpSpecialized<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 16>, 6, 3>, 1>
-    GemmTile_w128;
+// wgmma): 128 x 128, two warpgroups of 64 x 128, 4 cp.async stages of 8-deep slabs (As and op(B),
+// 8 KB each) and two split buffers of op(B) big and small (8 KB each): 48 KB, the most static
+// shared memory a block may have. One block per multiprocessor (acc 64 + t 64 floats a thread).
+// The warp-specialised pipeline above is not yet run on a GPU: tools/wgmma_variants.cu's ws* tiles.
+typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<128, 128, 8>, 4>, 1> GemmTile_w128;
 
 #endif  // DPMLP_GEMM_WGMMA_CUH
