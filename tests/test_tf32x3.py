@@ -71,16 +71,14 @@ def test_plans_name_the_twin_of_the_simt_tile():
 
 def test_wgmma_plans_name_the_hopper_twin():
     """With `wgmma` (an sm_90a build), tf32x3 names the Hopper twin of a tile that has one
-    (t128 -> w128: the same grid, its own block of 384 threads, a producer warpgroup and two
-    consumers), the mma.sync twin of the others; simt ignores it."""
+    (t128 -> w128: same grid and threads), the mma.sync twin of the others; simt ignores it."""
     assert gemm_plan.GEMM_WGMMA_TILE == {"t128": "w128"}
     assert len(gemm_plan.GEMM_WGMMA_KERNELS) == 4
     big = ((4096, INPUTS), (INPUTS, 3200), (4096, 3200), False, False)
     x3 = gemm_plan.plan_gemm(*big, 132, mode="tf32x3")
     w = gemm_plan.plan_gemm(*big, 132, mode="tf32x3", wgmma=True)
     assert x3.kernel == "gemm_x128_nn" and w.kernel == "gemm_w128_nn"
-    assert (x3.grid, x3.block, x3.split) == ((32, 25, 1), (256, 1, 1), 1)
-    assert (w.grid, w.block, w.split) == ((32, 25, 1), (384, 1, 1), 1)
+    assert (w.grid, w.block, w.split) == (x3.grid, x3.block, 1) == ((32, 25, 1), (256, 1, 1), 1)
     assert w.kernel in gemm_plan.GEMM_WGMMA_KERNELS
     for ta, tb in [(True, False), (False, True), (True, True)]:
         a, b = ((INPUTS, 4096) if ta else (4096, INPUTS)), ((3200, INPUTS) if tb else (INPUTS, 3200))
