@@ -557,6 +557,26 @@ struct GemmTileOf {
     }
 };
 
+// The block of a pipeline: gemm_mainloop, or the pipeline's own block() where it has one
+// (OWN_BLOCK: a warp-specialised pipeline, whose threads split into producer and consumers, where
+// gemm_mainloop gives every thread both roles)
+template <class Pipeline, class = void>
+struct GemmBlock {
+    template <bool TA, bool TB, bool ONES, class Epi>
+    static __device__ __forceinline__ void run(real* smem, GEMM_CORE_ARGS, const Epi& epi)
+    {
+        gemm_mainloop<Pipeline, TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
+    }
+};
+template <class Pipeline>
+struct GemmBlock<Pipeline, decltype(void(Pipeline::OWN_BLOCK))> {
+    template <bool TA, bool TB, bool ONES, class Epi>
+    static __device__ __forceinline__ void run(real* smem, GEMM_CORE_ARGS, const Epi& epi)
+    {
+        Pipeline::template block<TA, TB, ONES>(smem, GEMM_CORE_PASS, epi);
+    }
+};
+
 // One configuration whose stages take more than the 48 KB of static shared memory a block may
 // have: the same as GemmTileOf on the dynamic shared memory the launch gives (DYN_SMEM bytes; the
 // table's dyn_smem column, which the backends set as the kernel's limit and launch with).
@@ -571,8 +591,8 @@ struct GemmTileDynamic {
     {
         (void)depth;
         extern __shared__ __align__(16) unsigned char gemm_dynamic_smem[];
-        gemm_mainloop<Pipeline, TA, TB, ONES>(reinterpret_cast<real*>(gemm_dynamic_smem),
-                                             GEMM_CORE_PASS, epi);
+        GemmBlock<Pipeline>::template run<TA, TB, ONES>(reinterpret_cast<real*>(gemm_dynamic_smem),
+                                                       GEMM_CORE_PASS, epi);
     }
 };
 

@@ -522,6 +522,7 @@ struct GemmWgmmaWarpSpecialized {
     static constexpr int BM = Mma::BM, BN = Mma::BN, BK = Mma::BK;
     static constexpr int PRODUCERS = 128, CONSUMERS = Mma::THREADS;
     static constexpr int THREADS = PRODUCERS + CONSUMERS;
+    static constexpr bool OWN_BLOCK = true;  // (gemm.cuh GemmBlock: block() below, not gemm_mainloop)
     static constexpr int STAGE = BK * BM + 3 * BK * BN;  // floats
     static constexpr int SMEM = STAGES * STAGE + 2 * STAGES * 2;  // floats: stages, mbarriers
     static_assert(LOOKAHEAD >= 1 && STAGES > LOOKAHEAD, "a stage free for the copies ahead");
@@ -577,8 +578,9 @@ struct GemmWgmmaWarpSpecialized {
         }
     }
 
-    // the block: barriers initialised, the producer's and the consumers' loops, the consumers'
-    // finish through the epilogue (gemm_mainloop's, with the roles split)
+    // the block (gemm.cuh GemmBlock, under GemmTileDynamic): barriers initialised, the producer's
+    // and the consumers' loops, the consumers' finish through the epilogue (gemm_mainloop's, with
+    // the roles split)
     template <bool TA, bool TB, bool ONES, class Epi>
     static __device__ __forceinline__ void block(float* smem, GEMM_CORE_ARGS, const Epi& epi)
     {
@@ -603,25 +605,6 @@ struct GemmWgmmaWarpSpecialized {
         for (int f = 0; f < Mma::FRAG; ++f) acc[f] = 0.0f;
         consume(mma, acc, smem, full, empty, nslabs);
         gemm_finish(mma, acc, smem, C, M, N, ldc, m0, n0, epi);
-    }
-};
-
-// A tile of a warp-specialised pipeline: GemmTileDynamic's launch (DYN_SMEM bytes of dynamic
-// shared memory, the table's dyn_smem) over the pipeline's own block, whose threads split into
-// producer and consumers (gemm_mainloop gives every thread both roles).
-template <class Pipeline, int MIN_BLOCKS_>
-struct GemmTileWarpSpecialized {
-    static constexpr int BM = Pipeline::BM, BN = Pipeline::BN, THREADS = Pipeline::THREADS;
-    static constexpr int MIN_BLOCKS = MIN_BLOCKS_;
-    static constexpr int DYN_SMEM = Pipeline::SMEM * static_cast<int>(sizeof(real));
-
-    template <bool TA, bool TB, bool ONES, class Epi>
-    static __device__ __forceinline__ void run(GEMM_CORE_ARGS, int depth, const Epi& epi)
-    {
-        (void)depth;
-        extern __shared__ __align__(16) unsigned char gemm_dynamic_smem[];
-        Pipeline::template block<TA, TB, ONES>(reinterpret_cast<real*>(gemm_dynamic_smem),
-                                               GEMM_CORE_PASS, epi);
     }
 };
 

@@ -21,12 +21,12 @@ typedef GemmTileDynamic<GemmWgmmaMultistage<WgmmaTf32x3<128, 128, 16, 1>, 4>, 1>
 GEMM_TILE_KERNELS(wk, float, 128, 128, 256, 0, 0, 98304)
 // ws*: the warp-specialised pipeline (GemmWgmmaWarpSpecialized: a producer warpgroup, two consumer
 // warpgroups, mbarriers), at slab depths 8 to 32 and several stage counts
-typedef GemmTileWarpSpecialized<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 8>, 8, 4>, 1> GemmTile_wsa;
-typedef GemmTileWarpSpecialized<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 16>, 6, 3>, 1> GemmTile_wsb;
-typedef GemmTileWarpSpecialized<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 16>, 4, 2>, 1> GemmTile_wsc;
-typedef GemmTileWarpSpecialized<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 32>, 3, 1>, 1> GemmTile_wsd;
-typedef GemmTileWarpSpecialized<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 64, 16>, 6, 3>, 1> GemmTile_wse;
-typedef GemmTileWarpSpecialized<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 64, 8>, 8, 4>, 2> GemmTile_wsf;
+typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 8>, 8, 4>, 1> GemmTile_wsa;
+typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 16>, 6, 3>, 1> GemmTile_wsb;
+typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 16>, 4, 2>, 1> GemmTile_wsc;
+typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 32>, 3, 1>, 1> GemmTile_wsd;
+typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 64, 16>, 6, 3>, 1> GemmTile_wse;
+typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 64, 8>, 8, 4>, 2> GemmTile_wsf;
 GEMM_TILE_KERNELS(wsa, float, 128, 128, 384, 0, 0, 131200)
 GEMM_TILE_KERNELS(wsb, float, 128, 128, 384, 0, 0, 196704)
 GEMM_TILE_KERNELS(wsc, float, 128, 128, 384, 0, 0, 131136)
