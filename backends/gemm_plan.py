@@ -104,6 +104,16 @@ GEMM_KERNEL_DYN_SMEM: dict[str, int] = {kernel: row.dyn_smem for row in GEMM_TIL
                                         if row.dyn_smem for kernel in tile_kernels(row.tile)}
 
 
+def launch_dyn_smem(kernel: str, wgmma: bool) -> int:
+    """The dynamic shared memory a build launches `kernel` with (0: none, its limit left alone):
+    its tile's, but none for a wgmma kernel in a build without wgmma. That kernel is only a trap
+    there, never planned, and its tile's bytes may pass the device's limit (w128's 192 KB is more
+    than an A100 allows), so raising the limit would fail the whole build's load."""
+    if not wgmma and any(kernel in tile_kernels(t) for t in GEMM_WGMMA_TILE.values()):
+        return 0
+    return GEMM_KERNEL_DYN_SMEM.get(kernel, 0)
+
+
 def gemm_kernels_for(dtype_name: str) -> tuple[str, ...]:
     """The GEMM kernels of the float32 or float64 build (no other is compiled there: each is one
     the planner can launch in that build)."""

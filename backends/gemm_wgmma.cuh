@@ -609,10 +609,12 @@ struct GemmWgmmaWarpSpecialized {
 };
 
 // w128: the wgmma twin of x128 (gemm_plan.GEMM_WGMMA_TILE: t128 -> w128 where the build has
-// wgmma): 128 x 128, two warpgroups of 64 x 128, 4 cp.async stages of 8-deep slabs (As and op(B),
-// 8 KB each) and two split buffers of op(B) big and small (8 KB each): 48 KB, the most static
-// shared memory a block may have. One block per multiprocessor (acc 64 + t 64 floats a thread).
-// The warp-specialised pipeline above is not yet run on a GPU: tools/wgmma_variants.cu's ws* tiles.
-typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<128, 128, 8>, 4>, 1> GemmTile_w128;
+// wgmma): 128 x 128 on the warp-specialised pipeline, a producer warpgroup and two consumer
+// warpgroups of 64 x 128 (384 threads), 3 stages of 32-deep slabs (As, op(B), its big and small:
+// 64 KB each), copies one slab ahead of the split: 192 KB of dynamic shared memory, one block per
+// multiprocessor. Fastest of the variants measured on the H100 (tools/wgmma_variants.cu ws*;
+// z1 4096x3200x784: 382 us against 532 for the multistage pipeline, wm, and 502 for cuBLAS).
+typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 32>, 3, 1>, 1>
+    GemmTile_w128;
 
 #endif  // DPMLP_GEMM_WGMMA_CUH

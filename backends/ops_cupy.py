@@ -53,18 +53,18 @@ def _kernels_for(dtype: np.dtype, device: int, capability: tuple[int, int]):
                 raws = {name: module.get_function(name) for name in names}
             # RawKernel.kernel is the cupy.cuda.Function, whose call takes the stream explicitly:
             # no `with stream:` (and its bookkeeping) around every launch.
+            probe = cupy.RawModule(code=cuda_compile.FEATURE_PROBE, options=options)
+            out = cupy.zeros(2, dtype=np.int32)
+            probe.get_function("build_features")((1,), (1,), (out,))
+            arch, wgmma = (int(v) for v in cupy.asnumpy(out))
             kernels = {}
             for name, raw in raws.items():
-                dyn = gemm_plan.GEMM_KERNEL_DYN_SMEM.get(name, 0)
+                dyn = gemm_plan.launch_dyn_smem(name, bool(wgmma))
                 if dyn:  # past 48 KB: the kernel's limit raised once, every launch given it
                     raw.max_dynamic_shared_size_bytes = dyn
                     kernels[name] = functools.partial(raw.kernel, shared_mem=dyn)
                 else:
                     kernels[name] = raw.kernel
-            probe = cupy.RawModule(code=cuda_compile.FEATURE_PROBE, options=options)
-            out = cupy.zeros(2, dtype=np.int32)
-            probe.get_function("build_features")((1,), (1,), (out,))
-            arch, wgmma = (int(v) for v in cupy.asnumpy(out))
             _KERNELS[key] = kernels, (arch, wgmma)
     return _KERNELS[key]
 

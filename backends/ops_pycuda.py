@@ -103,27 +103,28 @@ def _kernels_for(dtype: np.dtype, device: int, capability: tuple[int, int]):
             arch = None  # the default build (no wgmma; the probe below says so)
             module = SourceModule(cuda_compile.read_source(), nvcc=nvcc, options=options,
                                   no_extern_c=True, arch=arch)
-        kernels = {}
-        for name in cuda_compile.kernel_names(dtype):
-            func = module.get_function(name)
-            func.prepare(op_table.pycuda_format(op_table.KERNEL_SIGNATURES[name], dtype))
-            dyn = gemm_plan.GEMM_KERNEL_DYN_SMEM.get(name, 0)
-            if dyn:  # past 48 KB: the kernel's limit raised once (_launcher gives it each launch)
-                func.set_attribute(cuda.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, dyn)
-            kernels[name] = func
-        kernels["_module"] = module  # keeps the module loaded while the functions live
         probe = SourceModule(cuda_compile.FEATURE_PROBE, nvcc=nvcc, options=options,
                              no_extern_c=True, arch=arch)
         out = np.zeros(2, dtype=np.int32)
         probe.get_function("build_features")(cuda.Out(out), block=(1, 1, 1), grid=(1, 1))
-        _KERNELS[key] = kernels, (int(out[0]), int(out[1]))
+        features = int(out[0]), int(out[1])
+        kernels = {}
+        for name in cuda_compile.kernel_names(dtype):
+            func = module.get_function(name)
+            func.prepare(op_table.pycuda_format(op_table.KERNEL_SIGNATURES[name], dtype))
+            dyn = gemm_plan.launch_dyn_smem(name, bool(features[1]))
+            if dyn:  # past 48 KB: the kernel's limit raised once (_launcher gives it each launch)
+                func.set_attribute(cuda.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, dyn)
+            kernels[name] = func
+        kernels["_module"] = module  # keeps the module loaded while the functions live
+        _KERNELS[key] = kernels, features
     return _KERNELS[key]
 
 
-def _launcher(func, name: str):
+def _launcher(func, name: str, wgmma: bool):
     """The prepared call of a kernel: (grid, block, stream, *args), with the dynamic shared
-    memory of its tile where it takes some (gemm_plan.GEMM_KERNEL_DYN_SMEM)."""
-    dyn = gemm_plan.GEMM_KERNEL_DYN_SMEM.get(name, 0)
+    memory of its tile where it takes some in this build (gemm_plan.launch_dyn_smem)."""
+    dyn = gemm_plan.launch_dyn_smem(name, wgmma)
     if dyn:
         return functools.partial(func.prepared_async_call, shared_size=dyn)
     return func.prepared_async_call
@@ -226,7 +227,7 @@ class PycudaBackend(CudaBackend):
         self._stream = cuda.Stream(1)  # CU_STREAM_NON_BLOCKING: no implicit sync with stream 0
         capability = tuple(self._dev.compute_capability())
         self._fns, features = _kernels_for(self.dtype, self.device_index, capability)
-        self._start({name: _launcher(self._fns[name], name)
+        self._start({name: _launcher(self._fns[name], name, bool(features[1]))
                      for name in cuda_compile.kernel_names(self.dtype)},
                     int(self._dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)),
                     capability, features)

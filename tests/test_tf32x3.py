@@ -71,14 +71,16 @@ def test_plans_name_the_twin_of_the_simt_tile():
 
 def test_wgmma_plans_name_the_hopper_twin():
     """With `wgmma` (an sm_90a build), tf32x3 names the Hopper twin of a tile that has one
-    (t128 -> w128: same grid and threads), the mma.sync twin of the others; simt ignores it."""
+    (t128 -> w128: the same grid, its own block of 384 threads, a producer warpgroup and two
+    consumers), the mma.sync twin of the others; simt ignores it."""
     assert gemm_plan.GEMM_WGMMA_TILE == {"t128": "w128"}
     assert len(gemm_plan.GEMM_WGMMA_KERNELS) == 4
     big = ((4096, INPUTS), (INPUTS, 3200), (4096, 3200), False, False)
     x3 = gemm_plan.plan_gemm(*big, 132, mode="tf32x3")
     w = gemm_plan.plan_gemm(*big, 132, mode="tf32x3", wgmma=True)
     assert x3.kernel == "gemm_x128_nn" and w.kernel == "gemm_w128_nn"
-    assert (w.grid, w.block, w.split) == (x3.grid, x3.block, 1) == ((32, 25, 1), (256, 1, 1), 1)
+    assert (x3.grid, x3.block, x3.split) == ((32, 25, 1), (256, 1, 1), 1)
+    assert (w.grid, w.block, w.split) == ((32, 25, 1), (384, 1, 1), 1)
     assert w.kernel in gemm_plan.GEMM_WGMMA_KERNELS
     for ta, tb in [(True, False), (False, True), (True, True)]:
         a, b = ((INPUTS, 4096) if ta else (4096, INPUTS)), ((3200, INPUTS) if tb else (INPUTS, 3200))
@@ -101,6 +103,17 @@ def test_wgmma_plans_name_the_hopper_twin():
     for variant in v.values():
         launches = {launch.kernel for launch in op_table.OP_BY_NAME[variant.op].launches}
         assert set(variant.wgmma_kernels) <= launches
+
+
+def test_wgmma_kernels_take_their_dynamic_shared_memory_only_where_the_build_has_wgmma():
+    """w128's 192 KB is launched (and the kernel's limit raised) in a wgmma build only: elsewhere
+    the kernel is a trap the planner never names, and 192 KB would pass an A100's limit."""
+    w128 = set(gemm_plan.tile_kernels("w128"))
+    assert set(gemm_plan.GEMM_KERNEL_DYN_SMEM) == w128 > set(gemm_plan.GEMM_WGMMA_KERNELS)
+    for kernel in w128:
+        assert gemm_plan.launch_dyn_smem(kernel, wgmma=True) == 196656 > 163 * 1024
+        assert gemm_plan.launch_dyn_smem(kernel, wgmma=False) == 0
+    assert gemm_plan.launch_dyn_smem("gemm_t128_nn", wgmma=True) == 0
 
 
 def test_variant_plans():

@@ -1,6 +1,9 @@
 // Variant wgmma tiles for tools/check_wgmma.py --extra tools/wgmma_variants.cu (not in the backends' builds):
 // wc..wg other tile shapes and depths, wh..wk dynamic shared memory (the first, register-staged w128
 // that the README's earliest figures are of is gone).
+// wm: the multistage w128 of before (two warpgroups in lockstep, 48 KB static)
+typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<128, 128, 8>, 4>, 1> GemmTile_wm;
+GEMM_TILE_KERNELS(wm, float, 128, 128, 256, 0, 0, 0)
 typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<128, 64, 8>, 4>, 2> GemmTile_wc;
 typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<64, 128, 8>, 4>, 2> GemmTile_wd;
 typedef GemmTileOf<GemmWgmmaMultistage<WgmmaTf32x3<128, 64, 8>, 6>, 2> GemmTile_we;
@@ -24,12 +27,10 @@ GEMM_TILE_KERNELS(wk, float, 128, 128, 256, 0, 0, 98304)
 typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 8>, 8, 4>, 1> GemmTile_wsa;
 typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 16>, 6, 3>, 1> GemmTile_wsb;
 typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 16>, 4, 2>, 1> GemmTile_wsc;
-typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 32>, 3, 1>, 1> GemmTile_wsd;
 typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 64, 16>, 6, 3>, 1> GemmTile_wse;
 typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 64, 8>, 8, 4>, 2> GemmTile_wsf;
 GEMM_TILE_KERNELS(wsa, float, 128, 128, 384, 0, 0, 131200)
 GEMM_TILE_KERNELS(wsb, float, 128, 128, 384, 0, 0, 196704)
 GEMM_TILE_KERNELS(wsc, float, 128, 128, 384, 0, 0, 131136)
-GEMM_TILE_KERNELS(wsd, float, 128, 128, 384, 0, 0, 196656)
 GEMM_TILE_KERNELS(wse, float, 128, 64, 384, 0, 0, 122976)
 GEMM_TILE_KERNELS(wsf, float, 128, 64, 384, 0, 0, 82048)
