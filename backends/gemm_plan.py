@@ -109,7 +109,7 @@ def launch_dyn_smem(kernel: str, wgmma: bool) -> int:
     its tile's, but none for a wgmma kernel in a build without wgmma. That kernel is only a trap
     there, never planned, and its tile's bytes may pass the device's limit (w128's 192 KB is more
     than an A100 allows), so raising the limit would fail the whole build's load."""
-    if not wgmma and any(kernel in tile_kernels(t) for t in GEMM_WGMMA_TILE.values()):
+    if not wgmma and any(kernel in tile_kernels(t) for t in GEMM_WGMMA_TILES):
         return 0
     return GEMM_KERNEL_DYN_SMEM.get(kernel, 0)
 
@@ -144,11 +144,18 @@ GEMM_MODES = CONTRACT_GEMM_MODES  # core.ops names them: the one list (core impo
 GEMM_X3_TILE = {"t128": "x128", "t64": "x64", "s16": "x16"}
 #: the least compute capability with the TF32 mma and cvt.rna.tf32 instructions
 GEMM_X3_MIN_CAPABILITY = (8, 0)
-#: the Hopper twins (gemm_wgmma.cuh: TF32x3 on wgmma.mma_async), of the same size and threads as
-#: their SIMT tile: plan_gemm's `wgmma` names them instead of the GEMM_X3_TILE twin in tf32x3
-#: mode. Only a build for sm_90a has their wgmma (elsewhere they trap); the backends do not ask
-#: for them yet (their builds are not sm_90a): tools/check_wgmma.py measures them.
-GEMM_WGMMA_TILE = {"t128": "w128"}
+#: the Hopper tiles (gemm_wgmma.cuh: TF32x3 on wgmma.mma_async, a producer warpgroup and two
+#: consumers). With plan_gemm's `wgmma` (a build for sm_90a; elsewhere their kernels trap) tf32x3
+#: puts every product of the SIMT tiles in GEMM_WGMMA_FOR, but short K, on the one of them with
+#: the least cost by pick_wgmma_tile (a forced SIMT tile: on its GEMM_WGMMA_FOR tile), each with
+#: its own speed: a block of w64 (128 x 64, half of
+#: w128's tile) takes 0.77 of a w128 block's time, i.e. 0.65 of its rate (H100, check_wgmma.py:
+#: z1 4096x3200x784 in 7 waves of w128, 382 us, or 13 of w64, 544 us). One block per
+#: multiprocessor each (their shared memory). Where the pick gives another tile or the variant has
+#: no wgmma kernel, the GEMM_X3_TILE twin.
+GEMM_WGMMA_EFFICIENCY = {"w128": 1.0, "w64": 0.65}
+GEMM_WGMMA_TILES = tuple(GEMM_WGMMA_EFFICIENCY)
+GEMM_WGMMA_FOR = {"t128": "w128", "t64": "w64"}
 GEMM_WGMMA_MIN_CAPABILITY = (9, 0)
 
 #: the relative efficiency of each tile the planner picks: t128 8 x 8 per thread; t64 8 x 8 per
@@ -158,7 +165,7 @@ _EFFICIENCY = {"t128": 1.0, "t64": 0.85, "s16": 0.5, "tc64": 1.0, "tc128": 1.0}
 #: the tiles the planner picks (every row of the table but the TF32x3 twins), geometry from it
 GEMM_TILES = {row.tile: GemmTile(row.tile, row.bm, row.bn, row.threads, _EFFICIENCY[row.tile])
               for row in GEMM_TILE_TABLE.values()
-              if row.tile not in {*GEMM_X3_TILE.values(), *GEMM_WGMMA_TILE.values()}}
+              if row.tile not in {*GEMM_X3_TILE.values(), *GEMM_WGMMA_TILES}}
 
 #: the tiles that run on the FP64 tensor cores: picked only where plan_gemm's `tc64` says the
 #: build and device have them (float64, compute capability >= TC64_MIN_CAPABILITY); a forced one
@@ -197,10 +204,9 @@ GEMM_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(t, ops[0] == "t", ops[1] 
 GEMM_X3_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(GEMM_X3_TILE[t], ops[0] == "t",
                                                           ops[1] == "t")
                                          for t in GEMM_X3_TILE for ops in GEMM_OPS)
-#: the plain GEMM's wgmma TF32x3 kernels (tf32x3 with plan_gemm's `wgmma`), one per twin and pair
-GEMM_WGMMA_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(GEMM_WGMMA_TILE[t], ops[0] == "t",
-                                                             ops[1] == "t")
-                                            for t in GEMM_WGMMA_TILE for ops in GEMM_OPS)
+#: the plain GEMM's wgmma TF32x3 kernels (tf32x3 with plan_gemm's `wgmma`), one per tile and pair
+GEMM_WGMMA_KERNELS: tuple[str, ...] = tuple(gemm_kernel_name(t, ops[0] == "t", ops[1] == "t")
+                                            for t in GEMM_WGMMA_TILES for ops in GEMM_OPS)
 
 # ------------------------------------------------------------------------ cross-block split-K
 # A product whose tiles leave most multiprocessors idle (z1 and [dW1 db1] at H = 256: 52 tiles of
@@ -327,8 +333,10 @@ class GemmVariant:
 
     @property
     def wgmma_kernels(self) -> tuple[str, ...]:
-        """The wgmma TF32x3 twins of the tile kernels (tf32x3 with `wgmma`; gemm_wgmma.cuh)."""
-        return tuple(self.kernel(GEMM_WGMMA_TILE[t]) for t in self.tiles if t in GEMM_WGMMA_TILE)
+        """The wgmma TF32x3 kernels of the variant (tf32x3 with `wgmma`; gemm_wgmma.cuh): those
+        of GEMM_WGMMA_TILES that the table gives its family."""
+        return tuple(self.kernel(t) for t in GEMM_WGMMA_TILES
+                     if self.kernel(t) in GEMM_KERNEL_BUILD)
 
     @property
     def tile_kernels(self) -> tuple[str, ...]:
@@ -413,10 +421,34 @@ class GemmPlan:
     split: int = 1
 
 
-def _x3_plan(tile, m, n, k, trans_a, trans_b, variant, wgmma) -> GemmPlan:
-    """The TF32x3 twin of `tile` (the Hopper one where the build has wgmma), never split; launched
-    with its own block and tile of C (a twin may be narrower than its SIMT tile)."""
-    x3 = GEMM_WGMMA_TILE[tile] if wgmma and tile in GEMM_WGMMA_TILE else GEMM_X3_TILE[tile]
+def pick_wgmma_tile(m: int, n: int, num_sms: int) -> str:
+    """The Hopper tile of least cost for an M x N product: the waves of its blocks over the
+    multiprocessors (one block each), each as long as a block's tile of C over its efficiency
+    (GEMM_WGMMA_EFFICIENCY); w128 on a tie. w64 where w128's blocks leave most SMs idle
+    (H <= 1024: z1 1024x800 in 1 wave of 56 w128 blocks or of 104 w64), w128 on the big products."""
+    def cost(name: str) -> float:
+        row = GEMM_TILE_TABLE[name]
+        waves = math.ceil(math.ceil(m / row.bm) * math.ceil(n / row.bn) / max(num_sms, 1))
+        return waves * row.bm * row.bn / GEMM_WGMMA_EFFICIENCY[name]
+    return min(GEMM_WGMMA_TILES, key=cost)
+
+
+def _x3_tile(tile, forced, m, n, k, variant, wgmma, num_sms) -> str:
+    """The TF32x3 tile of a product the SIMT planner gives `tile` (or that forces it): a Hopper
+    tile where the build has wgmma, the tile is one of GEMM_WGMMA_FOR, K is not short and the
+    kernel exists (pick_wgmma_tile's, or the forced tile's own); else the mma.sync twin
+    (GEMM_X3_TILE)."""
+    if wgmma and tile in GEMM_WGMMA_FOR and k > SHORT_K:
+        hopper = GEMM_WGMMA_FOR[tile] if forced else pick_wgmma_tile(m, n, num_sms)
+        if variant is None or variant.kernel(hopper) in GEMM_KERNEL_BUILD:
+            return hopper
+    return GEMM_X3_TILE[tile]
+
+
+def _x3_plan(tile, forced, m, n, k, trans_a, trans_b, variant, wgmma, num_sms) -> GemmPlan:
+    """The TF32x3 plan of a product the SIMT planner gives `tile` (_x3_tile), never split;
+    launched with the TF32x3 tile's own block and tile of C."""
+    x3 = _x3_tile(tile, forced, m, n, k, variant, wgmma, num_sms)
     kernel = gemm_kernel_name(x3, trans_a, trans_b) if variant is None else variant.kernel(x3)
     twin = GEMM_TILE_TABLE[x3]
     return GemmPlan(kernel, (math.ceil(m / twin.bm), math.ceil(n / twin.bn), 1),
@@ -437,8 +469,9 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
     `mode` (GEMM_MODES): "tf32x3" launches the chosen tile's TF32x3 twin (GEMM_X3_TILE), never
     split; the caller checks that the dtype and GPU allow it. `tc64`: the build and device run the
     FP64 tensor-core tiles (tc64_eligible); without it a tc64 tile, picked or forced, runs as
-    TC64_FALLBACK. `wgmma` (tf32x3 only): the build is for sm_90a, so a tile with a Hopper twin
-    (GEMM_WGMMA_TILE) launches that twin instead of its mma.sync one.
+    TC64_FALLBACK. `wgmma` (tf32x3 only): the build is for sm_90a, so the products of
+    GEMM_WGMMA_FOR tiles go on the Hopper tiles (_x3_tile) instead of the mma.sync twins: the
+    one pick_wgmma_tile picks, or with `tile` forced that tile's own (tests cover each so).
     """
     if mode not in GEMM_MODES:
         raise ValueError(f"gemm mode must be one of {GEMM_MODES}, got {mode!r}")
@@ -453,6 +486,7 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
             f"gemm shape mismatch: op(A) {m}x{k}, op(B) {kb}x{n}, C {c_shape[0]}x{c_shape[1]}")
     if m == 0 or n == 0:
         return None
+    forced = tile is not None
     tile = tile or pick_gemm_tile(m, n, num_sms, k, tc64)
     if tile in TC64_TILES and not tc64:
         tile = TC64_FALLBACK
@@ -466,7 +500,7 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
     else:
         has_split = tile in GEMM_SPLIT_TILES and ops in GEMM_SPLIT_OPS
     if mode == "tf32x3":
-        return _x3_plan(tile, m, n, k, trans_a, trans_b, variant, wgmma)
+        return _x3_plan(tile, forced, m, n, k, trans_a, trans_b, variant, wgmma, num_sms)
     grid = gemm_grid(tile, m, n)
     if split is None:
         split = pick_gemm_split(tile, m, n, k, num_sms)

@@ -608,13 +608,18 @@ struct GemmWgmmaWarpSpecialized {
     }
 };
 
-// w128: the wgmma twin of x128 (gemm_plan.GEMM_WGMMA_TILE: t128 -> w128 where the build has
-// wgmma): 128 x 128 on the warp-specialised pipeline, a producer warpgroup and two consumer
-// warpgroups of 64 x 128 (384 threads), 3 stages of 32-deep slabs (As, op(B), its big and small:
-// 64 KB each), copies one slab ahead of the split: 192 KB of dynamic shared memory, one block per
-// multiprocessor. Fastest of the variants measured on the H100 (tools/wgmma_variants.cu ws*;
-// z1 4096x3200x784: 382 us against 532 for the multistage pipeline, wm, and 502 for cuBLAS).
+// The Hopper tiles (gemm_plan.GEMM_WGMMA_TILES, picked per product by pick_wgmma_tile where the
+// build has wgmma), both on the warp-specialised pipeline: a producer warpgroup and two consumer
+// warpgroups of 64 rows (384 threads), one block per multiprocessor.
+// w128: 128 x 128, 3 stages of 32-deep slabs (As, op(B), its big and small: 64 KB each), copies
+// one slab ahead of the split: 192 KB of dynamic shared memory. Fastest of the 128 x 128 variants
+// measured on the H100 (tools/wgmma_variants.cu ws*; z1 4096x3200x784: 382 us against 532 for
+// the multistage pipeline, wm, and 502 for cuBLAS).
 typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 32>, 3, 1>, 1>
     GemmTile_w128;
+// w64: 128 x 64 for the mid-sized products, where 128 x 128 leaves SMs idle (z1 1024x800: 53 us
+// against w128's 65; dW1 1024x784x3200: 171 against 229), 6 stages of 16-deep slabs, copies three
+// slabs ahead of the split: 120 KB.
+typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 64, 16>, 6, 3>, 1> GemmTile_w64;
 
 #endif  // DPMLP_GEMM_WGMMA_CUH

@@ -9,6 +9,8 @@ reference, and tests every tile of each variant.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -436,16 +438,16 @@ def _plannable_kernels(dtype: str) -> set[str]:
                                             gemm_plan.GEMM_OPS[1:]]
     products += [((v.ops[0] == "t", v.ops[1] == "t"), v) for v in gemm_plan.GEMM_VARIANTS.values()]
     kernels = set()
-    for mode, tc64, wgmma in settings:
-        for (ta, tb), variant in products:
-            m, n, k = 256, 256, 1024
-            a, b = ((k, m) if ta else (m, k)), ((n, k) if tb else (k, n))
-            c = (m, n + 1) if variant is not None and variant.ones else (m, n)
-            for tile in (None, *gemm_plan.GEMM_TILES):
-                for split in (1, 4):
-                    plan = gemm_plan.plan_gemm(a, b, c, ta, tb, 132, tile, variant, split, mode,
-                                               tc64, wgmma=wgmma)
-                    kernels.add(plan.kernel)
+    # (the Hopper tile is picked by size: w64 at 256 x 256, w128 at 4096 x 4096)
+    for ((ta, tb), variant), (m, n) in itertools.product(products, [(256, 256), (4096, 4096)]):
+        k = 1024
+        a, b = ((k, m) if ta else (m, k)), ((n, k) if tb else (k, n))
+        c = (m, n + 1) if variant is not None and variant.ones else (m, n)
+        for (mode, tc64, wgmma), tile, split in itertools.product(
+                settings, (None, *gemm_plan.GEMM_TILES), (1, 4)):
+            plan = gemm_plan.plan_gemm(a, b, c, ta, tb, 132, tile, variant, split, mode, tc64,
+                                       wgmma=wgmma)
+            kernels.add(plan.kernel)
     return kernels
 
 
@@ -457,19 +459,22 @@ def test_each_build_has_exactly_the_kernels_its_plans_name(dtype):
 
 
 def test_kernel_table_rows():
-    """The planner's tiles and the TF32x3 twins (mma.sync and wgmma), from gemm_kernels.cuh's
-    table: each twin has its SIMT tile's tile of C and kernels (but the split ones), in the float32
-    build only, and its threads (the wgmma twin's own: a producer warpgroup more); the FP64
+    """The planner's tiles, the TF32x3 twins (mma.sync) and the Hopper tiles (wgmma), from
+    gemm_kernels.cuh's table: each twin has its SIMT tile's geometry and kernels (but the split
+    ones), in the float32 build only; the Hopper tiles are 128 rows (two consumer warpgroups of 64)
+    by 128 or 64, a producer warpgroup more (384 threads), with t128's kernel families; the FP64
     tensor-core tiles are in the float64 build only."""
     rows = gemm_plan.GEMM_TILE_TABLE
     assert set(rows) == (set(gemm_plan.GEMM_TILES) | set(gemm_plan.GEMM_X3_TILE.values())
-                         | set(gemm_plan.GEMM_WGMMA_TILE.values()))
-    for simt, x3 in [*gemm_plan.GEMM_X3_TILE.items(), *gemm_plan.GEMM_WGMMA_TILE.items()]:
-        assert (rows[x3].bm, rows[x3].bn) == (rows[simt].bm, rows[simt].bn)
-        wgmma = x3 in gemm_plan.GEMM_WGMMA_TILE.values()
-        assert rows[x3].threads == rows[simt].threads + (128 if wgmma else 0)
+                         | set(gemm_plan.GEMM_WGMMA_TILES))
+    for simt, x3 in gemm_plan.GEMM_X3_TILE.items():
+        assert (rows[x3].bm, rows[x3].bn, rows[x3].threads) == (
+            rows[simt].bm, rows[simt].bn, rows[simt].threads)
         assert rows[x3].build == "float" and rows[simt].build == "any"
         assert rows[x3].families == tuple(f for f in rows[simt].families if f != "split")
+    for hopper, bn in zip(gemm_plan.GEMM_WGMMA_TILES, (128, 64)):
+        assert (rows[hopper].bm, rows[hopper].bn, rows[hopper].threads) == (128, bn, 384)
+        assert rows[hopper].build == "float" and rows[hopper].families == rows["t128"].families
     assert {t for t, row in rows.items() if row.build == "double"} == set(gemm_plan.TC64_TILES)
     assert gemm_plan.tile_kernels("t64")[:4] == ("gemm_t64_nn", "gemm_t64_nt", "gemm_t64_tn",
                                                  "gemm_t64_tt")

@@ -69,12 +69,15 @@ def test_plans_name_the_twin_of_the_simt_tile():
         gemm_plan.plan_gemm((5, 3), (3, 7), (5, 7), False, False, 132, mode="tf32")
 
 
-def test_wgmma_plans_name_the_hopper_twin():
-    """With `wgmma` (an sm_90a build), tf32x3 names the Hopper twin of a tile that has one
-    (t128 -> w128: the same grid, its own block of 384 threads, a producer warpgroup and two
-    consumers), the mma.sync twin of the others; simt ignores it."""
-    assert gemm_plan.GEMM_WGMMA_TILE == {"t128": "w128"}
-    assert len(gemm_plan.GEMM_WGMMA_KERNELS) == 4
+def test_wgmma_plans_pick_a_hopper_tile_by_its_own_speed():
+    """With `wgmma` (an sm_90a build), tf32x3 puts the products the SIMT planner gives t128 or t64
+    (K > 64) on a Hopper tile, w128 or w64, by pick_wgmma_tile (waves of one block per SM over
+    each tile's efficiency): w128 on the big products, w64 where 128 x 128 blocks leave most SMs
+    idle; each with its own grid and block of 384 threads (a producer warpgroup and two consumers).
+    The 10-row products, short K and a variant without wgmma kernels stay on the mma.sync twins;
+    simt ignores `wgmma`."""
+    assert gemm_plan.GEMM_WGMMA_TILES == ("w128", "w64")
+    assert len(gemm_plan.GEMM_WGMMA_KERNELS) == 8
     big = ((4096, INPUTS), (INPUTS, 3200), (4096, 3200), False, False)
     x3 = gemm_plan.plan_gemm(*big, 132, mode="tf32x3")
     w = gemm_plan.plan_gemm(*big, 132, mode="tf32x3", wgmma=True)
@@ -87,32 +90,55 @@ def test_wgmma_plans_name_the_hopper_twin():
         plan = gemm_plan.plan_gemm(a, b, (4096, 3200), ta, tb, 132, "t128", mode="tf32x3",
                                    wgmma=True)
         assert plan.kernel == gemm_plan.gemm_kernel_name("w128", ta, tb)
-    # t64 and s16 have no Hopper twin: their mma.sync one
-    plan = gemm_plan.plan_gemm((100, 333), (333, 70), (100, 70), False, False, 132, "t64",
-                               mode="tf32x3", wgmma=True)
-    assert plan.kernel == "gemm_x64_nn"
+    # z1 at H = 1024, B = 800: 56 blocks of w128 or 104 of w64, one wave each: w64 (the SIMT pick
+    # is t64); a forced SIMT tile runs on its own Hopper tile. At H = 1024, B = 3200: 2 waves of
+    # w128 against 4 of w64.
+    mid = ((1024, INPUTS), (INPUTS, 800), (1024, 800), False, False)
+    plan = gemm_plan.plan_gemm(*mid, 132, mode="tf32x3", wgmma=True)
+    assert (plan.kernel, plan.grid, plan.block) == ("gemm_w64_nn", (8, 13, 1), (384, 1, 1))
+    assert gemm_plan.plan_gemm(*mid, 132, "t64", mode="tf32x3", wgmma=True).grid == (8, 13, 1)
+    plan = gemm_plan.plan_gemm(*mid, 132, "t128", mode="tf32x3", wgmma=True)
+    assert (plan.kernel, plan.grid) == ("gemm_w128_nn", (8, 7, 1))
+    plan = gemm_plan.plan_gemm((4096, INPUTS), (INPUTS, 3200), (4096, 3200), False, False, 132,
+                               "t64", mode="tf32x3", wgmma=True)
+    assert (plan.kernel, plan.grid) == ("gemm_w64_nn", (32, 50, 1))
+    assert gemm_plan.pick_wgmma_tile(1024, 3200, 132) == "w128"
+    assert gemm_plan.pick_wgmma_tile(256, 800, 132) == "w64"
+    assert gemm_plan.pick_wgmma_tile(4096, INPUTS + 1, 132) == "w128"
+    # the 10-row products (s16) and short K (da1, K = 10) keep the mma.sync twins
+    assert gemm_plan.plan_gemm((10, 1024), (1024, 800), (10, 800), False, False, 132,
+                               mode="tf32x3", wgmma=True).kernel == "gemm_x16_nn"
+    assert gemm_plan.plan_gemm((10, 1024), (10, 800), (1024, 800), True, False, 132,
+                               mode="tf32x3", wgmma=True).kernel == "gemm_x64_tn"
     assert gemm_plan.plan_gemm(*big, 132, wgmma=True).kernel.startswith("gemm_t128_")
     v = gemm_plan.GEMM_VARIANTS
     plan = gemm_plan.plan_gemm((4096, INPUTS), (INPUTS, 800), (4096, 800), False, False, 132,
                                variant=v["gemm_bias_sigmoid"], mode="tf32x3", wgmma=True)
     assert plan.kernel == "gemm_w128_nn_bias_sigmoid"
-    plan = gemm_plan.plan_gemm((4096, 800), (INPUTS, 800), (4096, INPUTS + 1), False, True, 132,
-                               "t128", variant=v["gemm_with_bias_grad"], mode="tf32x3", wgmma=True)
-    assert plan.kernel == "gemm_w128_nt_bias_grad"
-    assert v["gemm_sigmoid_backward"].wgmma_kernels == ()  # t128 has no short-K family
+    plan = gemm_plan.plan_gemm((1024, 800), (INPUTS, 800), (1024, INPUTS + 1), False, True, 132,
+                               variant=v["gemm_with_bias_grad"], mode="tf32x3", wgmma=True)
+    assert plan.kernel == "gemm_w64_nt_bias_grad" and plan.grid == (8, 13, 1)
+    assert v["gemm_sigmoid_backward"].wgmma_kernels == ()  # no wgmma tile has the short-K family
+    plan = gemm_plan.plan_gemm((10, 1024), (10, 800), (1024, 800), True, False, 132, "t128",
+                               variant=v["gemm_sigmoid_backward"], mode="tf32x3", wgmma=True)
+    assert plan.kernel == "gemm_x64_tn_sigmoid_backward"
     for variant in v.values():
         launches = {launch.kernel for launch in op_table.OP_BY_NAME[variant.op].launches}
         assert set(variant.wgmma_kernels) <= launches
 
 
 def test_wgmma_kernels_take_their_dynamic_shared_memory_only_where_the_build_has_wgmma():
-    """w128's 192 KB is launched (and the kernel's limit raised) in a wgmma build only: elsewhere
-    the kernel is a trap the planner never names, and 192 KB would pass an A100's limit."""
-    w128 = set(gemm_plan.tile_kernels("w128"))
-    assert set(gemm_plan.GEMM_KERNEL_DYN_SMEM) == w128 > set(gemm_plan.GEMM_WGMMA_KERNELS)
-    for kernel in w128:
-        assert gemm_plan.launch_dyn_smem(kernel, wgmma=True) == 196656 > 163 * 1024
-        assert gemm_plan.launch_dyn_smem(kernel, wgmma=False) == 0
+    """The Hopper tiles' shared memory (w128 192 KB, w64 120 KB) is launched (and the kernel's
+    limit raised) in a wgmma build only: elsewhere their kernels are traps the planner never names,
+    and 192 KB would pass an A100's limit."""
+    tiles = {"w128": 196656, "w64": 122976}
+    hopper = {k for t in tiles for k in gemm_plan.tile_kernels(t)}
+    assert set(gemm_plan.GEMM_KERNEL_DYN_SMEM) == hopper > set(gemm_plan.GEMM_WGMMA_KERNELS)
+    for tile, dyn in tiles.items():
+        for kernel in gemm_plan.tile_kernels(tile):
+            assert gemm_plan.launch_dyn_smem(kernel, wgmma=True) == dyn > 48 * 1024
+            assert gemm_plan.launch_dyn_smem(kernel, wgmma=False) == 0
+    assert gemm_plan.launch_dyn_smem("gemm_w128_nn", wgmma=True) > 163 * 1024
     assert gemm_plan.launch_dyn_smem("gemm_t128_nn", wgmma=True) == 0
 
 
@@ -360,8 +386,8 @@ def test_ptx_has_the_three_product_mma(tmp_path):
         assert body.count(mma) % 3 == 0, name
     # the wgmma twins (gemm_wgmma.cuh) split with cvt.rna.tf32 too, but have no wgmma below
     # sm_90a: their multiply traps (test_sm90a_ptx_has_the_three_product_wgmma)
-    wg = [k for k in op_table.KERNEL_NAMES if re.match(r"gemm_w128_", k)]
-    assert len(wg) == 4 + sum(len(v.wgmma_kernels) for v in gemm_plan.GEMM_VARIANTS.values())
+    wg = [k for k in op_table.KERNEL_NAMES if re.match(r"gemm_w(128|64)_", k)]
+    assert len(wg) == 8 + sum(len(v.wgmma_kernels) for v in gemm_plan.GEMM_VARIANTS.values())
     for name in wg:
         body = bodies[name]
         assert "cvt.rna.tf32.f32" in body and "trap;" in body, name
@@ -372,17 +398,19 @@ def test_ptx_has_the_three_product_mma(tmp_path):
 
 
 def test_sm90a_ptx_has_the_three_product_wgmma(tmp_path):
-    """sm_90a PTX of the float build: every wgmma twin (gemm_wgmma.cuh) splits with cvt.rna.tf32
-    and multiplies with wgmma m64n128k8 TF32 (3 products a k8 step, committed and waited for),
-    its slab stores fenced for the async proxy, no trap; no other kernel has wgmma."""
+    """sm_90a PTX of the float build: every kernel of the Hopper tiles (gemm_wgmma.cuh) splits
+    with cvt.rna.tf32 and multiplies with wgmma m64n<BN>k8 TF32 (3 products a k8 step, committed
+    and waited for), its slab stores fenced for the async proxy, no trap; no other kernel has
+    wgmma."""
     # (each entry up to the next: the inline wgmma's { } block has a closing brace of its own)
     bodies = dict(re.findall(r"\.entry (\w+)\((.*?)(?=\.entry |\Z)",
                              _float_ptx(tmp_path, "sm_90a"), flags=re.S))
-    wgmma = "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32"
-    wg = [k for k in cuda_compile.kernel_names("float32") if re.match(r"gemm_w128_", k)]
-    assert set(wg) == {k for k in gemm_plan.GEMM_KERNEL_BUILD if k.startswith("gemm_w128_")}
+    wg = [k for k in cuda_compile.kernel_names("float32") if re.match(r"gemm_w(128|64)_", k)]
+    assert set(wg) == {k for t in gemm_plan.GEMM_WGMMA_TILES for k in gemm_plan.tile_kernels(t)}
     for name in wg:
         body = bodies[name]
+        bn = gemm_plan.GEMM_TILE_TABLE[name.split("_")[1]].bn
+        wgmma = f"wgmma.mma_async.sync.aligned.m64n{bn}k8.f32.tf32.tf32"
         assert body.count(wgmma) > 0 and body.count(wgmma) % 3 == 0, name
         for needed in ("cvt.rna.tf32.f32", "wgmma.fence.sync.aligned",
                        "wgmma.commit_group.sync.aligned", "wgmma.wait_group.sync.aligned 0",

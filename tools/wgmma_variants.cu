@@ -27,10 +27,8 @@ GEMM_TILE_KERNELS(wk, float, 128, 128, 256, 0, 0, 98304)
 typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 8>, 8, 4>, 1> GemmTile_wsa;
 typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 16>, 6, 3>, 1> GemmTile_wsb;
 typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 128, 16>, 4, 2>, 1> GemmTile_wsc;
-typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 64, 16>, 6, 3>, 1> GemmTile_wse;
 typedef GemmTileDynamic<GemmWgmmaWarpSpecialized<WgmmaTf32x3<128, 64, 8>, 8, 4>, 2> GemmTile_wsf;
 GEMM_TILE_KERNELS(wsa, float, 128, 128, 384, 0, 0, 131200)
 GEMM_TILE_KERNELS(wsb, float, 128, 128, 384, 0, 0, 196704)
 GEMM_TILE_KERNELS(wsc, float, 128, 128, 384, 0, 0, 131136)
-GEMM_TILE_KERNELS(wse, float, 128, 64, 384, 0, 0, 122976)
 GEMM_TILE_KERNELS(wsf, float, 128, 64, 384, 0, 0, 82048)
