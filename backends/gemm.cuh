@@ -380,36 +380,42 @@ __device__ __forceinline__ void gemm_finish(const Mma& mma, real (&acc)[Mma::FRA
     }
 }
 
-// gemm_finish of a split block (overload: chosen for a SplitK epilogue). Every thread of the
-// block reaches the ticket's barriers (no early return before them).
+// A split block's partial tile, written to its slot by the threads that hold it (k-group 0 once
+// the groups are reduced): column-major within the tile, fenced before the ticket.
 template <class Mma, class Epi>
-__device__ __forceinline__ void gemm_finish(const Mma& mma, real (&acc)[Mma::FRAG], real* red,
-                                            real* __restrict__ C, int M, int N, int ldc, int m0,
-                                            int n0, const SplitK<Epi>& sk)
+__device__ __forceinline__ void split_store_part(const Mma& mma, const real (&acc)[Mma::FRAG],
+                                                 const SplitK<Epi>& sk)
 {
     constexpr int TILE = Mma::BM * Mma::BN;
-    reduce_groups<Mma::KG, Mma::GT>(acc, red, mma.g, mma.lt);
+    const int tiles = gridDim.x * gridDim.y;
+    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+    real* slot = sk.ws + ((size_t)blockIdx.z * tiles + tile) * TILE;
+#pragma unroll
+    for (int c = 0; c < Mma::COLS; ++c)
+#pragma unroll
+        for (int r = 0; r < Mma::ROWS; ++r)
+            slot[mma.col(0, c) * Mma::BM + mma.row(0, r)] = acc[Mma::at(r, c)];
+    __threadfence();  // this thread's part of the partial is visible before the ticket
+}
 
+// The rest of a split block's finish, run by all THREADS threads of the block (its barriers: no
+// early return before them): the tile's ticket, and in the tile's last block the S partials added
+// in the order z = 0..S-1 and put through the epilogue. Element e of the tile: row e % BM, column
+// e / BM; consecutive threads read consecutive words of each slot and write consecutive rows of C.
+template <int BM, int BN, int THREADS, class Epi>
+__device__ __forceinline__ void split_finish_tile(real* __restrict__ C, int M, int N, int ldc,
+                                                  int m0, int n0, const SplitK<Epi>& sk)
+{
+    constexpr int TILE = BM * BN;
     const int tiles = gridDim.x * gridDim.y;
     const int tile = blockIdx.y * gridDim.x + blockIdx.x;
     const int splits = gridDim.z;
-    if (mma.g == 0) {
-        real* slot = sk.ws + ((size_t)blockIdx.z * tiles + tile) * TILE;
-#pragma unroll
-        for (int c = 0; c < Mma::COLS; ++c)
-#pragma unroll
-            for (int r = 0; r < Mma::ROWS; ++r)
-                slot[mma.col(0, c) * Mma::BM + mma.row(0, r)] = acc[Mma::at(r, c)];
-        __threadfence();  // this thread's part of the partial is visible before the ticket
-    }
     if (!last_block_to_arrive(sk.tickets + tile, splits)) return;  // the same for the whole block
-    // Element e of the tile: row e % BM, column e / BM; consecutive threads read consecutive
-    // words of each slot and write consecutive rows of C.
     const volatile real* parts = sk.ws + (size_t)tile * TILE;
     const size_t zstride = (size_t)tiles * TILE;
-    for (int e = threadIdx.x; e < TILE; e += Mma::THREADS) {
-        const int row = m0 + e % Mma::BM;
-        const int col = n0 + e / Mma::BM;
+    for (int e = threadIdx.x; e < TILE; e += THREADS) {
+        const int row = m0 + e % BM;
+        const int col = n0 + e / BM;
         if (row < M && col < N) {
             real s = parts[e];
             for (int z = 1; z < splits; ++z) s += parts[z * zstride + e];
@@ -417,6 +423,18 @@ __device__ __forceinline__ void gemm_finish(const Mma& mma, real (&acc)[Mma::FRA
         }
     }
     reset_ticket(sk.tickets + tile);
+}
+
+// gemm_finish of a split block (overload: chosen for a SplitK epilogue). Every thread of the
+// block reaches the ticket's barriers (no early return before them).
+template <class Mma, class Epi>
+__device__ __forceinline__ void gemm_finish(const Mma& mma, real (&acc)[Mma::FRAG], real* red,
+                                            real* __restrict__ C, int M, int N, int ldc, int m0,
+                                            int n0, const SplitK<Epi>& sk)
+{
+    reduce_groups<Mma::KG, Mma::GT>(acc, red, mma.g, mma.lt);
+    if (mma.g == 0) split_store_part(mma, acc, sk);
+    split_finish_tile<Mma::BM, Mma::BN, Mma::THREADS>(C, M, N, ldc, m0, n0, sk);
 }
 
 // ------------------------------------------------------------------------------------------------

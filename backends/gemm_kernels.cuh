@@ -34,8 +34,8 @@
     X(x128,  float,  128, 128, 256,    0,      0,     0)                                           \
     X(x64,   float,   64,  64, 256,    1,      0,     0)                                           \
     X(x16,   float,   16,  16, 256,    1,      0,     0)                                           \
-    X(w128,  float,  128, 128, 384,    0,      0, 196656)                                      \
-    X(w64,   float,  128,  64, 384,    0,      0, 122976)
+    X(w128,  float,  128, 128, 384,    0,      1, 196656)                                           \
+    X(w64,   float,  128,  64, 384,    0,      1, 122976)
 // clang-format on
 
 // The kernels' parameters (gemm_plan.GEMM_PARAMS, GemmVariant.params, GEMM_SPLIT_PARAMS): the

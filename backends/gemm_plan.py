@@ -251,11 +251,16 @@ def gemm_split_kernel_name(tile: str, trans_a: bool, trans_b: bool) -> str:
 GEMM_SPLIT_KERNELS: tuple[str, ...] = tuple(
     gemm_split_kernel_name(t, ops[0] == "t", ops[1] == "t")
     for t in GEMM_SPLIT_TILES for ops in GEMM_SPLIT_OPS)
+#: the plain GEMM's split kernels of the Hopper tiles (tf32x3 with plan_gemm's `wgmma`)
+GEMM_WGMMA_SPLIT_KERNELS: tuple[str, ...] = tuple(
+    name for t in GEMM_WGMMA_TILES for ops in GEMM_SPLIT_OPS
+    if (name := gemm_split_kernel_name(t, ops[0] == "t", ops[1] == "t")) in GEMM_KERNEL_BUILD)
 
 
 def split_fits(tile: str, tiles: int, split: int) -> bool:
-    """Whether `split` blocks per tile over `tiles` tiles of `tile` fit the fixed workspace."""
-    t = GEMM_TILES[tile]
+    """Whether `split` blocks per tile over `tiles` tiles of `tile` (any row of the table) fit the
+    fixed workspace."""
+    t = GEMM_TILE_TABLE[tile]
     return (tiles <= GEMM_SPLIT_TICKETS
             and tiles * split * t.bm * t.bn <= GEMM_SPLIT_SLOTS * GEMM_SPLIT_TILE_ELEMS)
 
@@ -275,20 +280,30 @@ def split_cost(tiles: int, k: int, split: int, num_sms: int) -> int:
     return waves * (split_chunk(k, split) + SPLIT_BLOCK_OVERHEAD_K)
 
 
-def pick_gemm_split(tile: str, m: int, n: int, k: int, num_sms: int) -> int:
-    """S, the blocks per tile of C over K: the S of least split_cost, at most GEMM_SPLIT_MAX, each
-    split at least GEMM_SPLIT_MIN_K deep, fitting the workspace and with no K range empty; the
-    unsplit kernel (S = 1) on a tie. Splits where tiles alone leave SMs idle (H = 256) and where
-    a deep K spreads over more, fuller waves (K = 3200 at H = 1024)."""
-    if tile not in GEMM_SPLIT_TILES or k < 2 * GEMM_SPLIT_MIN_K:
-        return 1
-    gx, gy, _ = gemm_grid(tile, m, n)
-    tiles = gx * gy
-    best, best_cost = 1, split_cost(tiles, k, 1, num_sms)
+def split_candidates(tile: str, tiles: int, k: int) -> list[int]:
+    """The splits S > 1 a product of `tiles` tiles of `tile` over K may take: at most
+    GEMM_SPLIT_MAX, each at least GEMM_SPLIT_MIN_K deep, no K range empty, fitting the workspace
+    (none where K is under 2 GEMM_SPLIT_MIN_K)."""
+    splits = []
     for split in range(2, min(GEMM_SPLIT_MAX, k // GEMM_SPLIT_MIN_K) + 1):
         split = math.ceil(k / split_chunk(k, split))  # (fewer, where the rounding leaves one empty)
         if not split_fits(tile, tiles, split):
             break
+        if split > 1 and split not in splits:
+            splits.append(split)
+    return splits
+
+
+def pick_gemm_split(tile: str, m: int, n: int, k: int, num_sms: int) -> int:
+    """S, the blocks per tile of C over K: the S of least split_cost among split_candidates; the
+    unsplit kernel (S = 1) on a tie. Splits where tiles alone leave SMs idle (H = 256) and where
+    a deep K spreads over more, fuller waves (K = 3200 at H = 1024)."""
+    if tile not in GEMM_SPLIT_TILES:
+        return 1
+    gx, gy, _ = gemm_grid(tile, m, n)
+    tiles = gx * gy
+    best, best_cost = 1, split_cost(tiles, k, 1, num_sms)
+    for split in split_candidates(tile, tiles, k):
         cost = split_cost(tiles, k, split, num_sms)
         if cost < best_cost:
             best, best_cost = split, cost
@@ -323,8 +338,9 @@ class GemmVariant:
     @property
     def kernels(self) -> tuple[str, ...]:
         """Every kernel of the variant: one per tile, then the split ones, then the TF32x3 ones
-        (mma.sync, then wgmma)."""
-        return self.tile_kernels + self.split_kernels + self.x3_kernels + self.wgmma_kernels
+        (mma.sync, then wgmma, then wgmma split over K)."""
+        return (self.tile_kernels + self.split_kernels + self.x3_kernels + self.wgmma_kernels
+                + self.wgmma_split_kernels)
 
     @property
     def x3_kernels(self) -> tuple[str, ...]:
@@ -337,6 +353,12 @@ class GemmVariant:
         of GEMM_WGMMA_TILES that the table gives its family."""
         return tuple(self.kernel(t) for t in GEMM_WGMMA_TILES
                      if self.kernel(t) in GEMM_KERNEL_BUILD)
+
+    @property
+    def wgmma_split_kernels(self) -> tuple[str, ...]:
+        """The split-K kernels of the variant's Hopper tiles (those the table gives them)."""
+        return tuple(self.kernel(t, split=True) for t in GEMM_WGMMA_TILES
+                     if self.kernel(t, split=True) in GEMM_KERNEL_BUILD)
 
     @property
     def tile_kernels(self) -> tuple[str, ...]:
@@ -421,38 +443,63 @@ class GemmPlan:
     split: int = 1
 
 
-def pick_wgmma_tile(m: int, n: int, num_sms: int) -> str:
-    """The Hopper tile of least cost for an M x N product: the waves of its blocks over the
-    multiprocessors (one block each), each as long as a block's tile of C over its efficiency
-    (GEMM_WGMMA_EFFICIENCY); w128 on a tie. w64 where w128's blocks leave most SMs idle
-    (H <= 1024: z1 1024x800 in 1 wave of 56 w128 blocks or of 104 w64), w128 on the big products."""
-    def cost(name: str) -> float:
-        row = GEMM_TILE_TABLE[name]
-        waves = math.ceil(math.ceil(m / row.bm) * math.ceil(n / row.bn) / max(num_sms, 1))
-        return waves * row.bm * row.bn / GEMM_WGMMA_EFFICIENCY[name]
-    return min(GEMM_WGMMA_TILES, key=cost)
+def wgmma_cost(tile: str, m: int, n: int, k: int, split: int, num_sms: int) -> float:
+    """Model of an M x N x K product's time on the Hopper tile `tile` split S ways over K: the
+    waves of its blocks over the multiprocessors (one block each), each as long as a block's tile
+    of C over the tile's efficiency (GEMM_WGMMA_EFFICIENCY) times its K range plus a block's fixed
+    cost (SPLIT_BLOCK_OVERHEAD_K: filling the pipeline, the partials' sum)."""
+    row = GEMM_TILE_TABLE[tile]
+    waves = math.ceil(math.ceil(m / row.bm) * math.ceil(n / row.bn) * split / max(num_sms, 1))
+    return (waves * (split_chunk(k, split) + SPLIT_BLOCK_OVERHEAD_K) * row.bm * row.bn
+            / GEMM_WGMMA_EFFICIENCY[tile])
 
 
-def _x3_tile(tile, forced, m, n, k, variant, wgmma, num_sms) -> str:
-    """The TF32x3 tile of a product the SIMT planner gives `tile` (or that forces it): a Hopper
+def pick_wgmma(m: int, n: int, k: int, num_sms: int, tiles=GEMM_WGMMA_TILES,
+               can_split=lambda tile: True) -> tuple[str, int]:
+    """(tile, S) of least wgmma_cost among `tiles` and, where `can_split(tile)` (the tile has the
+    product's split kernel), the S of split_candidates; the first tile and S = 1 on a tie. w128
+    on the big products; w64 where 128 x 128 blocks leave most SMs idle (z1 1024x800: 1 wave of
+    56 w128 blocks or of 104 w64); split where even w64's blocks leave most idle (z1 at H = 256,
+    B = 800: 26 blocks, 5 ways over K)."""
+    best, best_cost = (tiles[0], 1), math.inf
+    for tile in tiles:
+        row = GEMM_TILE_TABLE[tile]
+        blocks = math.ceil(m / row.bm) * math.ceil(n / row.bn)
+        for split in [1] + (split_candidates(tile, blocks, k) if can_split(tile) else []):
+            cost = wgmma_cost(tile, m, n, k, split, num_sms)
+            if cost < best_cost:
+                best, best_cost = (tile, split), cost
+    return best
+
+
+def _x3_kernel(tile, trans_a, trans_b, variant, split=False) -> str:
+    """The kernel of a TF32x3 tile for the plain GEMM's transpose pair or for `variant`."""
+    if variant is not None:
+        return variant.kernel(tile, split)
+    return (gemm_split_kernel_name if split else gemm_kernel_name)(tile, trans_a, trans_b)
+
+
+def _x3_plan(tile, forced, split, m, n, k, trans_a, trans_b, variant, wgmma, num_sms) -> GemmPlan:
+    """The TF32x3 plan of a product the SIMT planner gives `tile` (or that forces it). A Hopper
     tile where the build has wgmma, the tile is one of GEMM_WGMMA_FOR, K is not short and the
-    kernel exists (pick_wgmma_tile's, or the forced tile's own); else the mma.sync twin
-    (GEMM_X3_TILE)."""
+    kernel exists: pick_wgmma's tile and S (the forced tile's own Hopper tile; a forced S where
+    that tile has the split kernel and the workspace fits, else S = 1). Otherwise the mma.sync
+    twin (GEMM_X3_TILE), unsplit. Launched with the tile's own block and tile of C."""
+    x3, splits = GEMM_X3_TILE[tile], 1
     if wgmma and tile in GEMM_WGMMA_FOR and k > SHORT_K:
-        hopper = GEMM_WGMMA_FOR[tile] if forced else pick_wgmma_tile(m, n, num_sms)
-        if variant is None or variant.kernel(hopper) in GEMM_KERNEL_BUILD:
-            return hopper
-    return GEMM_X3_TILE[tile]
-
-
-def _x3_plan(tile, forced, m, n, k, trans_a, trans_b, variant, wgmma, num_sms) -> GemmPlan:
-    """The TF32x3 plan of a product the SIMT planner gives `tile` (_x3_tile), never split;
-    launched with the TF32x3 tile's own block and tile of C."""
-    x3 = _x3_tile(tile, forced, m, n, k, variant, wgmma, num_sms)
-    kernel = gemm_kernel_name(x3, trans_a, trans_b) if variant is None else variant.kernel(x3)
+        tiles = tuple(t for t in ((GEMM_WGMMA_FOR[tile],) if forced else GEMM_WGMMA_TILES)
+                      if _x3_kernel(t, trans_a, trans_b, variant) in GEMM_KERNEL_BUILD)
+        def can_split(t):
+            return _x3_kernel(t, trans_a, trans_b, variant, True) in GEMM_KERNEL_BUILD
+        if tiles:
+            x3, splits = pick_wgmma(m, n, k, num_sms, tiles, can_split)
+            if split is not None:
+                blocks = math.ceil(m / GEMM_TILE_TABLE[x3].bm) * math.ceil(n / GEMM_TILE_TABLE[x3].bn)
+                splits = split if can_split(x3) and split_fits(x3, blocks, split) else 1
     twin = GEMM_TILE_TABLE[x3]
-    return GemmPlan(kernel, (math.ceil(m / twin.bm), math.ceil(n / twin.bn), 1),
-                    (twin.threads, 1, 1), m, n, k)
+    return GemmPlan(_x3_kernel(x3, trans_a, trans_b, variant, splits > 1),
+                    (math.ceil(m / twin.bm), math.ceil(n / twin.bn), splits),
+                    (twin.threads, 1, 1), m, n, k, splits)
 
 
 def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: int,
@@ -484,6 +531,8 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
     if k != kb or tuple(c_shape) != (m, n):
         raise ValueError(
             f"gemm shape mismatch: op(A) {m}x{k}, op(B) {kb}x{n}, C {c_shape[0]}x{c_shape[1]}")
+    if split is not None and split < 1:
+        raise ValueError(f"gemm split must be at least 1, got {split}")
     if m == 0 or n == 0:
         return None
     forced = tile is not None
@@ -500,12 +549,10 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
     else:
         has_split = tile in GEMM_SPLIT_TILES and ops in GEMM_SPLIT_OPS
     if mode == "tf32x3":
-        return _x3_plan(tile, forced, m, n, k, trans_a, trans_b, variant, wgmma, num_sms)
+        return _x3_plan(tile, forced, split, m, n, k, trans_a, trans_b, variant, wgmma, num_sms)
     grid = gemm_grid(tile, m, n)
     if split is None:
         split = pick_gemm_split(tile, m, n, k, num_sms)
-    if split < 1:
-        raise ValueError(f"gemm split must be at least 1, got {split}")
     if not has_split or not split_fits(tile, grid[0] * grid[1], split):
         split = 1
     if variant is None:

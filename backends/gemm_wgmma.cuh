@@ -578,9 +578,38 @@ struct GemmWgmmaWarpSpecialized {
         }
     }
 
+    // The finish, split by role. Whole K: the consumers put their tile through the epilogue
+    // (gemm_finish); the producer has nothing left. A split block (SplitK, the *_split kernels):
+    // the consumers store their partial, then all THREADS threads take the tile's ticket and, in
+    // its last block, add the partials (gemm.cuh split_finish_tile: the same code and order as
+    // every split tile's, so the producer's threads share the reduction).
+    template <class Epi>
+    static __device__ __forceinline__ void consumers_finish(const Mma& mma, float (&acc)[Mma::FRAG],
+                                                            float* smem, GEMM_CORE_ARGS, int m0,
+                                                            int n0, const Epi& epi)
+    {
+        gemm_finish(mma, acc, smem, C, M, N, ldc, m0, n0, epi);
+    }
+    template <class Epi>
+    static __device__ __forceinline__ void consumers_finish(const Mma& mma, float (&acc)[Mma::FRAG],
+                                                            float*, GEMM_CORE_ARGS, int, int,
+                                                            const SplitK<Epi>& sk)
+    {
+        split_store_part(mma, acc, sk);
+    }
+    template <class Epi>
+    static __device__ __forceinline__ void block_finish(GEMM_CORE_ARGS, int, int, const Epi&)
+    {
+    }
+    template <class Epi>
+    static __device__ __forceinline__ void block_finish(GEMM_CORE_ARGS, int m0, int n0,
+                                                        const SplitK<Epi>& sk)
+    {
+        split_finish_tile<BM, BN, THREADS>(C, M, N, ldc, m0, n0, sk);
+    }
+
     // the block (gemm.cuh GemmBlock, under GemmTileDynamic): barriers initialised, the producer's
-    // and the consumers' loops, the consumers' finish through the epilogue (gemm_mainloop's, with
-    // the roles split)
+    // and the consumers' loops, the finish (gemm_mainloop's, with the roles split)
     template <bool TA, bool TB, bool ONES, class Epi>
     static __device__ __forceinline__ void block(float* smem, GEMM_CORE_ARGS, const Epi& epi)
     {
@@ -593,18 +622,19 @@ struct GemmWgmmaWarpSpecialized {
                 mbar_init(empty + 8 * st, CONSUMERS / 32);
             }
         }
-        __syncthreads();  // (the only block-wide barrier)
+        __syncthreads();  // (the one block-wide barrier of the K loop's side)
         if (threadIdx.x < PRODUCERS) {
             Loader<TA, TB, ONES> slab(A, B, M, N, K, lda, ldb, m0, n0, threadIdx.x);
             produce(slab, smem, full, empty, nslabs);
-            return;
-        }
-        const Mma mma(threadIdx.x - PRODUCERS);
-        float acc[Mma::FRAG];
+        } else {
+            const Mma mma(threadIdx.x - PRODUCERS);
+            float acc[Mma::FRAG];
 #pragma unroll
-        for (int f = 0; f < Mma::FRAG; ++f) acc[f] = 0.0f;
-        consume(mma, acc, smem, full, empty, nslabs);
-        gemm_finish(mma, acc, smem, C, M, N, ldc, m0, n0, epi);
+            for (int f = 0; f < Mma::FRAG; ++f) acc[f] = 0.0f;
+            consume(mma, acc, smem, full, empty, nslabs);
+            consumers_finish(mma, acc, smem, GEMM_CORE_PASS, m0, n0, epi);
+        }
+        block_finish(GEMM_CORE_PASS, m0, n0, epi);
     }
 };
 

@@ -707,25 +707,27 @@ EXACT_SGD_STEP = _sgd_step("exact_sgd_step", "exact")
 
 
 # ------------------------------------------------------------------------ the planned GEMMs
-def _planned(name, writes, params, kernels, split_kernels, x3_kernels) -> Op:
+def _planned(name, writes, params, kernels, split_kernels, x3_kernels, x3_split_kernels) -> Op:
     """A GEMM: its kernels (the tiles', then the split ones, which take the split-K workspaces
-    too, then the --gemm tf32x3 ones: mma.sync, then wgmma), launched as backends/gemm_plan.py
-    plans them."""
+    too, then the --gemm tf32x3 ones: mma.sync, then wgmma, then wgmma split), launched as
+    backends/gemm_plan.py plans them."""
     params = gemm_params(params)
     split_params = params + gemm_params(gemm_plan.GEMM_SPLIT_PARAMS)
     return Op(name=name, planned=True, tolerance="gemm", writes=writes,
               launches=tuple(Launch(kernel, params, None) for kernel in kernels)
               + tuple(Launch(kernel, split_params, None) for kernel in split_kernels)
-              + tuple(Launch(kernel, params, None) for kernel in x3_kernels))
+              + tuple(Launch(kernel, params, None) for kernel in x3_kernels)
+              + tuple(Launch(kernel, split_params, None) for kernel in x3_split_kernels))
 
 
 GEMM = _planned("gemm", ("c",), gemm_plan.GEMM_PARAMS, gemm_plan.GEMM_KERNELS,
                 gemm_plan.GEMM_SPLIT_KERNELS,
-                gemm_plan.GEMM_X3_KERNELS + gemm_plan.GEMM_WGMMA_KERNELS)
+                gemm_plan.GEMM_X3_KERNELS + gemm_plan.GEMM_WGMMA_KERNELS,
+                gemm_plan.GEMM_WGMMA_SPLIT_KERNELS)
 # the fused GEMMs (core.ops FUSED_OPS): planned like the GEMM (gemm_plan.GEMM_VARIANTS)
 GEMM_BIAS_SIGMOID, GEMM_SIGMOID_BACKWARD, GEMM_WITH_BIAS_GRAD = (
     _planned(v.op, ("out",), v.params, v.tile_kernels, v.split_kernels,
-             v.x3_kernels + v.wgmma_kernels)
+             v.x3_kernels + v.wgmma_kernels, v.wgmma_split_kernels)
     for v in (gemm_plan.GEMM_VARIANTS[name] for name in
               ("gemm_bias_sigmoid", "gemm_sigmoid_backward", "gemm_with_bias_grad")))
 

@@ -462,7 +462,8 @@ def test_kernel_table_rows():
     """The planner's tiles, the TF32x3 twins (mma.sync) and the Hopper tiles (wgmma), from
     gemm_kernels.cuh's table: each twin has its SIMT tile's geometry and kernels (but the split
     ones), in the float32 build only; the Hopper tiles are 128 rows (two consumer warpgroups of 64)
-    by 128 or 64, a producer warpgroup more (384 threads), with t128's kernel families; the FP64
+    by 128 or 64, a producer warpgroup more (384 threads), with the split-K family but not the
+    short-K one (K = 10 stays on the mma.sync twins); the FP64
     tensor-core tiles are in the float64 build only."""
     rows = gemm_plan.GEMM_TILE_TABLE
     assert set(rows) == (set(gemm_plan.GEMM_TILES) | set(gemm_plan.GEMM_X3_TILE.values())
@@ -474,7 +475,7 @@ def test_kernel_table_rows():
         assert rows[x3].families == tuple(f for f in rows[simt].families if f != "split")
     for hopper, bn in zip(gemm_plan.GEMM_WGMMA_TILES, (128, 64)):
         assert (rows[hopper].bm, rows[hopper].bn, rows[hopper].threads) == (128, bn, 384)
-        assert rows[hopper].build == "float" and rows[hopper].families == rows["t128"].families
+        assert rows[hopper].build == "float" and rows[hopper].families == ("base", "split")
     assert {t for t, row in rows.items() if row.build == "double"} == set(gemm_plan.TC64_TILES)
     assert gemm_plan.tile_kernels("t64")[:4] == ("gemm_t64_nn", "gemm_t64_nt", "gemm_t64_tn",
                                                  "gemm_t64_tt")

@@ -2,7 +2,8 @@
 
 Without a GPU: the flag (parsing, one-line errors naming --gemm for float64 and host backends),
 the backend option (core.ops.Backend.set_gemm_mode; the CUDA backends' dtype and compute-capability
-checks), the planner (gemm_plan.plan_gemm's mode: the SIMT tile's TF32x3 twin, never split), the
+checks), the planner (gemm_plan.plan_gemm's mode: the SIMT tile's TF32x3 twin, unsplit; on sm_90a the
+Hopper tiles, split over K where their blocks leave SMs idle), the
 dispatch on the recording CUDA backend (which kernel under which option; the default leaves every
 launch as it was), the op table, checkpoints (a MAY_DIFFER key) and the PTX of the kernels (nvcc,
 where present: the mma and cvt.rna instructions are there).
@@ -17,6 +18,8 @@ the accuracy against float64 and the speed at the model's shapes.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 import re
 import subprocess
 
@@ -71,11 +74,12 @@ def test_plans_name_the_twin_of_the_simt_tile():
 
 def test_wgmma_plans_pick_a_hopper_tile_by_its_own_speed():
     """With `wgmma` (an sm_90a build), tf32x3 puts the products the SIMT planner gives t128 or t64
-    (K > 64) on a Hopper tile, w128 or w64, by pick_wgmma_tile (waves of one block per SM over
-    each tile's efficiency): w128 on the big products, w64 where 128 x 128 blocks leave most SMs
-    idle; each with its own grid and block of 384 threads (a producer warpgroup and two consumers).
-    The 10-row products, short K and a variant without wgmma kernels stay on the mma.sync twins;
-    simt ignores `wgmma`."""
+    (K > 64) on a Hopper tile, w128 or w64, and a split over K, by pick_wgmma (waves of one block
+    per SM, each a block's tile over its efficiency times its K range plus a fixed cost): w128 on
+    the big products, w64 or a split where 128 x 128 blocks leave most SMs idle; each with its own
+    grid and block of 384 threads (a producer warpgroup and two consumers). The 10-row products,
+    short K and a variant without wgmma kernels stay on the mma.sync twins; simt ignores
+    `wgmma`."""
     assert gemm_plan.GEMM_WGMMA_TILES == ("w128", "w64")
     assert len(gemm_plan.GEMM_WGMMA_KERNELS) == 8
     big = ((4096, INPUTS), (INPUTS, 3200), (4096, 3200), False, False)
@@ -90,21 +94,31 @@ def test_wgmma_plans_pick_a_hopper_tile_by_its_own_speed():
         plan = gemm_plan.plan_gemm(a, b, (4096, 3200), ta, tb, 132, "t128", mode="tf32x3",
                                    wgmma=True)
         assert plan.kernel == gemm_plan.gemm_kernel_name("w128", ta, tb)
-    # z1 at H = 1024, B = 800: 56 blocks of w128 or 104 of w64, one wave each: w64 (the SIMT pick
-    # is t64); a forced SIMT tile runs on its own Hopper tile. At H = 1024, B = 3200: 2 waves of
-    # w128 against 4 of w64.
+    # z1 at H = 1024, B = 3200: 2 waves of w128 against 4 of w64, unsplit. At B = 800: 56 blocks
+    # of w128 or 104 of w64, one wave each, and w128 split in 2 is one wave of half the K.
+    assert gemm_plan.pick_wgmma(1024, 3200, INPUTS, 132) == ("w128", 1)
     mid = ((1024, INPUTS), (INPUTS, 800), (1024, 800), False, False)
     plan = gemm_plan.plan_gemm(*mid, 132, mode="tf32x3", wgmma=True)
-    assert (plan.kernel, plan.grid, plan.block) == ("gemm_w64_nn", (8, 13, 1), (384, 1, 1))
-    assert gemm_plan.plan_gemm(*mid, 132, "t64", mode="tf32x3", wgmma=True).grid == (8, 13, 1)
-    plan = gemm_plan.plan_gemm(*mid, 132, "t128", mode="tf32x3", wgmma=True)
-    assert (plan.kernel, plan.grid) == ("gemm_w128_nn", (8, 7, 1))
+    assert (plan.kernel, plan.grid, plan.block, plan.split) == (
+        "gemm_w128_nn_split", (8, 7, 2), (384, 1, 1), 2)
+    # without split kernels (the tn and tt pairs) w64; a forced SIMT tile runs on its own Hopper
+    # tile, a forced split where that tile has the kernel
+    assert gemm_plan.pick_wgmma(1024, 800, INPUTS, 132, can_split=lambda t: False) == ("w64", 1)
+    plan = gemm_plan.plan_gemm(*mid, 132, "t64", mode="tf32x3", wgmma=True)
+    assert (plan.kernel, plan.grid) == ("gemm_w64_nn", (8, 13, 1))
+    plan = gemm_plan.plan_gemm(*mid, 132, "t64", split=3, mode="tf32x3", wgmma=True)
+    assert (plan.kernel, plan.grid, plan.split) == ("gemm_w64_nn_split", (8, 13, 3), 3)
+    plan = gemm_plan.plan_gemm(*mid, 132, "t128", split=1, mode="tf32x3", wgmma=True)
+    assert (plan.kernel, plan.grid, plan.split) == ("gemm_w128_nn", (8, 7, 1), 1)
+    plan = gemm_plan.plan_gemm((INPUTS, 1024), (INPUTS, 800), (1024, 800), True, False, 132,
+                               split=3, mode="tf32x3", wgmma=True)
+    assert (plan.kernel, plan.split) == ("gemm_w64_tn", 1)
     plan = gemm_plan.plan_gemm((4096, INPUTS), (INPUTS, 3200), (4096, 3200), False, False, 132,
                                "t64", mode="tf32x3", wgmma=True)
     assert (plan.kernel, plan.grid) == ("gemm_w64_nn", (32, 50, 1))
-    assert gemm_plan.pick_wgmma_tile(1024, 3200, 132) == "w128"
-    assert gemm_plan.pick_wgmma_tile(256, 800, 132) == "w64"
-    assert gemm_plan.pick_wgmma_tile(4096, INPUTS + 1, 132) == "w128"
+    # H = 256: even w64 leaves most SMs idle (26 blocks): 5 ways over K, one wave of 130
+    assert gemm_plan.pick_wgmma(256, 800, INPUTS, 132) == ("w64", 5)
+    assert gemm_plan.pick_wgmma(4096, INPUTS + 1, 800, 132) == ("w128", 1)
     # the 10-row products (s16) and short K (da1, K = 10) keep the mma.sync twins
     assert gemm_plan.plan_gemm((10, 1024), (1024, 800), (10, 800), False, False, 132,
                                mode="tf32x3", wgmma=True).kernel == "gemm_x16_nn"
@@ -115,9 +129,9 @@ def test_wgmma_plans_pick_a_hopper_tile_by_its_own_speed():
     plan = gemm_plan.plan_gemm((4096, INPUTS), (INPUTS, 800), (4096, 800), False, False, 132,
                                variant=v["gemm_bias_sigmoid"], mode="tf32x3", wgmma=True)
     assert plan.kernel == "gemm_w128_nn_bias_sigmoid"
-    plan = gemm_plan.plan_gemm((1024, 800), (INPUTS, 800), (1024, INPUTS + 1), False, True, 132,
+    plan = gemm_plan.plan_gemm((256, 800), (INPUTS, 800), (256, INPUTS + 1), False, True, 132,
                                variant=v["gemm_with_bias_grad"], mode="tf32x3", wgmma=True)
-    assert plan.kernel == "gemm_w64_nt_bias_grad" and plan.grid == (8, 13, 1)
+    assert (plan.kernel, plan.grid) == ("gemm_w64_nt_bias_grad_split", (2, 13, 5))
     assert v["gemm_sigmoid_backward"].wgmma_kernels == ()  # no wgmma tile has the short-K family
     plan = gemm_plan.plan_gemm((10, 1024), (10, 800), (1024, 800), True, False, 132, "t128",
                                variant=v["gemm_sigmoid_backward"], mode="tf32x3", wgmma=True)
@@ -125,6 +139,25 @@ def test_wgmma_plans_pick_a_hopper_tile_by_its_own_speed():
     for variant in v.values():
         launches = {launch.kernel for launch in op_table.OP_BY_NAME[variant.op].launches}
         assert set(variant.wgmma_kernels) <= launches
+
+
+def test_wgmma_splits_fit_and_beat_the_unsplit_plan():
+    """Every split pick_wgmma gives at the model's shapes fits the workspace, leaves no K range
+    empty, is modelled faster than every unsplit Hopper plan, and is one of split_candidates."""
+    for h, b in itertools.product((256, 1024, 4096), (800, 3200)):
+        for m, n, k in [(h, b, INPUTS), (h, INPUTS + 1, b)]:
+            tile, split = gemm_plan.pick_wgmma(m, n, k, 132)
+            row = gemm_plan.GEMM_TILE_TABLE[tile]
+            blocks = math.ceil(m / row.bm) * math.ceil(n / row.bn)
+            unsplit = min(gemm_plan.wgmma_cost(t, m, n, k, 1, 132)
+                          for t in gemm_plan.GEMM_WGMMA_TILES)
+            if split > 1:
+                assert split in gemm_plan.split_candidates(tile, blocks, k)
+                assert gemm_plan.split_fits(tile, blocks, split)
+                assert (split - 1) * gemm_plan.split_chunk(k, split) < k
+                assert gemm_plan.wgmma_cost(tile, m, n, k, split, 132) < unsplit
+    assert gemm_plan.pick_wgmma(4096, 3200, INPUTS, 132) == ("w128", 1)
+    assert not gemm_plan.split_fits("w128", 300, 8)  # 300 x 8 tiles of 128 x 128: too big
 
 
 def test_wgmma_kernels_take_their_dynamic_shared_memory_only_where_the_build_has_wgmma():
@@ -387,7 +420,9 @@ def test_ptx_has_the_three_product_mma(tmp_path):
     # the wgmma twins (gemm_wgmma.cuh) split with cvt.rna.tf32 too, but have no wgmma below
     # sm_90a: their multiply traps (test_sm90a_ptx_has_the_three_product_wgmma)
     wg = [k for k in op_table.KERNEL_NAMES if re.match(r"gemm_w(128|64)_", k)]
-    assert len(wg) == 8 + sum(len(v.wgmma_kernels) for v in gemm_plan.GEMM_VARIANTS.values())
+    assert len(wg) == 8 + 4 + sum(len(v.wgmma_kernels) + len(v.wgmma_split_kernels)
+                                  for v in gemm_plan.GEMM_VARIANTS.values())
+    assert len(gemm_plan.GEMM_WGMMA_SPLIT_KERNELS) == 4  # nn and nt of each Hopper tile
     for name in wg:
         body = bodies[name]
         assert "cvt.rna.tf32.f32" in body and "trap;" in body, name
@@ -435,6 +470,7 @@ def tf32x3(be):
     finally:
         be.gemm_mode = "simt"
         be.gemm_tile = None
+        be.gemm_split = None
 
 
 def x3_backend(name):
@@ -487,6 +523,35 @@ def test_fused_gemm_every_tile(x3, ref, op, tile):
         got, expected = run_fused(x3, ref, op, fused_case(rng, op, m, n, k, x3.dtype))
         assert np.all(np.isfinite(got)), f"{op} {m}x{n}x{k}: unwritten elements"
         assert_close(got, expected, x3.dtype, "gemm")
+
+
+@gpu_test
+@pytest.mark.parametrize("split", [2, 5])
+@pytest.mark.parametrize("tile", ["t128", "t64"])
+def test_hopper_tiles_split_over_k(x3, ref, tile, split):
+    """The Hopper tiles' split-K kernels (a forced SIMT tile runs on its Hopper tile, w128 or w64,
+    S blocks a tile over K, the last one adding the partials): the plain GEMM's nn and nt and the
+    fused z1 and [dW db] against the reference, edges and K ranges of every length, and bitwise
+    the same on a rerun."""
+    if not x3._gemm_wgmma:
+        pytest.skip(f"{x3.describe_device()}: no wgmma build (sm_90a)")
+    x3.gemm_tile, x3.gemm_split = tile, split
+    for (m, n, k), (ta, tb) in itertools.product([(300, 260, 1013), (129, 65, 700), (256, 800, 784)],
+                                                 [(False, False), (False, True)]):
+        a_shape, b_shape = ((m, k), (n, k) if tb else (k, n))
+        plan = gemm_plan.plan_gemm(a_shape, b_shape, (m, n), ta, tb, x3._num_sms, tile,
+                                   split=split, mode="tf32x3", wgmma=True)
+        assert plan.split == split and plan.kernel.endswith("_split"), plan
+        got, expected = gemm_case(x3, ref, m, n, k, ta, tb, 1.5, -0.5)
+        assert_close(got, expected, x3.dtype, "gemm")
+        again, _ = gemm_case(x3, ref, m, n, k, ta, tb, 1.5, -0.5)
+        assert np.array_equal(got, again), f"{m}x{n}x{k}: rerun differs"
+    rng = np.random.default_rng(43)
+    for op in ("gemm_bias_sigmoid", "gemm_with_bias_grad"):
+        for m, n, k in [(300, 260, 1013), (256, INPUTS, 800)]:
+            got, expected = run_fused(x3, ref, op, fused_case(rng, op, m, n, k, x3.dtype))
+            assert np.all(np.isfinite(got)), f"{op} {m}x{n}x{k}: unwritten elements"
+            assert_close(got, expected, x3.dtype, "gemm")
 
 
 @gpu_test
