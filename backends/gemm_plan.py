@@ -138,21 +138,21 @@ class GemmTile:
 # simt (the default): the run's own precision, IEEE: in float32 the FP32 FMA kernels (gemm_simt.cuh),
 # in float64 on sm_80+ the FP64 tensor-core tiles (gemm_tc64.cuh), below that the FP64 FMA kernels. tf32x3 (float32 only, sm_80+): the tensor-core twins of
 # gemm_tf32x3.cuh, with the error-compensated three-product split. Each SIMT tile has a twin of the
-# same size and threads (GEMM_X3_TILE), so the planner picks the SIMT tile and names its twin; no
-# split-K kernels.
+# same size and threads (GEMM_X3_TILE), so the planner picks the SIMT tile and names its twin; the
+# twins have no split-K kernels (the Hopper tiles below do).
 GEMM_MODES = CONTRACT_GEMM_MODES  # core.ops names them: the one list (core imports no backend)
 GEMM_X3_TILE = {"t128": "x128", "t64": "x64", "s16": "x16"}
 #: the least compute capability with the TF32 mma and cvt.rna.tf32 instructions
 GEMM_X3_MIN_CAPABILITY = (8, 0)
 #: the Hopper tiles (gemm_wgmma.cuh: TF32x3 on wgmma.mma_async, a producer warpgroup and two
 #: consumers). With plan_gemm's `wgmma` (a build for sm_90a; elsewhere their kernels trap) tf32x3
-#: puts every product of the SIMT tiles in GEMM_WGMMA_FOR, but short K, on the one of them with
-#: the least cost by pick_wgmma_tile (a forced SIMT tile: on its GEMM_WGMMA_FOR tile), each with
-#: its own speed: a block of w64 (128 x 64, half of
-#: w128's tile) takes 0.77 of a w128 block's time, i.e. 0.65 of its rate (H100, check_wgmma.py:
-#: z1 4096x3200x784 in 7 waves of w128, 382 us, or 13 of w64, 544 us). One block per
-#: multiprocessor each (their shared memory). Where the pick gives another tile or the variant has
-#: no wgmma kernel, the GEMM_X3_TILE twin.
+#: puts every product of the SIMT tiles in GEMM_WGMMA_FOR, but short K, on the tile and split
+#: over K of least cost by pick_wgmma (a forced SIMT tile: on its GEMM_WGMMA_FOR tile), each tile
+#: with its own speed: a block of w64 (128 x 64, half of w128's tile) takes 0.77 of a w128
+#: block's time, i.e. 0.65 of its rate (H100, check_wgmma.py: z1 4096x3200x784 in 7 waves of
+#: w128, 382 us, or 13 of w64, 544 us). One block per multiprocessor each (their shared memory).
+#: The split costs (SPLIT_BLOCK_OVERHEAD_K) are the SIMT tiles' fit, not yet measured on these.
+#: Where the variant has no wgmma kernel, the GEMM_X3_TILE twin.
 GEMM_WGMMA_EFFICIENCY = {"w128": 1.0, "w64": 0.65}
 GEMM_WGMMA_TILES = tuple(GEMM_WGMMA_EFFICIENCY)
 GEMM_WGMMA_FOR = {"t128": "w128", "t64": "w64"}
@@ -513,12 +513,13 @@ def plan_gemm(a_shape, b_shape, c_shape, trans_a: bool, trans_b: bool, num_sms: 
     its `ones`, C has one column more than op(B) (the ones column). `split` forces S blocks per
     tile over K (tests, tuning; None: pick_gemm_split); a split the tile, transpose pair or variant
     has no kernel for, or that does not fit the workspace, runs unsplit (S = 1).
-    `mode` (GEMM_MODES): "tf32x3" launches the chosen tile's TF32x3 twin (GEMM_X3_TILE), never
-    split; the caller checks that the dtype and GPU allow it. `tc64`: the build and device run the
+    `mode` (GEMM_MODES): "tf32x3" launches the chosen tile's TF32x3 twin (GEMM_X3_TILE), unsplit;
+    the caller checks that the dtype and GPU allow it. `tc64`: the build and device run the
     FP64 tensor-core tiles (tc64_eligible); without it a tc64 tile, picked or forced, runs as
     TC64_FALLBACK. `wgmma` (tf32x3 only): the build is for sm_90a, so the products of
-    GEMM_WGMMA_FOR tiles go on the Hopper tiles (_x3_tile) instead of the mma.sync twins: the
-    one pick_wgmma_tile picks, or with `tile` forced that tile's own (tests cover each so).
+    GEMM_WGMMA_FOR tiles go on the Hopper tiles (_x3_plan) instead of the mma.sync twins: the
+    tile and split pick_wgmma picks, or with `tile` forced that tile's own, and `split` as for
+    the SIMT tiles (tests cover each so).
     """
     if mode not in GEMM_MODES:
         raise ValueError(f"gemm mode must be one of {GEMM_MODES}, got {mode!r}")

@@ -22,6 +22,7 @@ differ, or where a shape failed; 0 otherwise.
 
     python tools/check_wgmma.py            # every shape
     python tools/check_wgmma.py --quick    # one shape of each product (H = 1024, B = 800)
+    python tools/check_wgmma.py --tiles w128,w64,w64/5,w128/2   # and their split-K kernels
 """
 
 from __future__ import annotations
@@ -267,6 +268,16 @@ def _table_geometry(tile):
     return t.bm, t.bn, t.threads, t.dyn_smem
 
 
+def tile_split(tile: str) -> tuple[str, int]:
+    """(tile, S) of a --tiles entry: NAME, or NAME/S for its split-K kernel S blocks a tile."""
+    name, _, split = tile.partition("/")
+    return name, int(split or 1)
+
+
+def _with_workspaces(fn, workspaces, grid, block, args, **kw):
+    return fn(grid, block, tuple(args) + workspaces, **kw)
+
+
 def check_case(cupy, module, spec, rng, wtiles):
     label, kind, ta, tb, m, n, k, lda_pad, ldb_pad = spec
     case = Case(cupy, kind, ta, tb, m, n, k, lda_pad, ldb_pad, rng)
@@ -274,10 +285,22 @@ def check_case(cupy, module, spec, rng, wtiles):
            "m": m, "n": n, "k": k, "lda": case.lda, "ldb": case.ldb, "kernels": {}}
     results = {}
     for tile in (*wtiles, *BASE_TILES):
-        name = kernel_name(tile, kind, ta, tb)
-        fn = module.get_function(name)
-        bm, bn, threads, dyn = GEOMETRY.get(tile) or _table_geometry(tile if tile in gemm_plan.GEMM_TILE_TABLE else "w128")
-        grid, block = (math.ceil(m / bm), math.ceil(n / bn), 1), (threads, 1, 1)
+        base, split = tile_split(tile)
+        name = kernel_name(base, kind, ta, tb) + ("_split" if split > 1 else "")
+        try:
+            fn = module.get_function(name)
+        except Exception:  # (a split tile on a pair without a split kernel: tn, tt)
+            if split == 1:
+                raise
+            row["kernels"][tile] = {"kernel": name, "skipped": True}
+            continue
+        bm, bn, threads, dyn = GEOMETRY.get(base) or _table_geometry(base if base in gemm_plan.GEMM_TILE_TABLE else "w128")
+        grid, block = (math.ceil(m / bm), math.ceil(n / bn), split), (threads, 1, 1)
+        if split > 1:  # the split kernels' workspaces: partial tiles, a zeroed ticket per tile
+            tiles = grid[0] * grid[1]
+            ws = cupy.empty(split * tiles * bm * bn, dtype=np.float32)
+            tickets = cupy.zeros(tiles, dtype=np.int32)
+            fn = functools.partial(_with_workspaces, fn, (ws, tickets))
         if dyn:
             drv = cupy.cuda.driver
             drv.funcSetAttribute(fn.ptr, getattr(
@@ -313,6 +336,7 @@ def check_case(cupy, module, spec, rng, wtiles):
     # b_small term can outweigh FP32's rounding) within 2x the larger of the SIMT and x128 errors
     bound = 2 * (max(simt, x3) if label.startswith("edge") else simt)
     row["x128_also_over"] = bool(x3 > 2 * simt)
+    wtiles = [t for t in wtiles if not row["kernels"][t].get("skipped")]
     for tile in wtiles:
         entry = row["kernels"][tile]
         w = entry["error"]
@@ -338,6 +362,9 @@ def fmt_row(row, wtiles) -> str:
 
     parts = [f"{row['label']:<26} {row['ops']}"]
     for t in wtiles:
+        if k[t].get("skipped"):
+            parts.append(f"{t}: (no split kernel)")
+            continue
         flags = ("" if k[t]["accuracy_ok"] else " BAD") + ("" if k[t]["rerun_identical"] else " NONDET")
         flags += " =x3" if k[t]["bitwise_equal_x128"] else ""
         parts.append(f"{t}: {e(t)} {k[t]['over_simt']:5.2f}x {us(t)}us{flags}")
@@ -354,8 +381,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one shape of each product")
     parser.add_argument("--tiles", default="w128",
-                        help="comma-separated wgmma tiles to check (default w128); a tile not "
-                             "in the table comes from --extra, named NAME:BMxBNxTHREADS")
+                        help="comma-separated wgmma tiles to check (default w128); NAME/S: "
+                             "its split-K kernels, S blocks a tile over K; a tile not in the "
+                             "table comes from --extra, named NAME:BMxBNxTHREADS")
     parser.add_argument("--extra", type=Path,
                         help="CUDA source appended to kernels.cu (variant tiles: typedefs and "
                              "GEMM_TILE_KERNELS rows)")
