@@ -63,6 +63,19 @@ OUTPUT_THREADS = 256
 OUTPUT_COLS = {4: 8, 8: 4}
 OUTPUT_MAX_CLASSES = 10
 OUTPUT_MAX_BLOCKS = 1024
+#: output_backward (OB_* in reductions.cuh; tests/test_cuda_compile.py checks they agree): hidden
+#: units per block (a lane each), threads, most chunks of the columns, and, split over chunks, most
+#: rows of blocks (one ticket each) and blocks (one partial slot each)
+BACKWARD_ROWS = 32
+BACKWARD_THREADS = 256
+BACKWARD_MAX_SPLIT = 16
+BACKWARD_MAX_TICKETS = 512
+BACKWARD_MAX_SLOTS = 1024
+#: the blocks output_backward aims at (about four an SM of an H100: where the rows of hidden
+#: units alone leave SMs idle, the columns are split into chunks), and the fewest columns a chunk
+#: gets (two for each warp)
+BACKWARD_TARGET_BLOCKS = 512
+BACKWARD_MIN_CHUNK = 16
 #: largest element count a kernel may index with its 32-bit ints (with headroom for a grid-stride
 #: loop's last step, idx + blocks*threads, to stay below 2^31 too)
 MAX_ELEMENTS = 2**31 - 1 - MAX_GRID * BLOCK
@@ -76,7 +89,10 @@ WORKSPACE = {"scratch": (SUM_PARTIAL_BLOCKS + 1, "real"), "total": (1, "real"),
              "output_partials": (OUTPUT_MAX_BLOCKS, "real"), "output_ticket": (1, "int32"),
              # the split-K GEMMs' partial tiles and per-tile tickets (gemm.cuh SplitK)
              "gemm_partials": (gemm_plan.GEMM_SPLIT_SLOTS * gemm_plan.GEMM_SPLIT_TILE_ELEMS, "real"),
-             "gemm_tickets": (gemm_plan.GEMM_SPLIT_TICKETS, "int32")}
+             "gemm_tickets": (gemm_plan.GEMM_SPLIT_TICKETS, "int32"),
+             # output_backward's partial [dW2 db2] columns and per-row tickets
+             "backward_partials": (BACKWARD_MAX_SLOTS * BACKWARD_ROWS * OUTPUT_MAX_CLASSES, "real"),
+             "backward_tickets": (BACKWARD_MAX_TICKETS, "int32")}
 
 #: kinds of error an op may show against the NumPy reference; tests/gpu_helpers.py gives each a
 #: relative max-norm tolerance per dtype
@@ -570,6 +586,71 @@ OUTPUT_LAYER = Op(
     tolerance="reduction", writes=("diff", "nll_acc"))
 
 
+class OutputBackwardSizes(NamedTuple):
+    classes: int
+    hidden: int
+    n: int
+    #: columns per chunk (0 for no columns)
+    chunk: int
+    #: (rows of OB_ROWS hidden units, the ones row included; chunks of the columns)
+    grid: tuple[int, int]
+
+
+def output_backward_split(hidden: int, n: int) -> tuple[int, int]:
+    """(chunk, chunks) of output_backward's columns: as many chunks as bring the launch to
+    BACKWARD_TARGET_BLOCKS blocks, at most BACKWARD_MAX_SPLIT, each at least BACKWARD_MIN_CHUNK
+    columns, none empty; one where the rows alone fill the GPU or pass the tickets. From the
+    shapes alone, so every GPU and both backends launch the same (the same bits)."""
+    rows = math.ceil((hidden + 1) / BACKWARD_ROWS)
+    if n == 0:
+        return 0, 1
+    split = min(math.ceil(BACKWARD_TARGET_BLOCKS / rows), BACKWARD_MAX_SPLIT,
+                n // BACKWARD_MIN_CHUNK)
+    if rows > BACKWARD_MAX_TICKETS or split < 1:
+        split = 1
+    chunk = math.ceil(n / split)
+    return chunk, math.ceil(n / chunk)
+
+
+def output_backward_sizes(w2, diff, a1, dw2b2, dz1) -> OutputBackwardSizes:
+    """output_backward's sizes (zero columns still launch: [dW2 db2] = 0)."""
+    for name, arr in (("w2", w2), ("diff", diff), ("a1", a1), ("dw2b2", dw2b2), ("dz1", dz1)):
+        if len(arr.shape) != 2:
+            raise ValueError(f"output_backward: {name} {tuple(arr.shape)} must be a matrix")
+    classes, hidden = w2.shape
+    n = a1.shape[1]
+    if not 1 <= classes <= OUTPUT_MAX_CLASSES:
+        raise ValueError(f"output_backward: {classes} classes; the kernel holds 1 to "
+                         f"{OUTPUT_MAX_CLASSES}")
+    if (tuple(diff.shape) != (classes, n) or tuple(a1.shape) != (hidden, n)
+            or tuple(dw2b2.shape) != (classes, hidden + 1) or tuple(dz1.shape) != (hidden, n)):
+        raise ValueError(f"output_backward: w2 {tuple(w2.shape)}, diff {tuple(diff.shape)}, "
+                         f"a1 {tuple(a1.shape)}, dw2b2 {tuple(dw2b2.shape)}, "
+                         f"dz1 {tuple(dz1.shape)} do not fit")
+    check_index_range(hidden * n, classes * n, classes * (hidden + 1))
+    chunk, split = output_backward_split(hidden, n)
+    return OutputBackwardSizes(classes, hidden, n, chunk,
+                               (math.ceil((hidden + 1) / BACKWARD_ROWS), split))
+
+
+@functools.lru_cache(maxsize=1024)
+def output_backward_launch(grid: tuple[int, int]) -> tuple[Dim3, Dim3]:
+    """A block of BACKWARD_THREADS per row of hidden units and chunk of the columns."""
+    return (grid[0], grid[1], 1), (BACKWARD_THREADS, 1, 1)
+
+
+# [dW2 db2] and dz1 from the output layer's error in one pass over a1 (see reductions.cuh): sums
+# over the columns and over the classes, as the GEMMs it replaces
+OUTPUT_BACKWARD = Op(
+    name="output_backward", shape=output_backward_sizes, sizes=OutputBackwardSizes,
+    launches=(Launch("output_backward", (Array("w2"), Array("diff"), Array("a1"), Array("dw2b2"),
+                                         Array("dz1"), Workspace("backward_partials"),
+                                         Counter("backward_tickets"), Size("classes"),
+                                         Size("hidden"), Size("n"), Size("chunk")),
+                     output_backward_launch, "grid"),),
+    tolerance="gemm", writes=("dw2b2", "dz1"))
+
+
 # ---------------------------------------------------------------------------------- --exact
 # core/exact.py, kernels in exact.cuh: float64 in the model; the rules do not look at the dtype
 # (the kernels build for float too, without the NumPy reference's bits). Each op must give the
@@ -736,8 +817,8 @@ GEMM_BIAS_SIGMOID, GEMM_SIGMOID_BACKWARD, GEMM_WITH_BIAS_GRAD = (
 OPS: tuple[Op, ...] = (
     FILL, GEMM, BIAS_SIGMOID, ADD_BIAS, SIGMOID, SOFTMAX, SIGMOID_BACKWARD, REDUCE_COLS,
     SOFTMAX_XENT_BACKWARD, AXPY, SGD_STEP, GEMM_BIAS_SIGMOID, GEMM_SIGMOID_BACKWARD,
-    GEMM_WITH_BIAS_GRAD, NLL_SUM, OUTPUT_LAYER, EXACT_ROW_EXPONENTS, EXACT_SPLIT, EXACT_COMBINE,
-    EXACT_SIGMOID, EXACT_SIGMOID_BACKWARD, EXACT_OUTPUT_LAYER, EXACT_SGD_STEP, COUNT_CORRECT,
+    GEMM_WITH_BIAS_GRAD, NLL_SUM, OUTPUT_LAYER, OUTPUT_BACKWARD, EXACT_ROW_EXPONENTS, EXACT_SPLIT,
+    EXACT_COMBINE, EXACT_SIGMOID, EXACT_SIGMOID_BACKWARD, EXACT_OUTPUT_LAYER, EXACT_SGD_STEP, COUNT_CORRECT,
     SUM_SQUARES,
 )
 

@@ -273,6 +273,106 @@ extern "C" __global__ void __launch_bounds__(OL_THREADS, 2)
     }
 }
 
+// ------------------------------------------------------------------------------------------------
+// output_backward: the backward pass through the output layer in one launch over a1
+// (core.ops.Backend.output_backward), from the error diff (classes x n) that output_layer wrote:
+//     [dW2 db2] = diff [a1^T 1]                  (classes x (hidden + 1), written)
+//     dz1 = (w2^T diff) * a1 * (1 - a1)          (hidden x n, written)
+// Two products that read the same a1, which the fused GEMMs they replace (gemm_with_bias_grad on
+// the s16 tile, gemm_sigmoid_backward on t64) each read whole, in two launches that leave most of
+// the GPU idle at H <= 1024. Here a block owns OB_ROWS hidden units (row blockIdx.x: one a lane;
+// the unit h = hidden is the ones row, whose a1 is 1: db2) and a chunk of the columns (blockIdx.y:
+// columns [y * chunk, y * chunk + chunk) of n); each warp walks its own columns of the chunk
+// (warp, warp + OB_WARPS, ...): per column one coalesced load of a1 (a lane's unit), the column's
+// diff (the same classes values for every lane: broadcast loads), dz1 stored coalesced, and the
+// lane's classes sums of diff * a1 (its units' part of [dW2 db2]) carried in registers.
+//
+// [dW2 db2] over the columns, deterministically and without float atomics: the block's warps' sums
+// are added in warp order (shared memory); with one chunk (gridDim.y == 1) the block writes its
+// OB_ROWS units' columns of [dW2 db2]; otherwise each block writes that partial to its slot and
+// takes its row's ticket (common.cuh), and the row's last block adds the gridDim.y partials in
+// chunk order, writes them and resets the ticket. The bits depend only on the operands and the
+// launch shape (backends/op_table.py output_backward_sizes: from the shapes alone).
+//
+// The host launches OB_THREADS threads, never for zero columns, with 1 <= classes <=
+// OL_MAX_CLASSES, at most OB_MAX_SPLIT chunks, and, split, at most OB_MAX_TICKETS rows and
+// OB_MAX_SLOTS blocks (the workspaces; op_table.py has the same constants).
+// ------------------------------------------------------------------------------------------------
+#define OB_ROWS 32
+#define OB_THREADS 256
+#define OB_WARPS (OB_THREADS / 32)
+#define OB_SLOT (OL_MAX_CLASSES * OB_ROWS)  // reals of one block's partial: class-major
+#define OB_MAX_SPLIT 16
+#define OB_MAX_TICKETS 512
+#define OB_MAX_SLOTS 1024
+
+extern "C" __global__ void __launch_bounds__(OB_THREADS)
+    output_backward(const real* __restrict__ w2, const real* __restrict__ diff,
+                    const real* __restrict__ a1, real* __restrict__ dw2b2,
+                    real* __restrict__ dz1, real* __restrict__ partials, int* __restrict__ tickets,
+                    int classes, int hidden, int n, int chunk)
+{
+    __shared__ real red[OB_WARPS][OB_SLOT];  // per-warp sums, k * OB_ROWS + lane
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int h = blockIdx.x * OB_ROWS + lane;  // the lane's unit; hidden: the ones row
+    const bool unit = h < hidden;
+    const int j1 = min(n, (int)(blockIdx.y + 1) * chunk);
+
+    real w[OL_MAX_CLASSES], acc[OL_MAX_CLASSES];
+#pragma unroll
+    for (int k = 0; k < OL_MAX_CLASSES; ++k) {
+        w[k] = (unit && k < classes) ? w2[h * classes + k] : real(0);
+        acc[k] = real(0);
+    }
+#pragma unroll 4
+    for (int j = blockIdx.y * chunk + warp; j < j1; j += OB_WARPS) {
+        const real* d = diff + j * classes;
+        const real a = unit ? a1[(size_t)j * hidden + h] : (h == hidden ? real(1) : real(0));
+        real da = real(0);
+#pragma unroll
+        for (int k = 0; k < OL_MAX_CLASSES; ++k) {
+            if (k < classes) {
+                const real dk = d[k];
+                acc[k] += dk * a;
+                da += w[k] * dk;
+            }
+        }
+        if (unit) dz1[(size_t)j * hidden + h] = (da * a) * (real(1) - a);
+    }
+#pragma unroll
+    for (int k = 0; k < OL_MAX_CLASSES; ++k) red[warp][k * OB_ROWS + lane] = acc[k];
+    __syncthreads();
+
+    // Element t = k * OB_ROWS + r of the block's part: class k of unit blockIdx.x * OB_ROWS + r.
+    const int nt = classes * OB_ROWS;
+    const int row = blockIdx.x, rows = gridDim.x, splits = gridDim.y;
+    real* slot = partials + ((size_t)blockIdx.y * rows + row) * OB_SLOT;
+    for (int t = threadIdx.x; t < nt; t += OB_THREADS) {
+        real s = red[0][t];
+#pragma unroll
+        for (int v = 1; v < OB_WARPS; ++v) s += red[v][t];
+        const int k = t / OB_ROWS, hh = row * OB_ROWS + t % OB_ROWS;
+        if (splits == 1) {
+            if (hh <= hidden) dw2b2[hh * classes + k] = s;
+        } else {
+            slot[t] = s;
+        }
+    }
+    if (splits == 1) return;  // (the same for the whole block)
+    __threadfence();  // this thread's part of the partial is visible before the ticket
+    if (!last_block_to_arrive(tickets + row, splits)) return;
+    for (int t = threadIdx.x; t < nt; t += OB_THREADS) {
+        const int k = t / OB_ROWS, hh = row * OB_ROWS + t % OB_ROWS;
+        // the others' parts through L2 (__ldcg: never a stale L1 line), in chunk order
+        const real* part = partials + (size_t)row * OB_SLOT + t;
+        real s = __ldcg(part);
+        for (int z = 1; z < splits; ++z) s += __ldcg(part + (size_t)z * rows * OB_SLOT);
+        if (hh <= hidden) dw2b2[hh * classes + k] = s;
+    }
+    reset_ticket(tickets + row);
+}
+
 // sum of squares in two deterministic passes: each block writes its partial sum, then one block
 // adds the partials in order.
 extern "C" __global__ void sum_squares_partial(const real* __restrict__ x, real* __restrict__ partial,

@@ -96,6 +96,9 @@ def _args(argv, prog=None):
     p.add_argument("--gemm-split", type=int, default=None,
                    help="GPU backends: force S blocks per GEMM tile over K where a split kernel "
                         "exists (1: never split; default: the planner's pick)")
+    p.add_argument("--fused-backward", action="store_true",
+                   help="GPU backends: output_backward by its one-pass kernel (off by default "
+                        "until it has passed the GPU suite), not the two fused GEMMs")
     return p.parse_args(argv)
 
 
@@ -199,6 +202,24 @@ STEP_OPS = FUSED_OPS + ("gemm", "fill", "axpy", "bias_sigmoid", "add_bias", "sof
                         "sigmoid_backward", "reduce_cols", "softmax_xent_backward", "nll_sum")
 
 
+def _timed(rt, stream, calls: list, name: str, method):
+    """``method`` with CUDA events recorded around it on ``stream``, (name, start, stop)
+    appended to ``calls``; an op made of timed ops (a fused op's default) leaves its parts as
+    the rows instead."""
+    def call(*a, **k):
+        before = len(calls)
+        start, stop = rt.eventCreate(), rt.eventCreate()
+        rt.eventRecord(start, stream)
+        method(*a, **k)
+        rt.eventRecord(stop, stream)
+        if len(calls) == before:
+            calls.append((name, start, stop))
+        else:
+            rt.eventDestroy(start)
+            rt.eventDestroy(stop)
+    return call
+
+
 def step_kernel_times(backend_cls, comm, args, x, y, hidden, batch, repeats=20,
                       gemm="simt") -> list[dict]:
     """GPU time of each op of one eager training step (one rank: ``comm`` of size 1), by CUDA
@@ -221,18 +242,9 @@ def step_kernel_times(backend_cls, comm, args, x, y, hidden, batch, repeats=20,
     calls: list[tuple[str, int, int]] = []  # (op, start event, stop event) in call order
     stream = backend.stream_handle()
 
-    def timed(name, method):
-        def call(*a, **k):
-            start, stop = rt.eventCreate(), rt.eventCreate()
-            rt.eventRecord(start, stream)
-            method(*a, **k)
-            rt.eventRecord(stop, stream)
-            calls.append((name, start, stop))
-        return call
-
     untimed_gemm = backend.gemm
     for name in STEP_OPS:
-        setattr(backend, name, timed(name, getattr(backend, name)))
+        setattr(backend, name, _timed(rt, stream, calls, name, getattr(backend, name)))
     trainer.step(0, batch)  # warm-up: plans and first launches
     busy = [backend.zeros((4096, 4096)) for _ in range(3)]
     backend.synchronize()
@@ -417,7 +429,7 @@ def main(argv=None, prog=None) -> int:
 def _chosen_runs(args, registry, say):
     """The backends (--backends, else every available GPU backend, else numpy), the (entry,
     gemm) pairs to time (a --gemm setting a backend lacks is no row of it: a note says so), and
-    the --gemm settings; --gemm-split set on the CUDA backends."""
+    the --gemm settings; --gemm-split and --fused-backward set on the CUDA backends."""
     entries = [e for e in registry.backends() if e.available]
     if args.backends:
         entries = [registry.backend(name, "--backends") for name in args.backends.split(",")]
@@ -438,6 +450,10 @@ def _chosen_runs(args, registry, say):
         for entry in entries:
             if hasattr(entry.cls, "gemm_split"):  # the CUDA backends (CudaBackend.gemm_split)
                 entry.cls.gemm_split = args.gemm_split
+    if args.fused_backward:
+        for entry in entries:
+            if hasattr(entry.cls, "fused_output_backward"):  # the CUDA backends
+                entry.cls.fused_output_backward = True
     return entries, runs, gemm_settings
 
 

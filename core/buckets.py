@@ -128,13 +128,11 @@ class BucketedHiddenGrad:
             be.gemm(dz1, x, block.out, trans_b=True)
 
     def backward(self, exchange, x, a1, diff, lo: int, hi: int) -> None:
-        """dz1, then each bucket's blocks and its sum (``exchange.start_span``); every rank starts
-        every bucket, one without samples with its zeros (backward_output wrote them)."""
-        be, model, n = self.backend, self.model, hi - lo
-        dz1 = None
-        if n > 0:
-            dz1 = be.cols(model._dz1, 0, n)
-            be.gemm_sigmoid_backward(model.W2, diff, a1, dz1)  # dz1 = (W2^T diff) a1 (1 - a1)
+        """Each bucket's blocks from the dz1 that backward_output computed, and the bucket's sum
+        (``exchange.start_span``); every rank starts every bucket, one without samples with its
+        zeros (backward_output wrote them)."""
+        n = hi - lo
+        dz1 = self.model.hidden_error(n) if n > 0 else None
         for bucket in self.buckets:
             if n > 0:
                 for block in self.blocks[bucket[0]:bucket[1]]:

@@ -198,7 +198,7 @@ class MLP(FlatParamsModel):
         self._yhat = backend.empty((CLASSES, cols))  # training: diff (output_layer), which
                                                      # backward_hidden reads; evaluation: z2,
                                                      # then yhat in place
-        self._dz1 = backend.empty((hidden, cols))    # dz1 (gemm_sigmoid_backward)
+        self._dz1 = backend.empty((hidden, cols))    # dz1 (output_backward)
         self._nll_discard = backend.zeros((1,))      # the loss sum of backward_output's callers
                                                      # that do not ask for it
 
@@ -233,11 +233,12 @@ class MLP(FlatParamsModel):
 
     def backward_output(self, x, labels, a1, out, global_batch: int, nll_acc=None) -> None:
         """Output layer: dW2, db2 (the tail of ``flat_grads``, which can be exchanged while the
-        hidden layer's gradients are computed). One fused op computes z2 = W2 a1 + b2, the
-        softmax, diff = (yhat - y) / N_b into ``out`` (which backward_hidden reads) and adds the
-        cross-entropy summed over the columns, from the logits (finite whenever they are), to
-        ``nll_acc`` (a 1-element array; None: discarded). A rank with no samples contributes
-        zeros and no loss."""
+        hidden layer's gradients are computed) and the hidden layer's error dz1 (the buffer
+        backward_hidden reads). One fused op computes z2 = W2 a1 + b2, the softmax, diff =
+        (yhat - y) / N_b into ``out`` and adds the cross-entropy summed over the columns, from the
+        logits (finite whenever they are), to ``nll_acc`` (a 1-element array; None: discarded);
+        another, from diff, [dW2 db2] and dz1. A rank with no samples contributes zeros and no
+        loss."""
         be, n = self.backend, _ncols(x)
         if n == 0:
             be.fill(self.flat_grads, 0.0)
@@ -245,17 +246,20 @@ class MLP(FlatParamsModel):
         diff = out
         be.output_layer(self.W2, self.b2, a1, labels, 1.0 / global_batch, diff,
                         self._nll_discard if nll_acc is None else nll_acc)
-        be.gemm_with_bias_grad(diff, a1, self.dW2b2)        # dW2 = diff a1^T, db2 = sum_j diff
+        # [dW2 db2] = diff [a1^T 1]; dz1 = (W2^T diff) * a1 * (1 - a1)
+        be.output_backward(self.W2, diff, a1, self.dW2b2, self.hidden_error(n))
+
+    def hidden_error(self, n: int):
+        """dz1 of the step's ``n`` columns, as backward_output left it."""
+        return self.backend.cols(self._dz1, 0, n)
 
     def backward_hidden(self, x, a1, diff) -> None:
-        """Hidden layer: dW1, db1 (the head of ``flat_grads``) from the ``diff`` that
-        backward_output left in the output layer's buffer."""
+        """Hidden layer: dW1, db1 (the head of ``flat_grads``) from the dz1 that backward_output
+        computed."""
         be, n = self.backend, _ncols(x)
         if n == 0:
             return
-        dz1 = be.cols(self._dz1, 0, n)
-        be.gemm_sigmoid_backward(self.W2, diff, a1, dz1)    # dz1 = (W2^T diff) * a1 * (1 - a1)
-        be.gemm_with_bias_grad(dz1, x, self.dW1b1)          # dW1 = dz1 x^T, db1 = sum_j dz1
+        be.gemm_with_bias_grad(self.hidden_error(n), x, self.dW1b1)  # dW1 = dz1 x^T, db1 = sum dz1
 
     @property
     def exchange_buffer(self):

@@ -135,7 +135,7 @@ GEMM_MODES = ("simt", "tf32x3")
 #: base class computes them from the contract's ops, so every backend has them, and a backend
 #: overrides one to do it in fewer launches. Each still has a NumPy reference and parity tests.
 FUSED_OPS = ("sgd_step", "gemm_bias_sigmoid", "gemm_sigmoid_backward", "gemm_with_bias_grad",
-             "output_layer")
+             "output_layer", "output_backward")
 
 #: The ops of ``--exact`` mode (core/exact.py): float64 only, and every one of them must give the
 #: NumPy reference's bits exactly (no tolerance), so that training is bit-identical on every
@@ -417,6 +417,20 @@ class Backend(abc.ABC):
         self.add_bias(diff, self._loss_floor(int(w2.shape[0])))  # yhat + t: -log finite
         self.nll_sum(diff, labels, nll_acc)                    # -log(yhat + t)
         self.softmax_xent_backward(diff, labels, scale, diff)  # scale (yhat + t - y)
+
+    def output_backward(self, w2: Array, diff: Array, a1: Array, dw2b2: Array, dz1: Array) -> None:
+        """The backward pass through the output layer, from its error ``diff`` (C x n, what
+        ``output_layer`` wrote), the hidden activations ``a1`` (hidden x n) and the weights ``w2``
+        (C x hidden): the output layer's gradients and the hidden layer's error,
+
+            dw2b2 = diff [a1^T 1]               (C x (hidden + 1): [dW2 db2], written)
+            dz1   = (w2^T diff) * a1 * (1 - a1)  (hidden x n, written)
+
+        both written, never read; neither aliases an input. Zero columns: dw2b2 = 0. Equal to
+        ``gemm_with_bias_grad(diff, a1, dw2b2)`` then ``gemm_sigmoid_backward(w2, diff, a1, dz1)``,
+        which is how this default computes it (two passes over a1; a backend may make it one)."""
+        self.gemm_with_bias_grad(diff, a1, dw2b2)
+        self.gemm_sigmoid_backward(w2, diff, a1, dz1)
 
     def _loss_floor(self, classes: int) -> Array:
         """The default output_layer's vector of the dtype's smallest normal number, made once

@@ -55,6 +55,7 @@ class RecordingBackend(CudaBackend):
 
     name = "recording"
     _LIBRARY = "numpy"
+    fused_output_backward = True  # (record the kernel the option launches)
     _contiguous = operator.attrgetter("flags.f_contiguous")
     _layout = operator.attrgetter("strides")
 
@@ -149,6 +150,9 @@ def make_backend(name, dtype):
     be = _INSTANCES[key]
     be.gemm_tile = None
     be.gemm_split = None
+    # the one-pass output_backward kernel (off by default until verified on a GPU: every GPU test
+    # runs it, so the suite is what verifies it)
+    be.fused_output_backward = True
     be.gemm_mode = "simt"
     return be
 

@@ -167,6 +167,25 @@ def output_layer_cases(rng, rows, cols, dtype):
     ]
 
 
+def output_backward_cases(rng, rows, cols, dtype):
+    """rows = hidden units, cols = samples: (1) the model's regime, 10 classes, diff a softmax's
+    error (columns summing to 0, O(1/n)), a1 in (0, 1); (2) three classes, diff and w2 N(0, 1).
+    Outputs start as NaN."""
+    hidden, n = rows, cols
+    yhat = _softmax_columns(_normal(rng, (10, n), dtype))
+    onehot = np.zeros((10, n), dtype, order="F")
+    onehot[_labels(rng, 10, n), np.arange(n)] = 1
+    diff = np.asfortranarray((yhat - onehot) / max(n, 1)).astype(dtype, order="F")
+    return [
+        {"w2": _normal(rng, (10, hidden), dtype, 1.0 / math.sqrt(max(hidden, 1))), "diff": diff,
+         "a1": _unit(rng, (hidden, n), dtype), "dw2b2": _nan((10, hidden + 1), dtype),
+         "dz1": _nan((hidden, n), dtype)},
+        {"w2": _normal(rng, (3, hidden), dtype), "diff": _normal(rng, (3, n), dtype),
+         "a1": _unit(rng, (hidden, n), dtype), "dw2b2": _nan((3, hidden + 1), dtype),
+         "dz1": _nan((hidden, n), dtype)},
+    ]
+
+
 #: values that exact_math must get right too (the parity of the special cases)
 _SPECIALS = (0.0, -0.0, np.inf, -np.inf, np.nan, 1e300, -1e300, 745.5, -745.5, 709.9, -709.9,
              5e-324, -1e-310, 36.7, -36.7, 1.0)
@@ -280,6 +299,7 @@ OP_CASES = {
     "gemm_with_bias_grad": gemm_with_bias_grad_cases,
     "nll_sum": nll_cases,
     "output_layer": output_layer_cases,
+    "output_backward": output_backward_cases,
     "exact_row_exponents": exact_row_exponents_cases,
     "exact_split": exact_split_cases,
     "exact_combine": exact_combine_cases,

@@ -212,6 +212,21 @@ def test_output_layer_constants_match_source():
     assert op_table.OUTPUT_THREADS % 32 == 0 and op_table.OUTPUT_THREADS <= 1024
 
 
+def test_output_backward_constants_match_source():
+    """output_backward's hidden units per block, block size, most chunks and split workspaces are
+    #defines in reductions.cuh and constants in op_table.py (geometry, split rule, workspace)."""
+    source = cuda_compile.read_source()
+    defines = {name: int(value) for name, value in
+               re.findall(r"^#define (OB_\w+) (\d+)\s*$", source, flags=re.MULTILINE)}
+    assert defines == {"OB_ROWS": op_table.BACKWARD_ROWS,
+                       "OB_THREADS": op_table.BACKWARD_THREADS,
+                       "OB_MAX_SPLIT": op_table.BACKWARD_MAX_SPLIT,
+                       "OB_MAX_TICKETS": op_table.BACKWARD_MAX_TICKETS,
+                       "OB_MAX_SLOTS": op_table.BACKWARD_MAX_SLOTS}
+    assert op_table.BACKWARD_ROWS == 32  # a warp's lanes, one unit each
+    assert op_table.WORKSPACE["backward_tickets"][0] == op_table.BACKWARD_MAX_TICKETS
+
+
 # ------------------------------------------------------------------ the arch-specific build
 def test_hopper_builds_for_sm_90a_and_others_for_the_default():
     """Compute capability 9.0 gets the arch-specific target (wgmma lives there), spelled as NVRTC

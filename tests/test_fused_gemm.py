@@ -211,8 +211,12 @@ def test_dispatch_of_the_model_shapes():
 
 
 # -------------------------------------------------------------------- launches per step
+class GemmsBackward(RecordingBackend):
+    fused_output_backward = False  # (output_backward as the two fused GEMMs: the default)
+
+
 def test_fused_gemms_save_four_launches_per_step():
-    fused, unfused = step_launches(RecordingBackend), step_launches(UnfusedRecording)
+    fused, unfused = step_launches(GemmsBackward), step_launches(_unfused(GemmsBackward))
     print(f"launches per training step: {len(unfused)} unfused -> {len(fused)} fused: {fused}")
     assert len(unfused) - len(fused) == 4
     # (z1 at H = 64, n = 50 is one tile with K = 784: split over K, gemm_plan.pick_gemm_split)
@@ -221,6 +225,10 @@ def test_fused_gemms_save_four_launches_per_step():
     for gone in ("bias_sigmoid", "sigmoid_backward"):
         assert gone not in fused and gone in unfused
     assert "reduce_cols" not in fused
+    # the one-pass output_backward: [dW2 db2] and da1 in one launch instead of two
+    one_pass = step_launches(RecordingBackend)
+    assert len(one_pass) == len(fused) - 1 and "output_backward" in one_pass
+    assert not {"gemm_t64_tn_sigmoid_backward", "gemm_s16_nt_bias_grad"} & set(one_pass)
 
 
 # ---------------------------------------------------------------------------- split-K planning

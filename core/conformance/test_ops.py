@@ -266,6 +266,28 @@ def test_gemm_with_bias_grad(dpmlp_backend, dpmlp_reference, mnk):
         assert np.all(got["out"] == 0)
 
 
+@pytest.mark.parametrize("hidden_n", ((7, 5), (33, 17), (16, 0)), ids=str)
+def test_output_backward(dpmlp_backend, dpmlp_reference, hidden_n):
+    """[dW2 db2] = diff [a1^T 1] and dz1 = (w2^T diff) a1 (1 - a1); zero columns: zeros."""
+    hidden, n = hidden_n
+    g = rng(20)
+    w2, diff = g.standard_normal((10, hidden)), g.standard_normal((10, n))
+    a1 = g.uniform(0, 1, (hidden, n))
+    got, want = run_both(dpmlp_backend, dpmlp_reference, {"w2": w2, "diff": diff, "a1": a1},
+                         {"dw2b2": np.full((10, hidden + 1), np.nan),
+                          "dz1": np.full((hidden, n), np.nan)},
+                         lambda be, x: be.output_backward(x["w2"], x["diff"], x["a1"],
+                                                          x["dw2b2"], x["dz1"]))
+    k, dtype = gemm_k(max(n, 10)) * 4, dpmlp_backend.dtype
+    assert_close(got["dw2b2"], want["dw2b2"], dtype, "dw2b2", k=k,
+                 scale=max(gemm_scale(diff, a1, None, 1, 0, False, True),
+                           float(np.abs(diff).sum(axis=1).max(initial=0))))
+    assert_close(got["dz1"], want["dz1"], dtype, "dz1", k=k,
+                 scale=gemm_scale(w2, diff, None, 0.25, 0, True, False))
+    if n == 0:
+        assert np.all(got["dw2b2"] == 0)
+
+
 def _output_layer(be, x):
     be.output_layer(x["w2"], x["b2"], x["a1"], x["labels"], 0.02, x["diff"], x["nll"])
 
