@@ -172,7 +172,6 @@ def test_kernel_against_reference(name, dtype):
 @gpu_test
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cupy_and_pycuda_agree_bitwise(dtype):
-    rng = np.random.default_rng(12)
     results = []
     for name in ("cupy", "pycuda"):
         be = make_backend(name, dtype)
@@ -183,7 +182,6 @@ def test_cupy_and_pycuda_agree_bitwise(dtype):
             be.output_backward(**dev)
             outs += [be.to_host(dev["dw2b2"]), be.to_host(dev["dz1"])]
         results.append(outs)
-    del rng
     for a, b in zip(*results):
         assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
 
