@@ -289,7 +289,7 @@ def split_candidates(tile: str, tiles: int, k: int) -> list[int]:
         split = math.ceil(k / split_chunk(k, split))  # (fewer, where the rounding leaves one empty)
         if not split_fits(tile, tiles, split):
             break
-        if split > 1 and split not in splits:
+        if split not in splits:
             splits.append(split)
     return splits
 
@@ -443,13 +443,19 @@ class GemmPlan:
     split: int = 1
 
 
+def _blocks(tile: str, m: int, n: int) -> int:
+    """Blocks of any table tile over an M x N product."""
+    row = GEMM_TILE_TABLE[tile]
+    return math.ceil(m / row.bm) * math.ceil(n / row.bn)
+
+
 def wgmma_cost(tile: str, m: int, n: int, k: int, split: int, num_sms: int) -> float:
     """Model of an M x N x K product's time on the Hopper tile `tile` split S ways over K: the
     waves of its blocks over the multiprocessors (one block each), each as long as a block's tile
     of C over the tile's efficiency (GEMM_WGMMA_EFFICIENCY) times its K range plus a block's fixed
     cost (SPLIT_BLOCK_OVERHEAD_K: filling the pipeline, the partials' sum)."""
     row = GEMM_TILE_TABLE[tile]
-    waves = math.ceil(math.ceil(m / row.bm) * math.ceil(n / row.bn) * split / max(num_sms, 1))
+    waves = math.ceil(_blocks(tile, m, n) * split / max(num_sms, 1))
     return (waves * (split_chunk(k, split) + SPLIT_BLOCK_OVERHEAD_K) * row.bm * row.bn
             / GEMM_WGMMA_EFFICIENCY[tile])
 
@@ -463,9 +469,8 @@ def pick_wgmma(m: int, n: int, k: int, num_sms: int, tiles=GEMM_WGMMA_TILES,
     B = 800: 26 blocks, 5 ways over K)."""
     best, best_cost = (tiles[0], 1), math.inf
     for tile in tiles:
-        row = GEMM_TILE_TABLE[tile]
-        blocks = math.ceil(m / row.bm) * math.ceil(n / row.bn)
-        for split in [1] + (split_candidates(tile, blocks, k) if can_split(tile) else []):
+        splits = split_candidates(tile, _blocks(tile, m, n), k) if can_split(tile) else []
+        for split in [1] + splits:
             cost = wgmma_cost(tile, m, n, k, split, num_sms)
             if cost < best_cost:
                 best, best_cost = (tile, split), cost
@@ -494,8 +499,7 @@ def _x3_plan(tile, forced, split, m, n, k, trans_a, trans_b, variant, wgmma, num
         if tiles:
             x3, splits = pick_wgmma(m, n, k, num_sms, tiles, can_split)
             if split is not None:
-                blocks = math.ceil(m / GEMM_TILE_TABLE[x3].bm) * math.ceil(n / GEMM_TILE_TABLE[x3].bn)
-                splits = split if can_split(x3) and split_fits(x3, blocks, split) else 1
+                splits = split if can_split(x3) and split_fits(x3, _blocks(x3, m, n), split) else 1
     twin = GEMM_TILE_TABLE[x3]
     return GemmPlan(_x3_kernel(x3, trans_a, trans_b, variant, splits > 1),
                     (math.ceil(m / twin.bm), math.ceil(n / twin.bn), splits),
